@@ -1,0 +1,58 @@
+//! The edit log: one ordered, durable sequence of edits. A version is a position in it.
+//!
+//! Backends: `file` (embedded, the single-node default). Every backend promises:
+//! - `append` resolves to `Ok(version)` only once the edit is durable;
+//! - `tail(after, sink)` delivers every durable edit with version > `after`, in order, each
+//!   exactly once, with contiguous versions, and keeps delivering new ones.
+//! The applier is the only tailer in a process; placements on every shard append.
+
+pub mod file;
+
+use crossbeam_channel::Sender;
+use futures_channel::oneshot;
+use thiserror::Error;
+
+/// One placement as it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edit {
+    pub x: u16,
+    pub y: u16,
+    pub color: u8,
+    /// The limiter key of the user who placed it (see `token::user_key`).
+    pub user: u64,
+    /// Wall-clock milliseconds when the placement was accepted.
+    pub ts_ms: u64,
+}
+
+/// An edit with its position in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub version: u64,
+    pub edit: Edit,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum LogError {
+    #[error("the edit log is overloaded; try again shortly")]
+    Overloaded,
+    #[error("the edit log cannot write: {0}")]
+    Io(String),
+    #[error("the edit log is shut down")]
+    Closed,
+    #[error("the edit log is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Resolves to the edit's version once it is durable.
+pub type AppendAck = oneshot::Receiver<Result<u64, LogError>>;
+
+pub trait EditLog: Send + Sync + 'static {
+    /// Queues `edit` for appending. An immediate error means it was not queued.
+    fn append(&self, edit: Edit) -> Result<AppendAck, LogError>;
+    /// Starts delivering committed edits with version > `after` to `sink`, in order.
+    fn tail(&self, after: u64, sink: Sender<Committed>) -> Result<(), LogError>;
+    /// The version of the last durable edit.
+    fn head(&self) -> u64;
+    /// One line for logs and /healthz.
+    fn describe(&self) -> String;
+}

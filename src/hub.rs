@@ -1,0 +1,838 @@
+//! A shard's WebSocket connections after the handshake: the connection table, the ring of recent
+//! batch frames shared by all of them, reads through one edge-triggered epoll per shard, and batch
+//! writes submitted in bulk through the shard's own io_uring (or one `send()` per socket).
+//!
+//! Why not glommio streams here: a glommio stream and its task cost far more than the ~100 bytes
+//! an idle connection may cost, and glommio submits one `send()` per socket; this module keeps a
+//! connection to a few fields (see `Conn`) and submits a batch's sends for all sockets at once.
+//!
+//! Invariants:
+//! - Only this shard's thread touches its connections: no lock, no cross-core traffic.
+//! - A frame in flight is never interleaved with another: `out` finishes before anything else.
+//! - A connection receives batches in sequence order, each exactly once; one that falls more than
+//!   `max_lag` batches behind is closed with 4000, so a client that stops reading costs at most one
+//!   frame reference plus its kernel socket buffer, and never stalls the shard (all I/O is
+//!   non-blocking: `MSG_DONTWAIT`).
+//! - With no new batch, nothing iterates the connections.
+
+use crate::applier::{CatchUpReply, CatchUpReq, ConnId, ShardMsg};
+use crate::config::SendMode;
+use crate::metrics::{add, ShardStats};
+use crate::place::{self, PlaceBody, PlaceError};
+use crate::protocol::{close, close_frame, pong_frame, text_frame, MAX_CLIENT_MESSAGE};
+use crate::server::Shared;
+use crate::token::User;
+use crate::ws::{self, reason, CloseReason, Kind};
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use io_uring::{opcode, types, IoUring};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SCRATCH: usize = 64 * 1024;
+const EVENTS: usize = 1024;
+/// Frames queued for one connection besides batches (answers, catch-up) before it is closed.
+const MAX_QUEUED: usize = 64;
+const MAX_IN_FLIGHT: u8 = 16;
+/// How long a closing connection may take to drain its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Reads per readiness event before yielding to other connections.
+const READS_PER_EVENT: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    Free,
+    /// Waiting for the applier's catch-up answer; batches are held back.
+    CatchingUp,
+    Live,
+    /// Sending its last frames, then the close frame; then draining until EOF or the deadline.
+    Closing,
+}
+
+/// One WebSocket connection. Kept small on purpose: this is the per-connection memory.
+struct Conn {
+    fd: RawFd,
+    gen: u32,
+    state: State,
+    blocked: bool,
+    in_flight: u8,
+    out_off: u32,
+    /// Shard sequence number of the next batch this connection needs.
+    next_seq: u64,
+    /// Limiter key of the authenticated user, 0 when anonymous.
+    user: u64,
+    /// The frame being written (a shared batch or a queued frame).
+    out: Option<Bytes>,
+    /// Rarely needed state, allocated only while needed.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Default)]
+struct Extra {
+    queue: VecDeque<Bytes>,
+    carry: Vec<u8>,
+    fragments: Vec<u8>,
+    in_message: bool,
+    deadline: Option<Instant>,
+    shut_write: bool,
+}
+
+impl Conn {
+    fn free(gen: u32) -> Self {
+        Conn { fd: -1, gen, state: State::Free, blocked: false, in_flight: 0, out_off: 0, next_seq: 0, user: 0, out: None, extra: None }
+    }
+
+    fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    fn queued(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| !e.queue.is_empty())
+    }
+}
+
+/// What the hub hands back to its task for things that must await (placements).
+pub struct PlaceJob {
+    pub conn: ConnId,
+    pub id: Option<serde_json::Number>,
+    pub pending: place::Pending,
+}
+
+pub struct Hub {
+    shard: usize,
+    shared: Arc<Shared>,
+    conns: Vec<Conn>,
+    free: Vec<u32>,
+    live: usize,
+    max_conns: usize,
+    ring: VecDeque<Bytes>,
+    first_seq: u64,
+    max_lag: usize,
+    epfd: RawFd,
+    uring: Option<IoUring>,
+    scratch: Vec<u8>,
+    events: Vec<libc::epoll_event>,
+    blocked: Vec<ConnId>,
+    closing: Vec<ConnId>,
+    read_again: Vec<ConnId>,
+    rx: Receiver<ShardMsg>,
+    pub jobs: Vec<PlaceJob>,
+    stats_idx: usize,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn key(id: ConnId) -> u64 {
+    id.slot as u64 | (id.gen as u64) << 32
+}
+
+impl Hub {
+    pub fn new(shard: usize, shared: Arc<Shared>, rx: Receiver<ShardMsg>) -> std::io::Result<Self> {
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let uring = match shared.config.args.send_mode {
+            SendMode::Uring => Some(IoUring::builder().setup_single_issuer().build(4096).or_else(|_| IoUring::new(4096))?),
+            SendMode::Syscall => None,
+        };
+        Ok(Hub {
+            shard,
+            max_conns: shared.max_conns_per_shard,
+            max_lag: shared.config.args.max_lag_batches,
+            shared,
+            conns: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            ring: VecDeque::new(),
+            first_seq: 0,
+            epfd,
+            uring,
+            scratch: vec![0; SCRATCH],
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
+            blocked: Vec::new(),
+            closing: Vec::new(),
+            read_again: Vec::new(),
+            rx,
+            jobs: Vec::new(),
+            stats_idx: shard,
+        })
+    }
+
+    fn stats(&self) -> &ShardStats {
+        &self.shared.shard_stats[self.stats_idx]
+    }
+
+    fn head_seq(&self) -> u64 {
+        self.first_seq + self.ring.len() as u64
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.live < self.max_conns
+    }
+
+    pub fn connections(&self) -> usize {
+        self.live
+    }
+
+    fn get(&self, id: ConnId) -> Option<usize> {
+        let c = self.conns.get(id.slot as usize)?;
+        (c.gen == id.gen && c.state != State::Free).then_some(id.slot as usize)
+    }
+
+    fn id(&self, slot: usize) -> ConnId {
+        ConnId { slot: slot as u32, gen: self.conns[slot].gen }
+    }
+
+    /// Takes over a socket whose handshake is done: `fd` is owned from here on.
+    pub fn adopt(&mut self, fd: RawFd, user: Option<User>, since: Option<u64>, leftover: &[u8]) {
+        configure_socket(fd, self.shared.config.args.ws_sndbuf);
+        let slot = match self.free.pop() {
+            Some(s) => s as usize,
+            None => {
+                self.conns.push(Conn::free(0));
+                self.conns.len() - 1
+            }
+        };
+        let gen = self.conns[slot].gen;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: key(ConnId { slot: slot as u32, gen }),
+        };
+        if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "epoll_ctl ADD failed; dropping connection");
+            unsafe { libc::close(fd) };
+            self.free.push(slot as u32);
+            return;
+        }
+        let head = self.head_seq();
+        let c = &mut self.conns[slot];
+        c.fd = fd;
+        c.user = user.as_ref().map_or(0, |u| u.id);
+        c.next_seq = head;
+        c.state = if since.is_some() { State::CatchingUp } else { State::Live };
+        self.live += 1;
+        add(&self.stats().connections, 1);
+        add(&self.stats().accepted, 1);
+        let hello = serde_json::json!({
+            "type": "hello",
+            "version": self.shared.applier.cut_version.load(std::sync::atomic::Ordering::Acquire),
+            "cooldown_ms": self.shared.limiter.cooldown_ms(),
+            "user": user.map(|u| u.name),
+        });
+        self.conns[slot].extra().queue.push_back(text_frame(&hello.to_string()));
+        let id = self.id(slot);
+        if let Some(since) = since {
+            let req = CatchUpReq { shard: self.shard, conn: id, since };
+            if self.shared.catchup_tx.send(req).is_err() {
+                self.close_with(slot, reason(close::GOING_AWAY, "server shutting down"));
+                return;
+            }
+        }
+        self.pump(slot);
+        if !leftover.is_empty() && self.get(id).is_some() {
+            let mut buf = leftover.to_vec();
+            self.ingest(slot, &mut buf);
+        }
+    }
+
+    /// One turn of the shard: new batches and catch-ups, then socket readiness, then timers.
+    pub fn tick(&mut self) {
+        let before = self.head_seq();
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                ShardMsg::Batch { frame, .. } => {
+                    self.ring.push_back(frame);
+                    add(&self.stats().batches, 1);
+                }
+                ShardMsg::CatchUp { conn, reply } => self.on_catch_up(conn, reply),
+            }
+        }
+        if self.head_seq() > before {
+            while self.ring.len() > self.max_lag {
+                self.ring.pop_front();
+                self.first_seq += 1;
+            }
+            self.broadcast(before.max(self.first_seq));
+            self.check_blocked();
+        }
+        self.poll_sockets();
+        if !self.closing.is_empty() {
+            self.expire_closing();
+        }
+    }
+
+    fn on_catch_up(&mut self, conn: ConnId, reply: CatchUpReply) {
+        let Some(slot) = self.get(conn) else { return };
+        if self.conns[slot].state != State::CatchingUp {
+            return;
+        }
+        match reply {
+            CatchUpReply::Frames(frames) => {
+                let head = self.head_seq();
+                let c = &mut self.conns[slot];
+                c.extra().queue.extend(frames);
+                c.state = State::Live;
+                c.next_seq = head;
+                self.pump(slot);
+            }
+            CatchUpReply::Reload { oldest_since } => {
+                let msg = serde_json::json!({"type": "reload", "oldest_since": oldest_since}).to_string();
+                self.conns[slot].extra().queue.push_back(text_frame(&msg));
+                self.close_with(slot, reason(close::RELOAD, "since is older than the catch-up window: reload the snapshot"));
+            }
+            CatchUpReply::Ahead { .. } => self.close_with(slot, reason(close::POLICY, "since is ahead of the server's version")),
+        }
+    }
+
+    /// Writes batches `from_seq..head` to every live connection that is waiting for exactly them.
+    fn broadcast(&mut self, from_seq: u64) {
+        for seq in from_seq..self.head_seq() {
+            let frame = self.ring[(seq - self.first_seq) as usize].clone();
+            match self.uring.is_some() {
+                true => self.broadcast_uring(seq, &frame),
+                false => self.broadcast_syscall(seq),
+            }
+        }
+    }
+
+    fn ready_for(&self, slot: usize, seq: u64) -> bool {
+        let c = &self.conns[slot];
+        c.state == State::Live && !c.blocked && c.out.is_none() && c.next_seq == seq && !c.queued()
+    }
+
+    fn broadcast_syscall(&mut self, seq: u64) {
+        for slot in 0..self.conns.len() {
+            if self.ready_for(slot, seq) {
+                self.pump(slot);
+            }
+        }
+    }
+
+    /// All of one batch's sends for this shard, submitted to io_uring a ring-full at a time.
+    fn broadcast_uring(&mut self, seq: u64, frame: &Bytes) {
+        let mut uring = self.uring.take().expect("uring mode");
+        let cap = uring.params().sq_entries() as usize;
+        let mut queued = 0usize;
+        for slot in 0..self.conns.len() {
+            if !self.ready_for(slot, seq) {
+                continue;
+            }
+            let sqe = opcode::Send::new(types::Fd(self.conns[slot].fd), frame.as_ptr(), frame.len() as u32)
+                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(slot as u64);
+            // SAFETY: `frame` outlives the submission: we wait for every completion below.
+            unsafe { uring.submission().push(&sqe).expect("queue has room: flushed at capacity") };
+            queued += 1;
+            if queued == cap {
+                self.flush_uring(&mut uring, queued, seq, frame);
+                queued = 0;
+            }
+        }
+        if queued > 0 {
+            self.flush_uring(&mut uring, queued, seq, frame);
+        }
+        self.uring = Some(uring);
+    }
+
+    fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frame: &Bytes) {
+        // MSG_DONTWAIT makes every send complete at once (EAGAIN instead of waiting), so this
+        // never blocks on a slow socket.
+        if let Err(e) = uring.submit_and_wait(n) {
+            tracing::error!(error = %e, "io_uring submit failed");
+        }
+        add(&self.stats().send_syscalls, 1);
+        let mut done = 0;
+        let mut sent = 0u64;
+        let results: Vec<(usize, i32)> = uring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
+        for (slot, res) in results {
+            done += 1;
+            sent += self.after_send(slot, seq, frame, res);
+        }
+        assert_eq!(done, n, "every submitted send completes before the batch moves on");
+        add(&self.stats().bytes_sent, sent);
+    }
+
+    /// Books one bulk send's result. Returns the bytes written.
+    fn after_send(&mut self, slot: usize, seq: u64, frame: &Bytes, res: i32) -> u64 {
+        let len = frame.len();
+        let c = &mut self.conns[slot];
+        if res >= 0 {
+            c.next_seq = seq + 1;
+            if res as usize == len {
+                add(&self.shared.shard_stats[self.stats_idx].frames_sent, 1);
+            } else {
+                c.out = Some(frame.clone());
+                c.out_off = res as u32;
+                self.mark_blocked(slot);
+            }
+            return res as u64;
+        }
+        match -res {
+            libc::EAGAIN => self.mark_blocked(slot),
+            libc::EINTR => self.pump(slot),
+            _ => self.drop_conn(slot),
+        }
+        0
+    }
+
+    fn mark_blocked(&mut self, slot: usize) {
+        if !self.conns[slot].blocked {
+            self.conns[slot].blocked = true;
+            let id = self.id(slot);
+            self.blocked.push(id);
+        }
+    }
+
+    /// Closes blocked connections that fell out of the ring; retries the rest (cheap insurance
+    /// against a missed edge).
+    fn check_blocked(&mut self) {
+        let list = std::mem::take(&mut self.blocked);
+        for id in list {
+            let Some(slot) = self.get(id) else { continue };
+            if !self.conns[slot].blocked {
+                continue;
+            }
+            let c = &self.conns[slot];
+            if c.state == State::Live && c.next_seq < self.first_seq {
+                self.lagged(slot);
+            } else {
+                self.conns[slot].blocked = false;
+                self.pump(slot);
+            }
+        }
+    }
+
+    fn lagged(&mut self, slot: usize) {
+        add(&self.stats().closed_slow, 1);
+        let msg = format!("too slow: more than {} batches behind; reconnect with since", self.max_lag);
+        tracing::debug!(shard = self.shard, slot, "closing a client that stopped reading");
+        self.close_frame_then(slot, close::TOO_SLOW, &msg);
+    }
+
+    /// Writes what this connection has pending, in order, until done or the socket is full.
+    fn pump(&mut self, slot: usize) {
+        loop {
+            let head = self.head_seq();
+            let first = self.first_seq;
+            let c = &mut self.conns[slot];
+            if c.state == State::Free || c.blocked {
+                return;
+            }
+            if c.out.is_none() {
+                let next = c.extra.as_mut().and_then(|e| e.queue.pop_front());
+                if let Some(f) = next {
+                    c.out = Some(f);
+                    c.out_off = 0;
+                } else if c.state == State::Live && c.next_seq < head {
+                    if c.next_seq < first {
+                        self.lagged(slot);
+                        return;
+                    }
+                    c.out = Some(self.ring[(c.next_seq - first) as usize].clone());
+                    c.out_off = 0;
+                    c.next_seq += 1;
+                } else {
+                    break;
+                }
+            }
+            let c = &mut self.conns[slot];
+            let out = c.out.as_ref().expect("set above");
+            let rest = &out[c.out_off as usize..];
+            let n = unsafe { libc::send(c.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if self.uring.is_none() {
+                add(&self.shared.shard_stats[self.stats_idx].send_syscalls, 1);
+            }
+            if n < 0 {
+                match errno() {
+                    libc::EINTR => continue,
+                    libc::EAGAIN => {
+                        self.mark_blocked(slot);
+                        return;
+                    }
+                    _ => {
+                        self.drop_conn(slot);
+                        return;
+                    }
+                }
+            }
+            let stats = &self.shared.shard_stats[self.stats_idx];
+            add(&stats.bytes_sent, n as u64);
+            if n as usize == rest.len() {
+                c.out = None;
+                c.out_off = 0;
+                add(&stats.frames_sent, 1);
+            } else {
+                c.out_off += n as u32;
+                self.mark_blocked(slot);
+                return;
+            }
+        }
+        self.after_drain(slot);
+    }
+
+    /// Everything is written: a closing connection half-closes; others drop spare state.
+    fn after_drain(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        match c.state {
+            State::Closing => {
+                let e = c.extra();
+                if !e.shut_write {
+                    e.shut_write = true;
+                    unsafe { libc::shutdown(c.fd, libc::SHUT_WR) };
+                }
+            }
+            State::Live => {
+                if c.extra.as_ref().is_some_and(|e| e.queue.is_empty() && e.carry.is_empty() && !e.in_message) {
+                    c.extra = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues the close frame after whatever is in flight, then stops sending batches.
+    fn close_frame_then(&mut self, slot: usize, code: u16, why: &str) {
+        let c = &mut self.conns[slot];
+        if c.state == State::Closing || c.state == State::Free {
+            return;
+        }
+        c.state = State::Closing;
+        let e = c.extra();
+        e.queue.push_back(close_frame(code, why));
+        e.deadline = Some(Instant::now() + CLOSE_GRACE);
+        let id = self.id(slot);
+        self.closing.push(id);
+        self.pump(slot);
+    }
+
+    fn close_with(&mut self, slot: usize, r: CloseReason) {
+        if matches!(r.code, close::PROTOCOL_ERROR | close::UNSUPPORTED | close::BAD_DATA | close::TOO_BIG | close::POLICY) {
+            add(&self.stats().closed_protocol, 1);
+        }
+        self.close_frame_then(slot, r.code, r.reason);
+    }
+
+    fn expire_closing(&mut self) {
+        let now = Instant::now();
+        let list = std::mem::take(&mut self.closing);
+        for id in list {
+            let Some(slot) = self.get(id) else { continue };
+            let late = self.conns[slot].extra.as_ref().and_then(|e| e.deadline).is_none_or(|d| d <= now);
+            if late {
+                self.drop_conn(slot);
+            } else {
+                self.closing.push(id);
+            }
+        }
+    }
+
+    fn drop_conn(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        if c.state == State::Free {
+            return;
+        }
+        unsafe { libc::close(c.fd) };
+        let gen = c.gen.wrapping_add(1);
+        *c = Conn::free(gen);
+        self.free.push(slot as u32);
+        self.live -= 1;
+        self.shared.shard_stats[self.stats_idx].connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn poll_sockets(&mut self) {
+        for id in std::mem::take(&mut self.read_again) {
+            if let Some(slot) = self.get(id) {
+                self.read(slot);
+            }
+        }
+        loop {
+            let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), EVENTS as i32, 0) };
+            if n <= 0 {
+                return;
+            }
+            for i in 0..n as usize {
+                let ev = self.events[i];
+                let (bits, k) = (ev.events, ev.u64);
+                let id = ConnId { slot: k as u32, gen: (k >> 32) as u32 };
+                let Some(slot) = self.get(id) else { continue };
+                if bits & libc::EPOLLOUT as u32 != 0 && self.conns[slot].blocked {
+                    self.conns[slot].blocked = false;
+                    self.pump(slot);
+                }
+                if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 && self.get(id).is_some() {
+                    self.read(slot);
+                }
+            }
+            if (n as usize) < EVENTS {
+                return;
+            }
+        }
+    }
+
+    fn read(&mut self, slot: usize) {
+        let id = self.id(slot);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut drained = false;
+        for _ in 0..READS_PER_EVENT {
+            let n = unsafe { libc::recv(self.conns[slot].fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if n < 0 && errno() == libc::EAGAIN {
+                drained = true;
+                break;
+            }
+            if n <= 0 {
+                // EOF or a socket error: the peer is gone.
+                self.drop_conn(slot);
+                drained = true;
+                break;
+            }
+            let n = n as usize;
+            if self.conns[slot].state != State::Closing {
+                self.ingest(slot, &mut scratch[..n]);
+            }
+            if self.get(id).is_none() || n < scratch.len() {
+                drained = true;
+                break;
+            }
+        }
+        if !drained {
+            // Edge-triggered: a busy socket gets the rest of its turn next tick.
+            self.read_again.push(id);
+        }
+        self.scratch = scratch;
+    }
+
+    /// Parses client frames from `data` (plus any carry-over) and acts on them.
+    fn ingest(&mut self, slot: usize, data: &mut [u8]) {
+        let id = self.id(slot);
+        let carry = self.conns[slot].extra.as_mut().map(|e| std::mem::take(&mut e.carry)).filter(|c| !c.is_empty());
+        let mut owned;
+        let buf: &mut [u8] = match carry {
+            Some(mut c) => {
+                c.extend_from_slice(data);
+                owned = c;
+                &mut owned
+            }
+            None => data,
+        };
+        let mut pos = 0;
+        while pos < buf.len() {
+            match ws::next_frame(&mut buf[pos..]) {
+                Ok(Some(f)) => {
+                    let payload = (pos + f.payload.start)..(pos + f.payload.end);
+                    pos += f.len;
+                    if let Err(r) = self.on_frame(slot, f.kind, f.fin, &buf[payload]) {
+                        self.close_with(slot, r);
+                        return;
+                    }
+                    if self.get(id).is_none() || self.conns[slot].state == State::Closing {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(r) => {
+                    self.close_with(slot, r);
+                    return;
+                }
+            }
+        }
+        if pos < buf.len() {
+            let rest = buf[pos..].to_vec();
+            self.conns[slot].extra().carry = rest;
+        }
+    }
+
+    fn on_frame(&mut self, slot: usize, kind: Kind, fin: bool, payload: &[u8]) -> Result<(), CloseReason> {
+        match kind {
+            Kind::Ping => self.enqueue(slot, pong_frame(payload)),
+            Kind::Pong => Ok(()),
+            Kind::Close => {
+                tracing::trace!(code = ws::close_code(payload), "client closed");
+                self.close_frame_then(slot, close::NORMAL, "bye");
+                Ok(())
+            }
+            Kind::Binary => Err(reason(close::UNSUPPORTED, "binary messages are not accepted; send JSON text")),
+            Kind::Text | Kind::Continuation => self.on_data(slot, kind, fin, payload),
+        }
+    }
+
+    fn on_data(&mut self, slot: usize, kind: Kind, fin: bool, payload: &[u8]) -> Result<(), CloseReason> {
+        let in_message = self.conns[slot].extra.as_ref().is_some_and(|e| e.in_message);
+        match (kind, in_message) {
+            (Kind::Text, true) => return Err(reason(close::PROTOCOL_ERROR, "new message before the previous one ended")),
+            (Kind::Continuation, false) => return Err(reason(close::PROTOCOL_ERROR, "continuation without a message")),
+            _ => {}
+        }
+        if fin && !in_message {
+            return self.on_text(slot, payload);
+        }
+        let e = self.conns[slot].extra();
+        if e.fragments.len() + payload.len() > MAX_CLIENT_MESSAGE {
+            return Err(reason(close::TOO_BIG, "message over 4096 bytes"));
+        }
+        e.fragments.extend_from_slice(payload);
+        e.in_message = !fin;
+        if !fin {
+            return Ok(());
+        }
+        let msg = std::mem::take(&mut e.fragments);
+        self.on_text(slot, &msg)
+    }
+
+    fn on_text(&mut self, slot: usize, payload: &[u8]) -> Result<(), CloseReason> {
+        let text = std::str::from_utf8(payload).map_err(|_| reason(close::BAD_DATA, "text message is not UTF-8"))?;
+        let msg: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return self.reply_error(slot, None, &PlaceError::BadJson(e.to_string())),
+        };
+        let id = msg.get("id").and_then(|v| v.as_number()).cloned();
+        match msg.get("type").and_then(|t| t.as_str()) {
+            Some("place") => self.on_place(slot, id, msg),
+            Some("auth") => self.on_auth(slot, id, &msg),
+            other => {
+                let text = format!("unknown message type {:?}; expected \"place\" or \"auth\"", other.unwrap_or("(none)"));
+                self.enqueue(slot, error_frame(id.as_ref(), "unknown_type", &text, None))
+            }
+        }
+    }
+
+    fn on_auth(&mut self, slot: usize, id: Option<serde_json::Number>, msg: &serde_json::Value) -> Result<(), CloseReason> {
+        let Some(token) = msg.get("token").and_then(|t| t.as_str()) else {
+            return self.reply_error(slot, id, &PlaceError::MissingToken);
+        };
+        match self.shared.signer.verify(token, crate::now_ms() / 1000) {
+            Ok(user) => {
+                self.conns[slot].user = user.id;
+                let mut m = serde_json::json!({"type": "authed", "user": user.name});
+                if let Some(id) = id {
+                    m["id"] = id.into();
+                }
+                self.enqueue(slot, text_frame(&m.to_string()))
+            }
+            Err(e) => self.reply_error(slot, id, &PlaceError::Token(e)),
+        }
+    }
+
+    fn on_place(&mut self, slot: usize, id: Option<serde_json::Number>, msg: serde_json::Value) -> Result<(), CloseReason> {
+        let body: PlaceBody = match serde_json::from_value(msg) {
+            Ok(b) => b,
+            Err(e) => return self.reply_error(slot, id, &PlaceError::BadBody(e.to_string())),
+        };
+        if self.conns[slot].in_flight >= MAX_IN_FLIGHT {
+            return self.reply_error(slot, id, &PlaceError::TooManyInFlight);
+        }
+        let user = Some(self.conns[slot].user).filter(|&u| u != 0);
+        match place::begin(&self.shared, user, &body) {
+            Ok(pending) => {
+                self.conns[slot].in_flight += 1;
+                let conn = self.id(slot);
+                self.jobs.push(PlaceJob { conn, id, pending });
+                Ok(())
+            }
+            Err(e) => self.reply_error(slot, id, &e),
+        }
+    }
+
+    /// Delivers a placement's answer, if the connection is still there.
+    pub fn place_done(&mut self, conn: ConnId, id: Option<serde_json::Number>, result: Result<place::Placed, PlaceError>) {
+        let Some(slot) = self.get(conn) else { return };
+        self.conns[slot].in_flight = self.conns[slot].in_flight.saturating_sub(1);
+        let frame = match result {
+            Ok(p) => {
+                let mut m = serde_json::json!({"type": "placed", "version": p.version, "next_at_ms": p.next_at_ms});
+                if let Some(id) = id {
+                    m["id"] = id.into();
+                }
+                text_frame(&m.to_string())
+            }
+            Err(e) => error_frame(id.as_ref(), e.code(), &e.to_string(), e.retry_after_ms()),
+        };
+        if let Err(r) = self.enqueue(slot, frame) {
+            self.close_with(slot, r);
+        }
+    }
+
+    fn reply_error(&mut self, slot: usize, id: Option<serde_json::Number>, e: &PlaceError) -> Result<(), CloseReason> {
+        self.enqueue(slot, error_frame(id.as_ref(), e.code(), &e.to_string(), e.retry_after_ms()))
+    }
+
+    fn enqueue(&mut self, slot: usize, frame: Bytes) -> Result<(), CloseReason> {
+        let c = &mut self.conns[slot];
+        if c.state == State::Closing {
+            return Ok(());
+        }
+        let e = c.extra();
+        if e.queue.len() >= MAX_QUEUED {
+            return Err(reason(close::POLICY, "too many unanswered messages: read the answers"));
+        }
+        e.queue.push_back(frame);
+        self.pump(slot);
+        Ok(())
+    }
+
+    /// Server shutdown: every client gets 1001.
+    pub fn close_all(&mut self) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].state != State::Free {
+                self.close_frame_then(slot, close::GOING_AWAY, "server shutting down; reconnect with since");
+            }
+        }
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for c in &self.conns {
+            if c.state != State::Free {
+                unsafe { libc::close(c.fd) };
+            }
+        }
+        unsafe { libc::close(self.epfd) };
+    }
+}
+
+fn error_frame(id: Option<&serde_json::Number>, code: &str, message: &str, retry_after_ms: Option<u64>) -> Bytes {
+    let mut m = serde_json::json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = id {
+        m["id"] = id.clone().into();
+    }
+    if let Some(r) = retry_after_ms {
+        m["retry_after_ms"] = r.into();
+    }
+    text_frame(&m.to_string())
+}
+
+fn set_opt(fd: RawFd, level: i32, name: i32, value: i32) {
+    unsafe {
+        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), std::mem::size_of::<i32>() as u32);
+    }
+}
+
+/// Non-blocking, no Nagle (batches go out at once), kernel keepalive to reap dead peers, and an
+/// optional send buffer bound.
+fn configure_socket(fd: RawFd, sndbuf: usize) {
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    set_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    set_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
+    set_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set_opt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
+    if sndbuf > 0 {
+        set_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, sndbuf.min(i32::MAX as usize) as i32);
+    }
+}
+
+/// The user-space size of one connection's entry (for the memory report).
+pub const CONN_BYTES: usize = std::mem::size_of::<Conn>();

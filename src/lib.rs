@@ -1,0 +1,30 @@
+//! placecast: an io_uring broadcaster appliance for r/place-style collaborative pixel canvases.
+//!
+//! The path of an edit: `http`/`hub` (a placement arrives on a shard) -> `place` (validate,
+//! `limiter`) -> `edit_log` (durable, ordered, versioned) -> `applier` (one thread: canvas,
+//! catch-up window, 100 ms batches encoded once) -> every shard's `hub` (the same `Bytes`
+//! written to every socket through io_uring). See ARCHITECTURE.md.
+
+pub mod applier;
+pub mod canvas;
+pub mod config;
+pub mod edit_log;
+pub mod http;
+pub mod hub;
+pub mod limiter;
+pub mod metrics;
+pub mod place;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod snapshot;
+pub mod token;
+pub mod ws;
+
+/// Wall-clock milliseconds since the Unix epoch: the time base of cooldowns and edit stamps.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,85 @@
+//! Counters and gauges, rendered in Prometheus text format at `/metrics`.
+//!
+//! Invariant: each shard writes only its own `ShardStats` (cache-line padded), so counting never
+//! makes cores contend; totals are summed when scraped.
+
+use crate::place::PlaceError;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub placements_ok: AtomicU64,
+    pub rejected_cooldown: AtomicU64,
+    pub rejected_invalid: AtomicU64,
+    pub rejected_auth: AtomicU64,
+    pub rejected_log: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub http_errors: AtomicU64,
+}
+
+impl Metrics {
+    pub fn place_rejected(&self, e: &PlaceError) {
+        let c = match e.status() {
+            429 => &self.rejected_cooldown,
+            401 => &self.rejected_auth,
+            503 => &self.rejected_log,
+            _ => &self.rejected_invalid,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One shard's counters.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct ShardStats {
+    pub connections: AtomicU64,
+    pub accepted: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// io_uring_enter calls (uring mode) or send() calls (syscall mode) for batch fan-out.
+    pub send_syscalls: AtomicU64,
+    pub closed_slow: AtomicU64,
+    pub closed_protocol: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) -> String {
+    let mut out = String::with_capacity(4096);
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    counter(&mut out, "placecast_placements_total", "Placements acknowledged (durable in the log).", r(&m.placements_ok));
+    let _ = writeln!(out, "# HELP placecast_placements_rejected_total Placements refused, by reason.\n# TYPE placecast_placements_rejected_total counter");
+    for (reason, c) in [("cooldown", &m.rejected_cooldown), ("invalid", &m.rejected_invalid), ("auth", &m.rejected_auth), ("log", &m.rejected_log)] {
+        let _ = writeln!(out, "placecast_placements_rejected_total{{reason=\"{reason}\"}} {}", r(c));
+    }
+    counter(&mut out, "placecast_http_requests_total", "HTTP requests served.", r(&m.http_requests));
+    counter(&mut out, "placecast_http_errors_total", "HTTP requests answered with an error status.", r(&m.http_errors));
+    let per_shard: [(&str, &str, &str, fn(&ShardStats) -> &AtomicU64); 8] = [
+        ("placecast_ws_connections", "gauge", "Open WebSocket connections.", |s| &s.connections),
+        ("placecast_ws_accepted_total", "counter", "WebSocket connections accepted.", |s| &s.accepted),
+        ("placecast_frames_sent_total", "counter", "Frames fully written to sockets.", |s| &s.frames_sent),
+        ("placecast_bytes_sent_total", "counter", "Bytes written to WebSocket sockets.", |s| &s.bytes_sent),
+        ("placecast_send_syscalls_total", "counter", "System calls spent writing batches.", |s| &s.send_syscalls),
+        ("placecast_closed_slow_total", "counter", "Clients closed for falling behind (4000).", |s| &s.closed_slow),
+        ("placecast_closed_protocol_total", "counter", "Clients closed for protocol errors.", |s| &s.closed_protocol),
+        ("placecast_shard_batches_total", "counter", "Batches received by the shard.", |s| &s.batches),
+    ];
+    for (name, kind, help, get) in per_shard {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", r(get(s)));
+        }
+    }
+    for (name, help, v) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    }
+    out
+}

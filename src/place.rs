@@ -1,0 +1,160 @@
+//! A placement, from request to acknowledgement, shared by `POST /api/v1/place` and the
+//! WebSocket `place` message: validate, take the user's cooldown from the limiter, append to the
+//! edit log, and answer only once the edit is durable.
+//!
+//! Invariants: nothing is appended for an invalid request or a user cooling down; an edit the log
+//! refuses gives the cooldown back (503, nothing placed); a success carries the edit's version.
+
+use crate::edit_log::{AppendAck, Edit, LogError};
+use crate::limiter::Permit;
+use crate::server::Shared;
+use crate::token::TokenError;
+use serde::Deserialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// How long clients are told to wait when the log cannot take edits.
+pub const LOG_RETRY_MS: u64 = 1000;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PlaceError {
+    #[error("the body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("the body must be an object with integer fields x, y and color: {0}")]
+    BadBody(String),
+    #[error("({x}, {y}) is outside the {width}x{height} canvas")]
+    BadCoordinates { x: i64, y: i64, width: u32, height: u32 },
+    #[error("color {color} is not in the palette (0 to {max})")]
+    BadColor { color: i64, max: usize },
+    #[error("placing needs a token: send Authorization: Bearer <token> (get one from POST /api/v1/session)")]
+    MissingToken,
+    #[error("{0}")]
+    Token(TokenError),
+    #[error("you are cooling down; you can place again in {} s", retry_after_ms.div_ceil(1000))]
+    Cooldown { retry_after_ms: u64 },
+    #[error("the canvas cannot take edits right now ({0}); nothing was placed, try again shortly")]
+    LogUnavailable(LogError),
+    #[error("too many placements from this connection are still in flight")]
+    TooManyInFlight,
+}
+
+impl PlaceError {
+    pub fn status(&self) -> u16 {
+        match self {
+            PlaceError::BadJson(_) | PlaceError::BadBody(_) | PlaceError::BadCoordinates { .. } | PlaceError::BadColor { .. } => 400,
+            PlaceError::MissingToken | PlaceError::Token(_) => 401,
+            PlaceError::Cooldown { .. } | PlaceError::TooManyInFlight => 429,
+            PlaceError::LogUnavailable(_) => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlaceError::BadJson(_) => "bad_json",
+            PlaceError::BadBody(_) => "bad_body",
+            PlaceError::BadCoordinates { .. } => "bad_coordinates",
+            PlaceError::BadColor { .. } => "bad_color",
+            PlaceError::MissingToken => "missing_token",
+            PlaceError::Token(t) => t.code(),
+            PlaceError::Cooldown { .. } => "cooldown",
+            PlaceError::LogUnavailable(_) => "log_unavailable",
+            PlaceError::TooManyInFlight => "too_many_in_flight",
+        }
+    }
+
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            PlaceError::Cooldown { retry_after_ms } => Some(*retry_after_ms),
+            PlaceError::LogUnavailable(_) | PlaceError::TooManyInFlight => Some(LOG_RETRY_MS),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PlaceBody {
+    pub x: i64,
+    pub y: i64,
+    pub color: i64,
+}
+
+/// Parses a placement body, telling broken JSON apart from the wrong shape.
+pub fn parse_body(body: &[u8]) -> Result<PlaceBody, PlaceError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => PlaceError::BadBody(e.to_string()),
+        _ => PlaceError::BadJson(e.to_string()),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub version: u64,
+    pub next_at_ms: u64,
+    pub cooldown_ms: u64,
+}
+
+/// A placement accepted by the limiter and queued in the log.
+pub struct Pending {
+    ack: AppendAck,
+    permit: Permit,
+    cooldown_ms: u64,
+    shared: Arc<Shared>,
+}
+
+/// Validates and queues a placement by `user` (its limiter key). Synchronous: no awaiting here.
+pub fn begin(shared: &Arc<Shared>, user: Option<u64>, body: &PlaceBody) -> Result<Pending, PlaceError> {
+    let m = &shared.metrics;
+    let result = begin_inner(shared, user, body);
+    if let Err(e) = &result {
+        m.place_rejected(e);
+    }
+    result
+}
+
+fn begin_inner(shared: &Arc<Shared>, user: Option<u64>, body: &PlaceBody) -> Result<Pending, PlaceError> {
+    let g = &shared.geometry;
+    let user = user.ok_or(PlaceError::MissingToken)?;
+    if g.index(body.x, body.y).is_none() {
+        return Err(PlaceError::BadCoordinates { x: body.x, y: body.y, width: g.width, height: g.height });
+    }
+    if !g.valid_color(body.color) {
+        return Err(PlaceError::BadColor { color: body.color, max: g.palette.len() - 1 });
+    }
+    let now = crate::now_ms();
+    let permit = shared.limiter.try_acquire(user, now).map_err(|c| PlaceError::Cooldown { retry_after_ms: c.retry_after_ms })?;
+    let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now };
+    match shared.log.append(edit) {
+        Ok(ack) => Ok(Pending { ack, permit, cooldown_ms: shared.limiter.cooldown_ms(), shared: shared.clone() }),
+        Err(e) => {
+            shared.limiter.release(permit);
+            Err(PlaceError::LogUnavailable(e))
+        }
+    }
+}
+
+impl Pending {
+    /// Waits until the edit is durable (or refused).
+    pub async fn finish(self) -> Result<Placed, PlaceError> {
+        let result = match self.ack.await {
+            Ok(Ok(version)) => Ok(Placed { version, next_at_ms: self.permit.at_ms + self.cooldown_ms, cooldown_ms: self.cooldown_ms }),
+            Ok(Err(e)) => Err(PlaceError::LogUnavailable(e)),
+            Err(_) => Err(PlaceError::LogUnavailable(LogError::Closed)),
+        };
+        match &result {
+            Ok(_) => {
+                self.shared.metrics.placements_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.shared.limiter.release(self.permit);
+                self.shared.metrics.place_rejected(e);
+            }
+        }
+        result
+    }
+}
+
+/// The JSON error body of PROTOCOL.md.
+pub fn error_json(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}

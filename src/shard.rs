@@ -1,0 +1,117 @@
+//! A shard: one glommio executor pinned to one core, with its own SO_REUSEPORT listener, its HTTP
+//! connections (one task each) and its `hub` of WebSocket connections (one tick task).
+//!
+//! Invariants: everything a shard owns is touched only by its own thread; the only cross-core
+//! traffic is the batch channel from the applier (one message per batch, not per connection) and
+//! placements going to the limiter and the log.
+
+use crate::applier::ShardMsg;
+use crate::http::serve_conn;
+use crate::hub::Hub;
+use crate::server::Shared;
+use crossbeam_channel::{Receiver, Sender};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a shard looks for new batches and socket readiness. Bounds the added latency.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Binds `addr` with SO_REUSEPORT and a deep backlog (glommio's own bind uses 1024).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(65_535)?;
+    // SAFETY: a bound, listening socket we own.
+    Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
+}
+
+/// Starts shard `id` on `cpu`; it reports its bound address (or why it failed) on `ready`.
+pub fn spawn(
+    id: usize,
+    cpu: Option<usize>,
+    shared: Arc<Shared>,
+    rx: Receiver<ShardMsg>,
+    ready: Sender<Result<SocketAddr, String>>,
+) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
+    let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
+    LocalExecutorBuilder::new(placement)
+        .name(&format!("placecast-shard-{id}"))
+        // glommio registers this much memory with io_uring; the default 10 MiB exceeds the
+        // usual 8 MiB memlock limit, and the shards do no file I/O through glommio.
+        .io_memory(256 << 10)
+        .ring_depth(256)
+        .spawn(move || run(id, shared, rx, ready))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+async fn run(id: usize, shared: Arc<Shared>, rx: Receiver<ShardMsg>, ready: Sender<Result<SocketAddr, String>>) {
+    let listener = match listen(shared.config.args.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id}: cannot listen on {}: {e}", shared.config.args.listen)));
+            return;
+        }
+    };
+    let hub = match Hub::new(id, shared.clone(), rx) {
+        Ok(h) => Rc::new(RefCell::new(h)),
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id}: cannot set up io_uring/epoll: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(listener.local_addr().map_err(|e| e.to_string()));
+    glommio::spawn_local(tick_loop(hub.clone(), shared.clone())).detach();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(5);
+                glommio::spawn_local(serve_conn(stream, hub.clone(), shared.clone())).detach();
+            }
+            Err(e) => {
+                // Usually EMFILE: out of file descriptors. Back off instead of spinning.
+                tracing::warn!(shard = id, error = %e, "accept failed (raise the open-file limit if this is EMFILE)");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+        if shared.shutting_down.load(Ordering::Acquire) {
+            break;
+        }
+    }
+}
+
+async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
+    let mut closed = false;
+    loop {
+        let jobs = {
+            let mut h = hub.borrow_mut();
+            if shared.shutting_down.load(Ordering::Acquire) && !closed {
+                h.close_all();
+                closed = true;
+            }
+            h.tick();
+            std::mem::take(&mut h.jobs)
+        };
+        for job in jobs {
+            let hub = hub.clone();
+            glommio::spawn_local(async move {
+                let result = job.pending.finish().await;
+                hub.borrow_mut().place_done(job.conn, job.id, result);
+            })
+            .detach();
+        }
+        glommio::timer::sleep(TICK).await;
+    }
+}
