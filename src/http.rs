@@ -450,6 +450,28 @@ async fn send(stream: &mut TcpStream, r: &Response, keep_alive: bool, head_only:
     stream.flush().await
 }
 
+/// Answers with an error and closes without a reset: the client may still be sending (an
+/// oversized head, a body we refused), and closing with unread data would make the kernel send
+/// RST and discard our answer. So: answer, half-close, drain briefly, then close.
+async fn refuse(stream: &mut TcpStream, r: &Response) {
+    if send(stream, r, false, false).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut sink = [0u8; 4096];
+    let mut left = 1 << 20;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+        Ok(())
+    };
+    let _ = glommio::timer::timeout(Duration::from_secs(1), drain).await;
+}
+
 enum Read {
     Head(Req, usize),
     Eof,
@@ -489,6 +511,7 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> gl
 
 /// Serves one accepted TCP connection until it closes or becomes a WebSocket.
 pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
+    let shard = hub.borrow().shard();
     let timeout = Duration::from_millis(shared.config.args.handshake_timeout_ms);
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
@@ -497,13 +520,13 @@ pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Ar
             Ok(Read::Eof) => return,
             Ok(Read::Bad(status, code, msg)) => {
                 shared.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
-                let _ = send(&mut stream, &Response::error(status, code, &msg), false, false).await;
+                refuse(&mut stream, &Response::error(status, code, &msg)).await;
                 return;
             }
             Err(glommio::GlommioError::TimedOut(_)) => {
                 if !buf.is_empty() {
                     let r = Response::error(408, "timeout", "the request did not arrive in time");
-                    let _ = send(&mut stream, &r, false, false).await;
+                    refuse(&mut stream, &r).await;
                 }
                 return;
             }
@@ -512,12 +535,12 @@ pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Ar
         shared.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
         if req.chunked {
             let r = Response::error(411, "length_required", "chunked bodies are not supported: send Content-Length");
-            let _ = send(&mut stream, &r, false, false).await;
+            refuse(&mut stream, &r).await;
             return;
         }
         if req.content_length > MAX_BODY {
             let r = Response::error(413, "body_too_large", &format!("bodies are limited to {MAX_BODY} bytes"));
-            let _ = send(&mut stream, &r, false, false).await;
+            refuse(&mut stream, &r).await;
             return;
         }
         let total = head_len + req.content_length;
@@ -528,6 +551,7 @@ pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Ar
         let outcome = route(&req, &buf[head_len..total], &shared, &hub).await;
         match outcome {
             Outcome::Respond(r) => {
+                let r = r.header("X-Placecast-Shard", shard.to_string());
                 if r.status >= 400 {
                     shared.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
                 }

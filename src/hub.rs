@@ -172,6 +172,10 @@ impl Hub {
         self.first_seq + self.ring.len() as u64
     }
 
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
     pub fn has_room(&self) -> bool {
         self.live < self.max_conns
     }
@@ -224,6 +228,7 @@ impl Hub {
             "version": self.shared.applier.cut_version.load(std::sync::atomic::Ordering::Acquire),
             "cooldown_ms": self.shared.limiter.cooldown_ms(),
             "user": user.map(|u| u.name),
+            "shard": self.shard,
         });
         self.conns[slot].extra().queue.push_back(text_frame(&hello.to_string()));
         let id = self.id(slot);
