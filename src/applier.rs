@@ -7,15 +7,25 @@
 //! applied since the previous cut, `(cut_version, version]`; the batches and catch-up answers a
 //! shard receives arrive on one FIFO channel, so a catch-up covering `(since, cut]` is followed by
 //! the batch starting at `cut`: no gap, no duplicate.
+//!
+//! On a shared (clustered) log the applier is also the judge: an edit is valid iff its user's
+//! last VALID edit in the log is at least `cooldown` ms earlier by the edits' own timestamps.
+//! The rule reads only the log, so every node decides every edit the same way; rejected edits
+//! become no-op versions. The applier then tells waiting placements (`verdict`) and writes the
+//! node's checkpoint (`checkpoint`), since it alone owns the canvas and the rule's state.
 
 use crate::canvas::Canvas;
-use crate::edit_log::Committed;
+use crate::checkpoint::Checkpoint;
+use crate::edit_log::{Committed, Edit};
 use crate::limiter::Limiter;
 use crate::protocol::{encode_batch, pack_edit};
 use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::verdict::Verdicts;
 use bytes::Bytes;
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{never, select, Receiver, Sender};
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +34,30 @@ use std::time::{Duration, Instant};
 pub const CHUNK: u64 = 65_536;
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
+/// The validity rule forgets a user whose last valid edit is this much older than the newest
+/// timestamp in the log beyond the cooldown (at versions that are multiples of `PRUNE_EVERY`,
+/// so every node forgets at the same point of the log).
+const PRUNE_SLACK_MS: u64 = 60_000;
+const PRUNE_EVERY: u64 = 65_536;
+
+/// Requests to the applier thread from outside.
+pub enum Control {
+    /// Write the checkpoint now; answers with its version.
+    Checkpoint(Sender<Result<u64, String>>),
+}
+
+/// What a node on a shared log adds to the applier.
+pub struct ClusterSetup {
+    /// The cooldown of the log-order validity rule (must be the same on every node).
+    pub cooldown_ms: u64,
+    pub verdicts: Arc<Verdicts>,
+    /// Where `checkpoint.bin` lives.
+    pub dir: PathBuf,
+    /// Names the log in the checkpoint.
+    pub log_id: String,
+    pub checkpoint_every: Duration,
+    pub control: Receiver<Control>,
+}
 
 /// A connection on a shard: slot index and generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,6 +99,14 @@ pub struct ApplierStats {
     pub edits: AtomicU64,
     pub catchups: AtomicU64,
     pub snapshots: AtomicU64,
+    /// Edits rejected in log order by the validity rule (shared logs only).
+    pub rejected: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// Milliseconds from an edit's timestamp (its placement) to the batch carrying it, over the
+    /// live edits since start.
+    pub log_to_batch_p50_ms: AtomicU64,
+    pub log_to_batch_p99_ms: AtomicU64,
+    pub log_to_batch_max_ms: AtomicU64,
 }
 
 pub struct Applier {
@@ -83,6 +125,18 @@ pub struct Applier {
     limiter: Arc<Limiter>,
     snapshots: Arc<SnapshotStore>,
     stats: Arc<ApplierStats>,
+    cluster: Option<ClusterSetup>,
+    /// Each user's last valid edit time (the validity rule's state; shared logs only).
+    last_valid: FxHashMap<u64, u64>,
+    /// The newest edit timestamp in the log so far.
+    log_clock: u64,
+    /// Rejections not yet told to `verdicts`.
+    rejected: Vec<(u64, u64)>,
+    /// Timestamps of the edits in `pending`, for the log-to-batch latency.
+    pending_ts: Vec<u64>,
+    /// Set once history is replayed: only live edits count for latency.
+    live: bool,
+    latency: hdrhistogram::Histogram<u64>,
 }
 
 pub struct ApplierSetup {
@@ -94,6 +148,7 @@ pub struct ApplierSetup {
     pub limiter: Arc<Limiter>,
     pub snapshots: Arc<SnapshotStore>,
     pub stats: Arc<ApplierStats>,
+    pub cluster: Option<ClusterSetup>,
 }
 
 impl Applier {
@@ -113,7 +168,104 @@ impl Applier {
             limiter: s.limiter,
             snapshots: s.snapshots,
             stats: s.stats,
+            cluster: s.cluster,
+            last_valid: FxHashMap::default(),
+            log_clock: 0,
+            rejected: Vec::new(),
+            pending_ts: Vec::new(),
+            live: false,
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("histogram bounds"),
         }
+    }
+
+    /// Starts from a checkpoint instead of version 0, if it was made by this configuration.
+    pub fn restore(&mut self, cp: Checkpoint) -> Result<(), String> {
+        let Some(cl) = &self.cluster else { return Err("checkpoints are used with a shared log only".into()) };
+        let g = &self.canvas.geometry;
+        if (cp.width, cp.height) != (g.width, g.height) {
+            return Err(format!("it is for a {}x{} canvas", cp.width, cp.height));
+        }
+        if cp.cooldown_ms != cl.cooldown_ms {
+            return Err(format!("it was made with a cooldown of {} ms", cp.cooldown_ms));
+        }
+        if cp.log_id != cl.log_id {
+            return Err(format!("it was made from {}", cp.log_id));
+        }
+        let canvas = Canvas::from_pixels(g.clone(), cp.pixels).ok_or("its pixels do not fit this palette")?;
+        self.canvas = canvas;
+        self.version = cp.version;
+        self.cut_version = cp.version;
+        self.window_base = cp.version;
+        self.window.clear();
+        self.log_clock = cp.log_clock_ms;
+        self.last_valid = cp.last_valid.into_iter().collect();
+        for (&user, &ts) in &self.last_valid {
+            self.limiter.observe(user, ts);
+        }
+        self.settle();
+        self.publish_versions();
+        Ok(())
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn make_checkpoint(&self) -> Option<Checkpoint> {
+        let cl = self.cluster.as_ref()?;
+        let mut last_valid: Vec<(u64, u64)> = self.last_valid.iter().map(|(&u, &t)| (u, t)).collect();
+        last_valid.sort_unstable();
+        Some(Checkpoint {
+            version: self.version,
+            cooldown_ms: cl.cooldown_ms,
+            log_clock_ms: self.log_clock,
+            width: self.canvas.geometry.width,
+            height: self.canvas.geometry.height,
+            log_id: cl.log_id.clone(),
+            pixels: self.canvas.pixels().to_vec(),
+            last_valid,
+        })
+    }
+
+    /// Writes `checkpoint.bin` for the current version.
+    pub fn checkpoint(&self) -> Result<u64, String> {
+        let (Some(cp), Some(cl)) = (self.make_checkpoint(), self.cluster.as_ref()) else { return Err("no shared log".into()) };
+        let started = Instant::now();
+        cp.write(&cl.dir).map_err(|e| e.to_string())?;
+        self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(version = cp.version, ms = started.elapsed().as_millis() as u64, "checkpoint written");
+        Ok(cp.version)
+    }
+
+    /// Tells waiting placements the verdicts on everything applied so far.
+    fn settle(&mut self) {
+        if let Some(cl) = &self.cluster {
+            cl.verdicts.settle(self.version, &mut self.rejected);
+        }
+    }
+
+    /// The log-order validity rule: `Err(next_at_ms)` when the user was cooling down.
+    fn judge(&mut self, e: &Edit) -> Result<(), u64> {
+        let Some(cl) = &self.cluster else { return Ok(()) };
+        let cooldown = cl.cooldown_ms;
+        self.log_clock = self.log_clock.max(e.ts_ms);
+        if cooldown == 0 {
+            return Ok(());
+        }
+        if let Some(&last) = self.last_valid.get(&e.user) {
+            let next = last.saturating_add(cooldown);
+            if e.ts_ms < next {
+                return Err(next);
+            }
+        }
+        self.last_valid.insert(e.user, e.ts_ms);
+        Ok(())
+    }
+
+    fn prune(&mut self) {
+        let Some(cl) = &self.cluster else { return };
+        let keep_after = self.log_clock.saturating_sub(cl.cooldown_ms.saturating_add(PRUNE_SLACK_MS));
+        self.last_valid.retain(|_, last| *last > keep_after);
     }
 
     /// Applies the log's history up to `head` before serving starts, so the first snapshot and
@@ -127,12 +279,18 @@ impl Applier {
         }
         // History is not re-broadcast: clients get it from snapshots and catch-up.
         self.pending.clear();
+        self.pending_ts.clear();
+        self.live = true;
+        self.settle();
         self.cut_version = self.version;
         self.publish_versions();
     }
 
     pub fn run(mut self, edits: Receiver<Committed>, requests: Receiver<CatchUpReq>) {
         let mut next_cut = Instant::now() + self.batch;
+        let control = self.cluster.as_ref().map_or_else(never, |c| c.control.clone());
+        let every = self.cluster.as_ref().map(|c| c.checkpoint_every);
+        let mut next_checkpoint = every.map(|e| Instant::now() + e);
         loop {
             let wait = next_cut.saturating_duration_since(Instant::now());
             select! {
@@ -143,7 +301,12 @@ impl Applier {
                         for _ in 0..65_536 {
                             match edits.try_recv() { Ok(c) => self.apply(c), Err(_) => break }
                         }
+                        self.settle();
                     }
+                    Err(_) => return,
+                },
+                recv(control) -> m => match m {
+                    Ok(Control::Checkpoint(reply)) => { let _ = reply.send(self.checkpoint()); }
                     Err(_) => return,
                 },
                 recv(requests) -> r => match r {
@@ -163,6 +326,14 @@ impl Applier {
                     next_cut = now + self.batch;
                 }
             }
+            if let (Some(at), Some(every)) = (next_checkpoint, every) {
+                if now >= at {
+                    if let Err(e) = self.checkpoint() {
+                        tracing::error!(error = %e, "writing the checkpoint failed; a restart will replay more of the log");
+                    }
+                    next_checkpoint = Some(Instant::now() + every);
+                }
+            }
         }
     }
 
@@ -171,19 +342,39 @@ impl Applier {
         self.version = c.version;
         let e = c.edit;
         let g = &self.canvas.geometry;
-        let packed = match g.index(e.x as i64, e.y as i64) {
-            Some(i) if g.valid_color(e.color as i64) => {
-                self.canvas.set(i, e.color);
-                pack_edit(i, e.color)
-            }
+        let target = match g.index(e.x as i64, e.y as i64) {
+            Some(i) if g.valid_color(e.color as i64) => Some(i),
             _ => {
                 tracing::warn!(version = c.version, x = e.x, y = e.y, color = e.color, "edit outside this canvas; applied as no-op");
-                NO_OP
+                None
             }
         };
-        self.limiter.observe(e.user, e.ts_ms);
+        let packed = match target.map(|i| (i, self.judge(&e))) {
+            Some((i, Ok(()))) => {
+                self.canvas.set(i, e.color);
+                self.limiter.observe(e.user, e.ts_ms);
+                pack_edit(i, e.color)
+            }
+            Some((_, Err(next_at))) => {
+                self.rejected.push((c.version, next_at));
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                NO_OP
+            }
+            None => NO_OP,
+        };
         if packed != NO_OP {
             self.pending.push(packed);
+            if self.live {
+                self.pending_ts.push(e.ts_ms);
+            }
+        }
+        if self.cluster.is_some() {
+            if c.version % PRUNE_EVERY == 0 {
+                self.prune();
+            }
+            if self.rejected.len() >= 4096 {
+                self.settle();
+            }
         }
         self.window.push_back(packed);
         if self.window.len() > self.window_cap {
@@ -216,6 +407,17 @@ impl Applier {
         self.cut_version = self.version;
         self.publish_versions();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        if !self.pending_ts.is_empty() {
+            let now = crate::now_ms();
+            for &ts in &self.pending_ts {
+                let _ = self.latency.record(now.saturating_sub(ts).clamp(1, 3_600_000));
+            }
+            self.pending_ts.clear();
+            let h = &self.latency;
+            self.stats.log_to_batch_p50_ms.store(h.value_at_quantile(0.5), Ordering::Relaxed);
+            self.stats.log_to_batch_p99_ms.store(h.value_at_quantile(0.99), Ordering::Relaxed);
+            self.stats.log_to_batch_max_ms.store(h.max(), Ordering::Relaxed);
+        }
     }
 
     fn snapshot(&mut self) {
@@ -308,6 +510,7 @@ mod tests {
             limiter: Arc::new(Limiter::new(0)),
             snapshots: Arc::new(SnapshotStore::default()),
             stats: Arc::new(ApplierStats::default()),
+            cluster: None,
         });
         (a, rx)
     }

@@ -105,6 +105,12 @@ impl Canvas {
         Canvas { geometry, pixels: vec![0; n] }
     }
 
+    /// A canvas with the given pixels, if there is one per pixel and each is in the palette.
+    pub fn from_pixels(geometry: Geometry, pixels: Vec<u8>) -> Option<Self> {
+        let ok = pixels.len() == geometry.pixels() && pixels.iter().all(|&c| (c as usize) < geometry.palette.len());
+        ok.then_some(Canvas { geometry, pixels })
+    }
+
     /// Sets one pixel. The caller validated index and color when the edit entered the log.
     pub fn set(&mut self, index: u32, color: u8) {
         debug_assert!((color as usize) < self.geometry.palette.len());

@@ -132,6 +132,26 @@ pub struct ServeArgs {
     /// Skip fdatasync on the embedded log (faster, loses acknowledged edits on power loss).
     #[arg(long, env = "PLACECAST_NO_FSYNC", default_value_t = false)]
     pub no_fsync: bool,
+
+    /// Kafka bootstrap brokers (host:port,...). Setting it makes a Kafka topic the edit log, shared
+    /// by every node, instead of the embedded log (needs a build with the `kafka` feature; see
+    /// KAFKA.md). Every node must then use the same --cooldown, canvas size and palette.
+    #[arg(long, env = "PLACECAST_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// The Kafka topic of the edits: exactly one partition, infinite retention (see KAFKA.md).
+    #[arg(long, env = "PLACECAST_KAFKA_TOPIC", default_value = "placecast-edits")]
+    pub kafka_topic: String,
+
+    /// Milliseconds a placement waits for Kafka's acknowledgement before it answers 503; the
+    /// start-up checks of the broker and topic give up after this long too.
+    #[arg(long, env = "PLACECAST_KAFKA_TIMEOUT_MS", default_value_t = 5000)]
+    pub kafka_timeout_ms: u64,
+
+    /// Seconds between local checkpoints (DATA_DIR/checkpoint.bin) of a node on a Kafka log; one
+    /// is also written on SIGTERM/SIGINT. A restart replays only the log after it.
+    #[arg(long, env = "PLACECAST_CHECKPOINT_SECS", default_value_t = 30)]
+    pub checkpoint_secs: u64,
 }
 
 #[derive(Debug, Error)]
@@ -158,6 +178,14 @@ pub enum ConfigError {
     MaxLag(usize),
     #[error("--secret must be at least 16 bytes")]
     ShortSecret,
+    #[error("--kafka-brokers needs a placecast built with Kafka support (cargo build --features kafka)")]
+    NoKafka,
+    #[error("--kafka-timeout-ms must be between 1000 and 300000, got {0}")]
+    KafkaTimeout(u64),
+    #[error("--checkpoint-secs must be between 1 and 86400, got {0}")]
+    CheckpointSecs(u64),
+    #[error("--kafka-topic must not be empty")]
+    KafkaTopic,
 }
 
 /// The validated settings the server runs with.
@@ -190,6 +218,20 @@ impl Config {
         if args.secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(ConfigError::ShortSecret);
         }
+        if args.kafka_brokers.is_some() {
+            if !cfg!(feature = "kafka") {
+                return Err(ConfigError::NoKafka);
+            }
+            if !(1000..=300_000).contains(&args.kafka_timeout_ms) {
+                return Err(ConfigError::KafkaTimeout(args.kafka_timeout_ms));
+            }
+            if !(1..=86_400).contains(&args.checkpoint_secs) {
+                return Err(ConfigError::CheckpointSecs(args.checkpoint_secs));
+            }
+            if args.kafka_topic.trim().is_empty() {
+                return Err(ConfigError::KafkaTopic);
+            }
+        }
         Ok(Config { args, geometry })
     }
 }
@@ -212,7 +254,9 @@ where
     let mut extra: Vec<std::ffi::OsString> = Vec::new();
     for (key, value) in table {
         let id = key.replace('-', "_");
-        if !sub.ids().any(|i| i.as_str() == id) || id == "config" {
+        // Known settings are the serve command's arguments (matches list only those with a value).
+        let known = Cli::command().find_subcommand("serve").is_some_and(|c| c.get_arguments().any(|a| a.get_id().as_str() == id));
+        if !known || id == "config" {
             return Err(ConfigError::UnknownKey { path, key });
         }
         if sub.value_source(&id) != Some(ValueSource::DefaultValue) && sub.value_source(&id).is_some() {
@@ -274,6 +318,9 @@ mod tests {
         std::fs::write(&f, "width = 4000\nheight = 4000\nbatch-ms = 50\nno_fsync = true\ncooldown = 7\n").unwrap();
         let a = serve(&["--config", f.to_str().unwrap(), "--cooldown", "9"]).unwrap();
         assert_eq!((a.width, a.height, a.batch_ms, a.cooldown, a.no_fsync), (4000, 4000, 50, 9, true));
+        std::fs::write(&f, "kafka-brokers = \"127.0.0.1:9092\"\nkafka_topic = \"edits\"\n").unwrap();
+        let a = serve(&["--config", f.to_str().unwrap()]).unwrap();
+        assert_eq!((a.kafka_brokers.as_deref(), a.kafka_topic.as_str()), (Some("127.0.0.1:9092"), "edits"));
     }
 
     #[test]

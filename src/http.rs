@@ -85,6 +85,7 @@ fn reason_phrase(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
         426 => "Upgrade Required",
@@ -251,6 +252,11 @@ fn metrics(shared: &Shared) -> Response {
         ("placecast_snapshots_built", "Snapshots built.", a.snapshots.load(Ordering::Relaxed)),
         ("placecast_cooldown_ms", "Current cooldown.", shared.limiter.cooldown_ms()),
         ("placecast_log_head", "Last durable version in the log.", shared.log.head()),
+        ("placecast_rejected_in_log_order", "Edits the log-order cooldown rule turned into no-ops (shared log).", a.rejected.load(Ordering::Relaxed)),
+        ("placecast_checkpoints_written", "Checkpoints written (shared log).", a.checkpoints.load(Ordering::Relaxed)),
+        ("placecast_log_to_batch_p50_ms", "Median ms from an edit's placement time to the batch carrying it, since start.", a.log_to_batch_p50_ms.load(Ordering::Relaxed)),
+        ("placecast_log_to_batch_p99_ms", "99th percentile ms from an edit's placement time to the batch carrying it, since start.", a.log_to_batch_p99_ms.load(Ordering::Relaxed)),
+        ("placecast_log_to_batch_max_ms", "Most ms from an edit's placement time to the batch carrying it, since start.", a.log_to_batch_max_ms.load(Ordering::Relaxed)),
     ];
     let text = crate::metrics::render(&shared.metrics, &shared.shard_stats, &gauges);
     Response { status: 200, content_type: "text/plain; version=0.0.4", headers: Vec::new(), body: Bytes::from(text) }
@@ -367,6 +373,13 @@ fn admin_cooldown(req: &Req, body: &[u8], shared: &Shared) -> Response {
     #[derive(serde::Deserialize)]
     struct Body {
         seconds: u64,
+    }
+    if shared.verdicts.is_some() {
+        return Response::error(
+            409,
+            "cooldown_fixed",
+            "on a shared Kafka log the cooldown is part of the rule every node applies in log order: set the same --cooldown on every node and restart them",
+        );
     }
     match serde_json::from_slice::<Body>(body) {
         Ok(b) if b.seconds <= 365 * 24 * 3600 => {

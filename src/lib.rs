@@ -7,6 +7,7 @@
 
 pub mod applier;
 pub mod canvas;
+pub mod checkpoint;
 pub mod config;
 pub mod edit_log;
 pub mod http;
@@ -19,6 +20,7 @@ pub mod server;
 pub mod shard;
 pub mod snapshot;
 pub mod token;
+pub mod verdict;
 pub mod ws;
 
 /// Wall-clock milliseconds since the Unix epoch: the time base of cooldowns and edit stamps.

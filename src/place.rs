@@ -4,6 +4,9 @@
 //!
 //! Invariants: nothing is appended for an invalid request or a user cooling down; an edit the log
 //! refuses gives the cooldown back (503, nothing placed); a success carries the edit's version.
+//! On a shared log (Kafka) the local limiter check is only an optimisation: the answer waits for
+//! the applier's log-order verdict on the edit's version, so a user placing through two nodes at
+//! the same instant gets one success and one 429, and every node agrees which.
 
 use crate::edit_log::{AppendAck, Edit, LogError};
 use crate::limiter::Permit;
@@ -140,6 +143,21 @@ impl Pending {
             Ok(Ok(version)) => Ok(Placed { version, next_at_ms: self.permit.at_ms + self.cooldown_ms, cooldown_ms: self.cooldown_ms }),
             Ok(Err(e)) => Err(PlaceError::LogUnavailable(e)),
             Err(_) => Err(PlaceError::LogUnavailable(LogError::Closed)),
+        };
+        // On a shared log the edit is valid only if the log-order rule says so (see `verdict`).
+        let result = match (result, &self.shared.verdicts) {
+            (Ok(p), Some(verdicts)) => match verdicts.wait(p.version).await {
+                Ok(Ok(())) => Ok(p),
+                Ok(Err(next_at_ms)) => {
+                    // The user's valid edit is already in the limiter (learned from the log), so
+                    // the permit is kept: the user is cooling down either way.
+                    let retry_after_ms = next_at_ms.saturating_sub(crate::now_ms()).max(1);
+                    self.shared.metrics.place_rejected(&PlaceError::Cooldown { retry_after_ms });
+                    return Err(PlaceError::Cooldown { retry_after_ms });
+                }
+                Err(_) => Err(PlaceError::LogUnavailable(LogError::Closed)),
+            },
+            (r, _) => r,
         };
         match &result {
             Ok(_) => {

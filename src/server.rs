@@ -2,9 +2,12 @@
 //! and signal threads, and one shard per core; `Shared` is what they all hold.
 //!
 //! Invariant: shards start serving only after the log's history is applied, so the first
-//! snapshot and every catch-up include every acknowledged edit.
+//! snapshot and every catch-up include every acknowledged edit. On a Kafka log, "history" is the
+//! topic up to its end at start, applied from the local checkpoint on.
 
-use crate::applier::{Applier, ApplierSetup, ApplierStats, CatchUpReq, ShardMsg};
+use crate::applier::{Applier, ApplierSetup, ApplierStats, CatchUpReq, ClusterSetup, Control, ShardMsg};
+use crate::checkpoint::Checkpoint;
+use crate::verdict::Verdicts;
 use crate::canvas::{Canvas, Geometry};
 use crate::config::Config;
 use crate::edit_log::{file::FileLog, EditLog, LogError};
@@ -25,6 +28,8 @@ pub struct Shared {
     pub geometry: Geometry,
     pub limiter: Arc<Limiter>,
     pub log: Arc<dyn EditLog>,
+    /// Set on a shared (Kafka) log: placements wait for the applier's log-order verdict.
+    pub verdicts: Option<Arc<Verdicts>>,
     pub signer: Signer,
     pub snapshots: Arc<SnapshotStore>,
     pub applier: Arc<ApplierStats>,
@@ -45,6 +50,20 @@ pub enum ServerError {
     Shard(String),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+/// The edit log the configuration asks for, and the lowest version a tail may start after.
+fn open_log(args: &crate::config::ServeArgs) -> Result<(Arc<dyn EditLog>, u64), ServerError> {
+    #[cfg(feature = "kafka")]
+    if let Some(brokers) = &args.kafka_brokers {
+        use crate::edit_log::kafka::{KafkaLog, KafkaSettings};
+        let k = KafkaLog::connect(KafkaSettings { brokers: brokers.clone(), topic: args.kafka_topic.clone(), timeout_ms: args.kafka_timeout_ms })?;
+        let oldest = k.oldest_after();
+        return Ok((Arc::new(k), oldest));
+    }
+    Ok((Arc::new(FileLog::open(&args.data_dir, !args.no_fsync)?), 0))
 }
 
 /// The secret from configuration, or one created once and kept in the data directory.
@@ -118,13 +137,24 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         (fd_limit.saturating_sub(64 + 16 * shards as u64) as usize / shards).max(1)
     };
     let secret = load_secret(&config)?;
-    let log: Arc<dyn EditLog> = Arc::new(FileLog::open(&args.data_dir, !args.no_fsync)?);
+    let (log, oldest_after) = open_log(&args)?;
+    let shared_log = args.kafka_brokers.is_some();
     let limiter = Arc::new(Limiter::new(args.cooldown * 1000));
     let snapshots = Arc::new(SnapshotStore::default());
     let stats = Arc::new(ApplierStats::default());
     let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| unbounded::<ShardMsg>()).unzip();
     let (catchup_tx, catchup_rx) = bounded(65_536);
     let (edits_tx, edits_rx) = bounded(1 << 16);
+    let (control_tx, control_rx) = unbounded::<Control>();
+    let verdicts = shared_log.then(|| Arc::new(Verdicts::new(0)));
+    let cluster = verdicts.as_ref().map(|v| ClusterSetup {
+        cooldown_ms: args.cooldown * 1000,
+        verdicts: v.clone(),
+        dir: args.data_dir.clone(),
+        log_id: format!("kafka topic {}", args.kafka_topic),
+        checkpoint_every: Duration::from_secs(args.checkpoint_secs),
+        control: control_rx,
+    });
 
     let mut applier = Applier::new(ApplierSetup {
         canvas: Canvas::new(config.geometry.clone()),
@@ -135,11 +165,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         limiter: limiter.clone(),
         snapshots: snapshots.clone(),
         stats: stats.clone(),
+        cluster,
     });
     let head = log.head();
-    log.tail(0, edits_tx)?;
+    if shared_log {
+        restore_checkpoint(&mut applier, &args.data_dir, head, oldest_after)?;
+    }
+    let from = applier.version();
+    log.tail(from, edits_tx)?;
     applier.replay(&edits_rx, head);
-    tracing::info!(edits = head, ms = started.elapsed().as_millis() as u64, log = %log.describe(), "history applied");
+    tracing::info!(edits = head, replayed = head - from, ms = started.elapsed().as_millis() as u64, log = %log.describe(), "history applied");
     std::thread::Builder::new().name("placecast-applier".into()).spawn(move || applier.run(edits_rx, catchup_rx))?;
 
     let shared = Arc::new(Shared {
@@ -147,6 +182,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         config,
         limiter: limiter.clone(),
         log,
+        verdicts,
         signer: Signer::new(&secret),
         snapshots,
         applier: stats,
@@ -157,7 +193,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         max_conns_per_shard,
     });
     spawn_housekeeping(limiter);
-    spawn_signals(shared.clone())?;
+    spawn_signals(shared.clone(), shared_log.then_some(control_tx))?;
 
     let (ready_tx, ready_rx) = unbounded();
     let mut handles = Vec::new();
@@ -191,16 +227,59 @@ fn spawn_housekeeping(limiter: Arc<Limiter>) {
     });
 }
 
+/// Starts the applier from `DATA_DIR/checkpoint.bin` when it fits this log; otherwise the whole
+/// log is replayed.
+fn restore_checkpoint(applier: &mut Applier, dir: &Path, head: u64, oldest_after: u64) -> Result<(), ServerError> {
+    let started = Instant::now();
+    match Checkpoint::load(dir) {
+        Ok(Some(cp)) if cp.version > head => {
+            return Err(ServerError::Checkpoint(format!(
+                "{} is at version {} but the topic holds only {head} edits: the topic was recreated or is another one; \
+                 delete the checkpoint to rebuild this node from the topic",
+                crate::checkpoint::path_in(dir).display(),
+                cp.version
+            )))
+        }
+        Ok(Some(cp)) => {
+            let version = cp.version;
+            match applier.restore(cp) {
+                Ok(()) => tracing::info!(version, ms = started.elapsed().as_millis() as u64, "checkpoint loaded"),
+                Err(why) => tracing::warn!(%why, "ignoring the checkpoint; replaying the whole log"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "ignoring the checkpoint; replaying the whole log"),
+    }
+    if applier.version() < oldest_after {
+        return Err(ServerError::Checkpoint(format!(
+            "the topic no longer holds versions {}..={oldest_after} (retention deleted them) and this node's checkpoint is older; \
+             copy a recent checkpoint.bin from another node into the data directory, and set the topic's retention to infinite",
+            applier.version() + 1
+        )));
+    }
+    Ok(())
+}
+
 /// SIGTERM/SIGINT: clients get a 1001 close, then the process exits. Acknowledged edits are
-/// already durable, so there is nothing else to flush.
-fn spawn_signals(shared: Arc<Shared>) -> std::io::Result<()> {
+/// already durable; a node on a shared log writes its checkpoint first.
+fn spawn_signals(shared: Arc<Shared>, checkpoint: Option<Sender<Control>>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new().name("placecast-signals".into()).spawn(move || {
         if let Some(sig) = signals.forever().next() {
             tracing::info!(signal = sig, "shutting down");
             shared.shutting_down.store(true, Ordering::Release);
-            std::thread::sleep(Duration::from_millis(300));
+            let started = Instant::now();
+            if let Some(tx) = &checkpoint {
+                let (reply_tx, reply_rx) = bounded(1);
+                let answer = tx.send(Control::Checkpoint(reply_tx)).ok().and_then(|_| reply_rx.recv_timeout(Duration::from_secs(10)).ok());
+                match answer {
+                    Some(Ok(version)) => tracing::info!(version, "checkpoint written"),
+                    Some(Err(e)) => tracing::error!(error = %e, "writing the checkpoint failed"),
+                    None => tracing::error!("the applier did not write the checkpoint within 10 s"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300).saturating_sub(started.elapsed()));
             std::process::exit(0);
         }
     })?;

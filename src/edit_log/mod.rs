@@ -1,12 +1,15 @@
 //! The edit log: one ordered, durable sequence of edits. A version is a position in it.
 //!
-//! Backends: `file` (embedded, the single-node default). Every backend promises:
+//! Backends: `file` (embedded, the single-node default) and `kafka` (cargo feature `kafka`: one
+//! topic with one partition shared by a cluster of nodes). Every backend promises:
 //! - `append` resolves to `Ok(version)` only once the edit is durable;
 //! - `tail(after, sink)` delivers every durable edit with version > `after`, in order, each
 //!   exactly once, with contiguous versions, and keeps delivering new ones.
 //! The applier is the only tailer in a process; placements on every shard append.
 
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use crossbeam_channel::Sender;
 use futures_channel::oneshot;
@@ -41,6 +44,8 @@ pub enum LogError {
     Closed,
     #[error("the edit log is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Resolves to the edit's version once it is durable.

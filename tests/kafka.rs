@@ -1,0 +1,346 @@
+//! End-to-end tests of the Kafka edit log: real `placecast` nodes on loopback sharing one topic
+//! on a real Kafka-protocol broker (tansu, started here on a free loopback port with its own
+//! sqlite file). Every broker and node is killed by its own PID when the test ends.
+//!
+//! Needs `tansu` on PATH or in ~/.cargo/bin: `cargo install tansu --locked --features libsql`
+//! (scripts/install-tansu.sh). Run with `cargo test --features kafka --test kafka`.
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "edits";
+
+/// The tansu binary, or a failure that says how to install it (never a silent skip).
+fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU") {
+        return PathBuf::from(p);
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        candidates.push(Path::new(&home).join(".cargo/bin/tansu"));
+    }
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("the Kafka tests need the tansu broker: install it with `cargo install tansu --locked --features libsql` (or scripts/install-tansu.sh)")
+    })
+}
+
+/// A tansu broker on 127.0.0.1, storing in a sqlite file in its own temporary directory.
+struct Broker {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let mut b = Broker { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
+        b.restart();
+        let out = Command::new(tansu_bin())
+            .args(["topic", "create", TOPIC, "--partitions", "1", "--broker", &b.url()])
+            .output()
+            .expect("run tansu topic create");
+        assert!(out.status.success(), "tansu topic create failed: {}", String::from_utf8_lossy(&out.stderr));
+        b
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port and storage.
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new(tansu_bin())
+            .current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &self.url(), "--advertised-listener-url", &self.url(), "--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(self.addr()).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {} within 15 s", self.addr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL, by PID
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node's own data directory, kept across restarts.
+struct Node {
+    server: Option<Server>,
+    dir: tempfile::TempDir,
+    port: u16,
+    extra: Vec<String>,
+}
+
+impl Node {
+    fn start(broker: &Broker, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = vec!["--kafka-brokers".into(), broker.addr(), "--kafka-topic".into(), TOPIC.into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = Node { server: None, dir: tempfile::tempdir().unwrap(), port: free_port(), extra: args };
+        n.restart();
+        n
+    }
+
+    fn restart(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.server = Some(Server::start_in(self.dir.path(), self.port, &extra));
+    }
+
+    fn s(&self) -> &Server {
+        self.server.as_ref().expect("node running")
+    }
+
+    fn version(&self) -> u64 {
+        self.s().http("GET", "/healthz", &[], b"").json()["version"].as_u64().unwrap()
+    }
+}
+
+/// Waits until every node serves a snapshot at the same version, at least `at_least`, for two
+/// polls in a row; returns the snapshots.
+fn converged(nodes: &[&Node], at_least: u64) -> Vec<placecast::protocol::SnapshotView> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stable = 0;
+    loop {
+        let snaps: Vec<_> = nodes.iter().map(|n| n.s().snapshot()).collect();
+        let v = snaps[0].version;
+        if v >= at_least && snaps.iter().all(|s| s.version == v) {
+            stable += 1;
+            if stable == 2 {
+                return snaps;
+            }
+        } else {
+            stable = 0;
+        }
+        assert!(Instant::now() < deadline, "nodes did not converge: versions {:?}, want >= {at_least}", snaps.iter().map(|s| s.version).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn place_json(addr: std::net::SocketAddr, token: &str, x: u32, y: u32, c: u8) -> HttpResponse {
+    let body = format!("{{\"x\":{x},\"y\":{y},\"color\":{c}}}");
+    let auth = format!("Bearer {token}");
+    try_http(addr, "POST", "/api/v1/place", &[("Authorization", &auth)], body.as_bytes()).expect("placement answered")
+}
+
+#[test]
+fn three_nodes_agree_one_pixel_per_cooldown_and_a_fourth_matches() {
+    let broker = Broker::start();
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&broker, &["--cooldown", "60", "--batch-ms", "20"])).collect();
+    let addrs: Vec<_> = nodes.iter().map(|n| n.s().addr).collect();
+
+    // 60 users, each placing once through one of the nodes, all at once.
+    let users: Vec<String> = (0..60).map(|i| nodes[i % 3].s().session()).collect();
+    let handles: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (addr, t) = (addrs[i % 3], t.clone());
+            std::thread::spawn(move || place_json(addr, &t, i as u32, 7, (i % 15 + 1) as u8).status)
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(statuses.iter().all(|&s| s == 200), "every first placement succeeds: {statuses:?}");
+
+    // Ten fresh users, each placing through all three nodes at the same instant: exactly one
+    // success each, the others 429 cooldown.
+    let racers: Vec<String> = (0..10).map(|_| nodes[0].s().session()).collect();
+    let mut successes_per_user = Vec::new();
+    for (u, t) in racers.iter().enumerate() {
+        let barrier = Arc::new(Barrier::new(3));
+        let hs: Vec<_> = (0..3)
+            .map(|n| {
+                let (addr, t, b) = (addrs[n], t.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    let r = place_json(addr, &t, 100 + u as u32, 200 + n as u32, (n + 1) as u8);
+                    (r.status, r.error_code())
+                })
+            })
+            .collect();
+        let answers: Vec<(u16, String)> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        for (status, code) in &answers {
+            assert!(*status == 200 || (*status == 429 && code == "cooldown"), "unexpected answer {status} {code}");
+        }
+        successes_per_user.push(answers.iter().filter(|a| a.0 == 200).count());
+    }
+    assert_eq!(successes_per_user, vec![1; 10], "one pixel per cooldown per user, across nodes");
+
+    let snaps = converged(&nodes.iter().collect::<Vec<_>>(), 70);
+    for s in &snaps[1..] {
+        assert_eq!(s.version, snaps[0].version);
+        assert!(s.pixels == snaps[0].pixels, "all canvases are byte-identical");
+    }
+    // Exactly one of each racer's three pixels is on the canvas.
+    for u in 0..10u32 {
+        let set = (0..3u32).filter(|n| snaps[0].pixels[((200 + n) * 1000 + 100 + u) as usize] != 0).count();
+        assert_eq!(set, 1, "racer {u}");
+    }
+    let rejected: Vec<u64> = nodes.iter().map(|n| n.s().metric("placecast_rejected_in_log_order")).collect();
+    assert!(rejected.iter().all(|&r| r == rejected[0]), "nodes agree on the rejected edits: {rejected:?}");
+
+    // A node started afterwards replays the topic to the same canvas.
+    let fourth = Node::start(&broker, &["--cooldown", "60", "--batch-ms", "20"]);
+    let all = [&nodes[0], &nodes[1], &nodes[2], &fourth];
+    let snaps = converged(&all, snaps[0].version);
+    assert!(snaps.iter().all(|s| s.pixels == snaps[0].pixels && s.version == snaps[0].version));
+    assert_eq!(fourth.s().metric("placecast_rejected_in_log_order"), rejected[0]);
+}
+
+#[test]
+fn a_node_killed_mid_stream_restarts_from_its_checkpoint_and_catches_up() {
+    let broker = Broker::start();
+    let flags = ["--cooldown", "0", "--batch-ms", "20", "--checkpoint-secs", "1"];
+    let a = Node::start(&broker, &flags);
+    let mut b = Node::start(&broker, &flags);
+    let t = a.s().session();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = [a.s().addr, b.s().addr]
+        .into_iter()
+        .enumerate()
+        .map(|(w, addr)| {
+            let (t, stop) = (t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut ok = 0u32;
+                for i in 0..100_000u32 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    match try_http(addr, "POST", "/api/v1/place", &[("Authorization", &format!("Bearer {t}"))], format!("{{\"x\":{},\"y\":{},\"color\":{}}}", i % 1000, w * 100 + (i / 1000) as usize, 1 + (i % 15)).as_bytes()) {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        _ if w == 1 => std::thread::sleep(Duration::from_millis(20)), // node b is down for a while
+                        Ok(r) => panic!("placement through the live node failed: {} {}", r.status, String::from_utf8_lossy(&r.body)),
+                        Err(e) => panic!("placement through the live node failed: {e}"),
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(b.dir.path().join("checkpoint.bin").exists(), "node b wrote a checkpoint");
+    b.server.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    b.restart();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let placed: Vec<u32> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(placed[0] > 20, "placements went through the live node: {placed:?}");
+    let head = a.version();
+    let snaps = converged(&[&a, &b], head);
+    assert!(snaps[0].pixels == snaps[1].pixels, "the restarted node matches");
+    // A clean stop writes a checkpoint at the node's version; the next start uses it.
+    let before = b.version();
+    unsafe { libc::kill(b.s().child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.server.as_mut().unwrap().child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cp = placecast::checkpoint::Checkpoint::load(b.dir.path()).unwrap().expect("checkpoint written on SIGTERM");
+    assert!(cp.version >= before, "checkpoint at {} covers version {before}", cp.version);
+    b.restart();
+    let snaps = converged(&[&a, &b], head);
+    assert!(snaps[0].pixels == snaps[1].pixels);
+}
+
+#[test]
+fn broker_outage_gives_503_and_tailing_resumes_without_gap() {
+    let mut broker = Broker::start();
+    let node = Node::start(&broker, &["--cooldown", "0", "--batch-ms", "20", "--kafka-timeout-ms", "2000"]);
+    let s = node.s();
+    let t = s.session();
+    let mut client = s.ws("?since=0");
+    let mut canvas = vec![0u8; 1000 * 1000];
+    for i in 0..5 {
+        assert_eq!(place_json(s.addr, &t, i, 0, 3).status, 200);
+    }
+    let mut at = client.follow_until(0, 5, &mut canvas);
+
+    broker.kill();
+    let started = Instant::now();
+    let r = place_json(s.addr, &t, 9, 9, 9);
+    assert_eq!((r.status, r.error_code().as_str()), (503, "log_unavailable"), "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("Retry-After").is_some());
+    assert!(started.elapsed() < Duration::from_secs(10), "the 503 comes within the Kafka timeout");
+    client.set_timeout(Duration::from_millis(300));
+    assert!(matches!(client.next(), Got::Timeout), "the client stays connected during the outage");
+
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut last = 0;
+    let mut ok = 0;
+    while ok < 20 {
+        assert!(Instant::now() < deadline, "placements did not succeed again after the broker came back");
+        let r = place_json(s.addr, &t, 10 + ok, 1, 4);
+        match r.status {
+            200 => {
+                last = r.json()["version"].as_u64().unwrap();
+                ok += 1;
+            }
+            503 => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("unexpected {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    client.set_timeout(Duration::from_secs(10));
+    at = client.follow_until(at, last, &mut canvas);
+    assert_eq!(at, last);
+    let snap = converged(&[&node], last);
+    assert!(snap[0].pixels == canvas, "the client that stayed connected has the canvas");
+}
+
+#[test]
+fn missing_topic_or_wrong_broker_fails_fast_with_a_clear_error() {
+    let broker = Broker::start();
+    let run = |brokers: &str, topic: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_placecast"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir", dir.path().to_str().unwrap()])
+            .args(["--secret", "test-secret-0123456789", "--kafka-brokers", brokers, "--kafka-topic", topic, "--kafka-timeout-ms", "3000"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("placecast hung at start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, err) = run(&broker.addr(), "no-such-topic");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("topic \"no-such-topic\" does not exist"), "{err}");
+    let (code, err) = run(&format!("127.0.0.1:{}", free_port()), TOPIC);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot reach Kafka"), "{err}");
+}
