@@ -527,6 +527,67 @@ mod tests {
         frames.iter().map(|f| { let b = BatchView::parse(payload(f)).unwrap(); (b.from, b.to, b.count) }).collect()
     }
 
+    fn cluster_applier(dir: &std::path::Path) -> (Applier, Receiver<ShardMsg>, Arc<Verdicts>) {
+        let (tx, rx) = unbounded();
+        let (_ctl_tx, ctl_rx) = unbounded();
+        let verdicts = Arc::new(Verdicts::new(0));
+        let g = Geometry::new(100, 100, RPLACE_2017_PALETTE.to_vec()).unwrap();
+        let a = Applier::new(ApplierSetup {
+            canvas: Canvas::new(g),
+            window: 1000,
+            stride: 4,
+            batch: Duration::from_millis(100),
+            shards: vec![tx],
+            limiter: Arc::new(Limiter::new(1000)),
+            snapshots: Arc::new(SnapshotStore::default()),
+            stats: Arc::new(ApplierStats::default()),
+            cluster: Some(ClusterSetup {
+                cooldown_ms: 1000,
+                verdicts: verdicts.clone(),
+                dir: dir.to_path_buf(),
+                log_id: "test".into(),
+                checkpoint_every: Duration::from_secs(60),
+                control: ctl_rx,
+            }),
+        });
+        (a, rx, verdicts)
+    }
+
+    fn by(v: u64, user: u64, ts_ms: u64) -> Committed {
+        Committed { version: v, edit: Edit { x: v as u16, y: 0, color: 1, user, ts_ms } }
+    }
+
+    #[test]
+    fn log_order_rule_uses_edit_timestamps_and_survives_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, rx, verdicts) = cluster_applier(dir.path());
+        let log = [by(1, 7, 10_000), by(2, 7, 10_500), by(3, 8, 10_500), by(4, 7, 10_999), by(5, 7, 11_000), by(6, 7, 11_001)];
+        for c in &log[..4] {
+            a.apply(*c);
+        }
+        a.settle();
+        a.checkpoint().unwrap();
+        for c in &log[4..] {
+            a.apply(*c);
+        }
+        a.settle();
+        a.cut();
+        let ShardMsg::Batch { frame, .. } = rx.try_recv().unwrap() else { panic!() };
+        // Versions 2, 4 and 6 came within the cooldown of user 7's last valid edit.
+        assert_eq!(ranges(&[frame]), vec![(0, 6, 3)]);
+        let got: Vec<_> = (1..=6).map(|v| verdicts.wait(v).try_recv().unwrap().unwrap()).collect();
+        assert_eq!(got, vec![Ok(()), Err(11_000), Ok(()), Err(11_000), Ok(()), Err(12_000)]);
+        // A node restored from the checkpoint at version 4 decides versions 5 and 6 the same.
+        let (mut b, _rx, _v) = cluster_applier(dir.path());
+        b.restore(crate::checkpoint::Checkpoint::load(dir.path()).unwrap().unwrap()).unwrap();
+        assert_eq!(b.version(), 4);
+        for c in &log[4..] {
+            b.apply(*c);
+        }
+        assert_eq!(a.canvas.pixels(), b.canvas.pixels());
+        assert_eq!(a.last_valid, b.last_valid);
+    }
+
     #[test]
     fn batch_covers_exactly_its_edits() {
         let (mut a, rx) = applier(1000);

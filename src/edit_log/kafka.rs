@@ -49,11 +49,12 @@ pub struct KafkaSettings {
 struct Ctx {
     last_error: Mutex<Option<Instant>>,
     failed: Option<crossbeam_channel::Sender<()>>,
+    timeout_ms: u64,
 }
 
 impl Ctx {
     fn new() -> Self {
-        Ctx { last_error: Mutex::new(None), failed: None }
+        Ctx { last_error: Mutex::new(None), failed: None, timeout_ms: 0 }
     }
 }
 
@@ -84,7 +85,15 @@ impl ProducerContext for Ctx {
     fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
         let r = match result {
             Ok(m) => Ok(m.offset() as u64 + 1),
-            Err((e, _)) => Err(LogError::Unavailable(format!("Kafka did not acknowledge the edit: {e}"))),
+            Err((e, _)) => Err(LogError::Unavailable(match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::MessageTimedOut) => {
+                    format!("Kafka did not acknowledge the edit within {} ms; the broker may be down", self.timeout_ms)
+                }
+                Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => {
+                    "Kafka did not acknowledge the edit; the connection to the broker was reset".to_string()
+                }
+                _ => format!("Kafka did not acknowledge the edit: {e}"),
+            })),
         };
         if r.is_err() {
             if let Some(f) = &self.failed {
@@ -132,7 +141,7 @@ fn make_producer(s: &KafkaSettings, failed: &crossbeam_channel::Sender<()>) -> R
         .set("linger.ms", "1")
         .set("message.timeout.ms", s.timeout_ms.to_string())
         .set("queue.buffering.max.messages", "100000")
-        .create_with_context(Ctx { failed: Some(failed.clone()), ..Ctx::new() })
+        .create_with_context(Ctx { failed: Some(failed.clone()), timeout_ms: s.timeout_ms, ..Ctx::new() })
         .map_err(|e| unavailable(s, "creating the producer", e))
 }
 
@@ -182,6 +191,8 @@ fn make_consumer(s: &KafkaSettings) -> Result<BaseConsumer<Ctx>, LogError> {
         .set("fetch.min.bytes", "1")
         .set("fetch.error.backoff.ms", "50")
         .set("queued.min.messages", "100000")
+        // Replaying history: large fetches (a record is ~70 bytes on the wire).
+        .set("max.partition.fetch.bytes", "8388608")
         .create_with_context(Ctx::new())
         .map_err(|e| unavailable(s, "creating the consumer", e))
 }

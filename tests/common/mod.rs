@@ -3,6 +3,9 @@
 //! the test ends.
 #![allow(dead_code)]
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 use placecast::protocol::{parse_snapshot, BatchView, SnapshotView};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

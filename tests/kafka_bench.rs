@@ -1,0 +1,186 @@
+//! Measurements of the Kafka edit log for bench/RESULTS.md (ignored by default; they print their
+//! figures). Run one at a time, in release mode:
+//!
+//! ```text
+//! cargo test --release --features kafka --test kafka_bench -- --ignored --nocapture --test-threads 1
+//! PLACECAST_BENCH_EDITS=10000000 cargo test --release --features kafka --test kafka_bench cold_start -- --ignored --nocapture
+//! ```
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use common::kafka::*;
+use common::*;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+#[ignore]
+fn placements_latency_and_log_to_client() {
+    let threads = env_or("PLACECAST_BENCH_THREADS", 32) as usize;
+    let secs = env_or("PLACECAST_BENCH_SECS", 10);
+    let batch_ms = env_or("PLACECAST_BENCH_BATCH_MS", 100).to_string();
+    let broker = Broker::start();
+    let node = Node::start(&broker, &["--cooldown", "0", "--batch-ms", &batch_ms]);
+    let s = node.s();
+    let addr = s.addr;
+
+    // A WebSocket client notes when each batch arrives.
+    let arrivals: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (arrivals, stop) = (arrivals.clone(), stop.clone());
+        let mut c = s.ws("?since=0");
+        c.set_timeout(Duration::from_millis(200));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Got::Batch { to, .. } = c.next() {
+                    arrivals.lock().unwrap().push((to, Instant::now()));
+                }
+            }
+        })
+    };
+    let tokens: Vec<String> = (0..threads).map(|_| s.session()).collect();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(secs);
+    let workers: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(w, t)| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut i = 0u32;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let r = place_json(addr, &t, (w as u32 * 31 + i) % 1000, i % 1000, (1 + i % 15) as u8);
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    out.push((r.json()["version"].as_u64().unwrap(), t0, t0.elapsed()));
+                    i += 1;
+                }
+                out
+            })
+        })
+        .collect();
+    let placed: Vec<(u64, Instant, Duration)> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let arrivals = arrivals.lock().unwrap().clone();
+
+    let mut lat: Vec<f64> = placed.iter().map(|p| p.2.as_secs_f64() * 1000.0).collect();
+    lat.sort_by(f64::total_cmp);
+    // Log-to-client: from the broker's acknowledgement (as seen by the placing client, an upper
+    // bound on when the edit entered the log) to the WebSocket client receiving the batch.
+    let mut to_client: Vec<f64> = Vec::new();
+    let mut end_to_end: Vec<f64> = Vec::new();
+    for (v, t0, l) in &placed {
+        if let Some((_, at)) = arrivals.iter().find(|(to, _)| to >= v) {
+            to_client.push(at.saturating_duration_since(*t0 + *l).as_secs_f64() * 1000.0);
+            end_to_end.push(at.duration_since(*t0).as_secs_f64() * 1000.0);
+        }
+    }
+    to_client.sort_by(f64::total_cmp);
+    end_to_end.sort_by(f64::total_cmp);
+    println!(
+        "BENCH placements: {} in {elapsed:.1} s = {:.0}/s through one node ({threads} HTTP clients, batch {batch_ms} ms)",
+        placed.len(),
+        placed.len() as f64 / elapsed
+    );
+    println!("BENCH placement latency ms: p50 {:.1} p99 {:.1} max {:.1}", pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 1.0));
+    println!("BENCH ack-to-client ms: p50 {:.1} p99 {:.1}", pct(&to_client, 0.5), pct(&to_client, 0.99));
+    println!("BENCH place-request-to-client ms: p50 {:.1} p99 {:.1}", pct(&end_to_end, 0.5), pct(&end_to_end, 0.99));
+    println!(
+        "BENCH server log-to-batch ms (edit timestamp to batch cut): p50 {} p99 {} max {}",
+        s.metric("placecast_log_to_batch_p50_ms"),
+        s.metric("placecast_log_to_batch_p99_ms"),
+        s.metric("placecast_log_to_batch_max_ms")
+    );
+}
+
+/// Starts a node and returns the milliseconds until it answers /healthz (it listens only after
+/// the log's history is applied).
+fn time_to_serving(dir: &std::path::Path, broker: &Broker) -> (std::process::Child, std::net::SocketAddr, u128) {
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_placecast"))
+        .args(["serve", "--listen", &addr.to_string(), "--shards", "2", "--data-dir", dir.to_str().unwrap()])
+        .args(["--secret", "test-secret-0123456789", "--cooldown", "0", "--kafka-brokers", &broker.addr(), "--kafka-topic", TOPIC])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(1800);
+    loop {
+        if let Ok(r) = try_http(addr, "GET", "/healthz", &[], b"") {
+            if r.status == 200 {
+                return (child, addr, started.elapsed().as_millis());
+            }
+        }
+        assert!(Instant::now() < deadline, "node did not start within 30 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore]
+fn cold_start_with_many_edits() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let n = env_or("PLACECAST_BENCH_EDITS", 1_000_000);
+    let broker = Broker::start();
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "600000")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    let base_ts = placecast::now_ms() - n;
+    let mut rec = [0u8; 32];
+    for i in 0..n {
+        let e = placecast::edit_log::Edit { x: (i % 1000) as u16, y: ((i / 1000) % 1000) as u16, color: (i % 16) as u8, user: i % 100_000 + 1, ts_ms: base_ts + i };
+        placecast::edit_log::file::encode(0, &e, &mut rec);
+        loop {
+            match producer.send(BaseRecord::<(), [u8]>::to(TOPIC).partition(0).payload(&rec[..]).timestamp(e.ts_ms as i64)) {
+                Ok(()) => break,
+                Err((_, _)) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        if i > 0 && i % 1_000_000 == 0 {
+            println!("BENCH loaded {i} edits, {:.0}/s", i as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+    producer.flush(Duration::from_secs(600)).unwrap();
+    println!("BENCH loaded {n} edits into the topic in {:.1} s ({:.0}/s)", started.elapsed().as_secs_f64(), n as f64 / started.elapsed().as_secs_f64());
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr, ms) = time_to_serving(dir.path(), &broker);
+    let v = try_http(addr, "GET", "/healthz", &[], b"").unwrap().json()["version"].as_u64().unwrap();
+    assert_eq!(v, n);
+    println!("BENCH cold start, no checkpoint, {n} edits: {ms} ms to serving");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let (mut child, _addr, ms) = time_to_serving(dir.path(), &broker);
+    println!("BENCH restart from checkpoint at version {n}: {ms} ms to serving");
+    let _ = child.kill();
+    let _ = child.wait();
+}
