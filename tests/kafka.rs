@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 #[test]
 fn three_nodes_agree_one_pixel_per_cooldown_and_a_fourth_matches() {
     let broker = Broker::start();
-    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&broker, &["--cooldown", "60", "--batch-ms", "20"])).collect();
+    let flags = ["--cooldown", "60", "--batch-ms", "20", "--admin-token", "admin-secret-1"];
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&broker, &flags)).collect();
     let addrs: Vec<_> = nodes.iter().map(|n| n.s().addr).collect();
 
     // 60 users, each placing once through one of the nodes, all at once.
@@ -71,11 +72,14 @@ fn three_nodes_agree_one_pixel_per_cooldown_and_a_fourth_matches() {
     assert!(rejected.iter().all(|&r| r == rejected[0]), "nodes agree on the rejected edits: {rejected:?}");
 
     // A node started afterwards replays the topic to the same canvas.
-    let fourth = Node::start(&broker, &["--cooldown", "60", "--batch-ms", "20"]);
+    let fourth = Node::start(&broker, &flags);
     let all = [&nodes[0], &nodes[1], &nodes[2], &fourth];
     let snaps = converged(&all, snaps[0].version);
     assert!(snaps.iter().all(|s| s.pixels == snaps[0].pixels && s.version == snaps[0].version));
     assert_eq!(fourth.s().metric("placecast_rejected_in_log_order"), rejected[0]);
+    // The cooldown is part of the cluster's rule: one node cannot change it live.
+    let r = fourth.s().http("POST", "/api/v1/admin/cooldown", &[("Authorization", "Bearer admin-secret-1")], br#"{"seconds":0}"#);
+    assert_eq!((r.status, r.error_code().as_str()), (409, "cooldown_fixed"));
 }
 
 #[test]
