@@ -271,10 +271,16 @@ impl Applier {
     /// Applies the log's history up to `head` before serving starts, so the first snapshot and
     /// every catch-up see it. Returns when `head` is applied.
     pub fn replay(&mut self, edits: &Receiver<Committed>, head: u64) {
+        let (started, from, mut next_report) = (Instant::now(), self.version, Instant::now() + Duration::from_secs(5));
         while self.version < head {
             match edits.recv() {
                 Ok(c) => self.apply(c),
                 Err(_) => return,
+            }
+            if self.version % 65_536 == 0 && Instant::now() >= next_report {
+                let rate = (self.version - from) as f64 / started.elapsed().as_secs_f64().max(0.001);
+                tracing::info!(version = self.version, head, per_s = rate as u64, "replaying the log");
+                next_report += Duration::from_secs(5);
             }
         }
         // History is not re-broadcast: clients get it from snapshots and catch-up.

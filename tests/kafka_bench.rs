@@ -142,7 +142,22 @@ fn cold_start_with_many_edits() {
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let n = env_or("PLACECAST_BENCH_EDITS", 1_000_000);
-    let broker = Broker::start();
+    // PLACECAST_BENCH_TANSU_DIR: a directory kept between runs; its tansu.db is loaded once.
+    let keep = std::env::var_os("PLACECAST_BENCH_TANSU_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = keep.as_ref().filter(|d| d.join("tansu.db").exists()) {
+        let broker = Broker::start_existing(dir);
+        return measure_start(&broker, n);
+    }
+    let broker = match &keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).unwrap();
+            let b = Broker::start_existing(dir);
+            let out = Command::new(tansu_bin()).args(["topic", "create", TOPIC, "--partitions", "1", "--broker", &b.url()]).output().unwrap();
+            assert!(out.status.success());
+            b
+        }
+        None => Broker::start(),
+    };
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", broker.addr())
         .set("enable.idempotence", "true")
@@ -171,15 +186,20 @@ fn cold_start_with_many_edits() {
     }
     producer.flush(Duration::from_secs(600)).unwrap();
     println!("BENCH loaded {n} edits into the topic in {:.1} s ({:.0}/s)", started.elapsed().as_secs_f64(), n as f64 / started.elapsed().as_secs_f64());
+    measure_start(&broker, n);
+}
+
+/// Times a node's start with no checkpoint, then its restart from the checkpoint written on SIGTERM.
+fn measure_start(broker: &Broker, n: u64) {
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, ms) = time_to_serving(dir.path(), &broker);
+    let (mut child, addr, ms) = time_to_serving(dir.path(), broker);
     let v = try_http(addr, "GET", "/healthz", &[], b"").unwrap().json()["version"].as_u64().unwrap();
     assert_eq!(v, n);
     println!("BENCH cold start, no checkpoint, {n} edits: {ms} ms to serving");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
-    let (mut child, _addr, ms) = time_to_serving(dir.path(), &broker);
+    let (mut child, _addr, ms) = time_to_serving(dir.path(), broker);
     println!("BENCH restart from checkpoint at version {n}: {ms} ms to serving");
     let _ = child.kill();
     let _ = child.wait();

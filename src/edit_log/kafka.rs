@@ -181,6 +181,11 @@ fn make_consumer(s: &KafkaSettings) -> Result<BaseConsumer<Ctx>, LogError> {
         // assigned by hand and nothing is committed); unique so nodes never interfere.
         .set("group.id", format!("placecast-{:016x}", u64::from_le_bytes(id)))
         .set("enable.auto.commit", "false")
+        // A fetch is abandoned (and the connection re-made) only after this long. tansu answers a
+        // fetch in time proportional to the records after the fetch offset (over a minute for 10
+        // million), and an abandoned fetch would be retried from scratch forever. A dead broker
+        // is still noticed at once (the connection fails).
+        .set("socket.timeout.ms", "300000")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "error")
@@ -191,8 +196,12 @@ fn make_consumer(s: &KafkaSettings) -> Result<BaseConsumer<Ctx>, LogError> {
         .set("fetch.min.bytes", "1")
         .set("fetch.error.backoff.ms", "50")
         .set("queued.min.messages", "100000")
-        // Replaying history: large fetches (a record is ~70 bytes on the wire).
-        .set("max.partition.fetch.bytes", "8388608")
+        // Replaying history: large fetches (a record is ~70 bytes on the wire). tansu computes
+        // each fetch over all records from the fetch offset to the end, so fewer, larger fetches
+        // replay a long topic much faster there.
+        .set("max.partition.fetch.bytes", "33554432")
+        .set("fetch.max.bytes", "67108864")
+        .set("receive.message.max.bytes", "268435456")
         .create_with_context(Ctx::new())
         .map_err(|e| unavailable(s, "creating the consumer", e))
 }

@@ -26,18 +26,27 @@ pub fn tansu_bin() -> PathBuf {
 pub struct Broker {
     pub port: u16,
     child: Option<Child>,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let mut b = Broker { port: free_port(), child: None, dir: tempfile::tempdir().unwrap() };
+        let tmp = tempfile::tempdir().unwrap();
+        let mut b = Broker { port: free_port(), child: None, dir: tmp.path().to_path_buf(), _tmp: Some(tmp) };
         b.restart();
         let out = Command::new(tansu_bin())
             .args(["topic", "create", TOPIC, "--partitions", "1", "--broker", &b.url()])
             .output()
             .expect("run tansu topic create");
         assert!(out.status.success(), "tansu topic create failed: {}", String::from_utf8_lossy(&out.stderr));
+        b
+    }
+
+    /// A broker on storage that already holds the topic (kept by the caller).
+    pub fn start_existing(dir: &Path) -> Broker {
+        let mut b = Broker { port: free_port(), child: None, dir: dir.to_path_buf(), _tmp: None };
+        b.restart();
         b
     }
 
@@ -53,7 +62,7 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none());
         let child = Command::new(tansu_bin())
-            .current_dir(self.dir.path())
+            .current_dir(&self.dir)
             .args(["broker", "--listener-url", &self.url(), "--advertised-listener-url", &self.url(), "--storage-engine", "sqlite://tansu.db"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
