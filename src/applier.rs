@@ -277,7 +277,7 @@ impl Applier {
                 Ok(c) => self.apply(c),
                 Err(_) => return,
             }
-            if self.version % 65_536 == 0 && Instant::now() >= next_report {
+            if self.version.is_multiple_of(65_536) && Instant::now() >= next_report {
                 let rate = (self.version - from) as f64 / started.elapsed().as_secs_f64().max(0.001);
                 tracing::info!(version = self.version, head, per_s = rate as u64, "replaying the log");
                 next_report += Duration::from_secs(5);
@@ -375,7 +375,7 @@ impl Applier {
             }
         }
         if self.cluster.is_some() {
-            if c.version % PRUNE_EVERY == 0 {
+            if c.version.is_multiple_of(PRUNE_EVERY) {
                 self.prune();
             }
             if self.rejected.len() >= 4096 {
