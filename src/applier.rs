@@ -177,7 +177,13 @@ impl Applier {
                 pack_edit(i, e.color)
             }
             _ => {
-                tracing::warn!(version = c.version, x = e.x, y = e.y, color = e.color, "edit outside this canvas; applied as no-op");
+                tracing::warn!(
+                    version = c.version,
+                    x = e.x,
+                    y = e.y,
+                    color = e.color,
+                    "edit outside this canvas; applied as no-op"
+                );
                 NO_OP
             }
         };
@@ -321,7 +327,13 @@ mod tests {
     }
 
     fn ranges(frames: &[Bytes]) -> Vec<(u64, u64, u32)> {
-        frames.iter().map(|f| { let b = BatchView::parse(payload(f)).unwrap(); (b.from, b.to, b.count) }).collect()
+        frames
+            .iter()
+            .map(|f| {
+                let b = BatchView::parse(payload(f)).unwrap();
+                (b.from, b.to, b.count)
+            })
+            .collect()
     }
 
     #[test]
@@ -369,7 +381,9 @@ mod tests {
         // Older than the window: reload.
         a.catch_up(CatchUpReq { shard: 0, conn: ConnId { slot: 0, gen: 0 }, since: 0 });
         match rx.try_recv().unwrap() {
-            ShardMsg::CatchUp { reply: CatchUpReply::Reload { oldest_since }, .. } => assert_eq!(oldest_since, n - 150_000),
+            ShardMsg::CatchUp { reply: CatchUpReply::Reload { oldest_since }, .. } => {
+                assert_eq!(oldest_since, n - 150_000)
+            }
             _ => panic!("expected reload"),
         }
     }

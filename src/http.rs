@@ -63,7 +63,8 @@ impl Response {
     }
 
     fn static_file(content_type: &'static str, body: &'static str) -> Self {
-        let mut r = Response { status: 200, content_type, headers: Vec::new(), body: Bytes::from_static(body.as_bytes()) };
+        let mut r =
+            Response { status: 200, content_type, headers: Vec::new(), body: Bytes::from_static(body.as_bytes()) };
         r.headers.push(("Cache-Control", "no-cache".into()));
         r
     }
@@ -158,7 +159,11 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
 
 /// The value of `name` in a query string, percent-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -216,7 +221,9 @@ pub enum Outcome {
 pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCell<Hub>>) -> Outcome {
     let m = req.method.as_str();
     let r = match (m, req.path.as_str()) {
-        ("GET" | "HEAD", "/") | ("GET" | "HEAD", "/index.html") => Response::static_file("text/html; charset=utf-8", INDEX_HTML),
+        ("GET" | "HEAD", "/") | ("GET" | "HEAD", "/index.html") => {
+            Response::static_file("text/html; charset=utf-8", INDEX_HTML)
+        }
         ("GET" | "HEAD", "/app.js") => Response::static_file("text/javascript; charset=utf-8", APP_JS),
         ("GET" | "HEAD", "/style.css") => Response::static_file("text/css; charset=utf-8", STYLE_CSS),
         ("GET" | "HEAD", "/healthz") => health(shared),
@@ -228,10 +235,22 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("POST", "/api/v1/place") => place_http(req, body, shared).await,
         ("POST", "/api/v1/admin/cooldown") => admin_cooldown(req, body, shared),
         ("GET", "/ws") => return upgrade(req, shared, hub),
-        (_, "/" | "/index.html" | "/app.js" | "/style.css" | "/healthz" | "/metrics" | "/api/v1/canvas/info" | "/api/v1/canvas"
-        | "/api/v1/canvas.png" | "/api/v1/session" | "/api/v1/place" | "/api/v1/admin/cooldown" | "/ws") => {
-            Response::error(405, "method_not_allowed", &format!("{m} is not allowed on {}", req.path))
-        }
+        (
+            _,
+            "/"
+            | "/index.html"
+            | "/app.js"
+            | "/style.css"
+            | "/healthz"
+            | "/metrics"
+            | "/api/v1/canvas/info"
+            | "/api/v1/canvas"
+            | "/api/v1/canvas.png"
+            | "/api/v1/session"
+            | "/api/v1/place"
+            | "/api/v1/admin/cooldown"
+            | "/ws",
+        ) => Response::error(405, "method_not_allowed", &format!("{m} is not allowed on {}", req.path)),
         _ => Response::error(404, "not_found", &format!("no such resource: {}", req.path)),
     };
     Outcome::Respond(r)
@@ -266,7 +285,9 @@ fn info(shared: &Shared) -> Response {
         "version": shared.applier.cut_version.load(Ordering::Acquire),
         "edit_stride": shared.config.args.edit_stride,
     });
-    Response::json(200, body.to_string()).header("Cache-Control", "public, max-age=1").header("Access-Control-Allow-Origin", "*")
+    Response::json(200, body.to_string())
+        .header("Cache-Control", "public, max-age=1")
+        .header("Access-Control-Allow-Origin", "*")
 }
 
 /// The newest snapshot at least as new as the last batch when the request came in, waiting for
@@ -289,10 +310,14 @@ async fn fresh_snapshot(shared: &Shared) -> Option<Arc<Snapshot>> {
 
 async fn canvas(req: &Req, shared: &Arc<Shared>, png: bool) -> Response {
     let Some(snap) = fresh_snapshot(shared).await else {
-        return Response::error(503, "snapshot_unavailable", "the snapshot is not ready yet; try again").header("Retry-After", "1");
+        return Response::error(503, "snapshot_unavailable", "the snapshot is not ready yet; try again")
+            .header("Retry-After", "1");
     };
     let etag = if png { snap.png_etag() } else { snap.etag.clone() };
-    let matches = req.if_none_match.as_deref().is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
+    let matches = req
+        .if_none_match
+        .as_deref()
+        .is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
     let base = |status, content_type, body| {
         Response { status, content_type, headers: Vec::new(), body }
             .header("ETag", etag.clone())
@@ -318,7 +343,9 @@ fn session(shared: &Shared) -> Response {
     let ttl = shared.config.args.session_ttl;
     let expires = if ttl == 0 { 0 } else { crate::now_ms() / 1000 + ttl };
     match shared.signer.mint(&user, expires) {
-        Ok(token) => Response::json(200, serde_json::json!({"token": token, "user": user, "expires_at": expires}).to_string()),
+        Ok(token) => {
+            Response::json(200, serde_json::json!({"token": token, "user": user, "expires_at": expires}).to_string())
+        }
         Err(e) => Response::error(500, "internal", &e.to_string()),
     }
 }
@@ -347,7 +374,11 @@ async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>) -> Response {
         Err(e) => return place_error_response(&e),
     };
     match pending.finish().await {
-        Ok(p) => Response::json(200, serde_json::json!({"version": p.version, "next_at_ms": p.next_at_ms, "cooldown_ms": p.cooldown_ms}).to_string()),
+        Ok(p) => Response::json(
+            200,
+            serde_json::json!({"version": p.version, "next_at_ms": p.next_at_ms, "cooldown_ms": p.cooldown_ms})
+                .to_string(),
+        ),
         Err(e) => place_error_response(&e),
     }
 }
@@ -382,11 +413,16 @@ fn admin_cooldown(req: &Req, body: &[u8], shared: &Shared) -> Response {
 fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
     let fail = |status, code, msg: &str| Outcome::Respond(Response::error(status, code, msg));
     if !req.upgrade_websocket || !req.connection_upgrade {
-        return fail(426, "upgrade_required", "this is a WebSocket endpoint: send Upgrade: websocket and Connection: Upgrade")
-            .map_header("Upgrade", "websocket");
+        return fail(
+            426,
+            "upgrade_required",
+            "this is a WebSocket endpoint: send Upgrade: websocket and Connection: Upgrade",
+        )
+        .map_header("Upgrade", "websocket");
     }
     if req.ws_version.as_deref() != Some("13") {
-        return fail(426, "bad_websocket_version", "only Sec-WebSocket-Version: 13 is supported").map_header("Sec-WebSocket-Version", "13");
+        return fail(426, "bad_websocket_version", "only Sec-WebSocket-Version: 13 is supported")
+            .map_header("Sec-WebSocket-Version", "13");
     }
     let Some(key) = req.ws_key.clone().filter(|k| k.len() >= 16) else {
         return fail(400, "bad_websocket_key", "missing or malformed Sec-WebSocket-Key");
@@ -404,7 +440,8 @@ fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
     };
     if !hub.borrow().has_room() {
         return Outcome::Respond(
-            Response::error(503, "too_many_connections", "this server is full; try again shortly").header("Retry-After", "5"),
+            Response::error(503, "too_many_connections", "this server is full; try again shortly")
+                .header("Retry-After", "5"),
         );
     }
     Outcome::Upgrade { key, user, since }

@@ -82,7 +82,18 @@ struct Extra {
 
 impl Conn {
     fn free(gen: u32) -> Self {
-        Conn { fd: -1, gen, state: State::Free, blocked: false, in_flight: 0, out_off: 0, next_seq: 0, user: 0, out: None, extra: None }
+        Conn {
+            fd: -1,
+            gen,
+            state: State::Free,
+            blocked: false,
+            in_flight: 0,
+            out_off: 0,
+            next_seq: 0,
+            user: 0,
+            out: None,
+            extra: None,
+        }
     }
 
     fn extra(&mut self) -> &mut Extra {
@@ -138,15 +149,19 @@ impl Hub {
             return Err(std::io::Error::last_os_error());
         }
         let uring = match shared.config.args.send_mode {
-            SendMode::Uring => Some(IoUring::builder().setup_single_issuer().build(4096).or_else(|_| IoUring::new(4096))?),
+            SendMode::Uring => {
+                Some(IoUring::builder().setup_single_issuer().build(4096).or_else(|_| IoUring::new(4096))?)
+            }
             SendMode::Syscall => None,
         };
         Ok(Hub {
             shard,
             max_conns: shared.max_conns_per_shard,
             max_lag: shared.config.args.max_lag_batches,
+            // Reserved up front (virtual memory only: pages become resident as slots are used), so
+            // the table never doubles and copies itself under load.
+            conns: Vec::with_capacity(shared.max_conns_per_shard.min(1 << 24)),
             shared,
-            conns: Vec::new(),
             free: Vec::new(),
             live: 0,
             ring: VecDeque::new(),
@@ -289,9 +304,14 @@ impl Hub {
             CatchUpReply::Reload { oldest_since } => {
                 let msg = serde_json::json!({"type": "reload", "oldest_since": oldest_since}).to_string();
                 self.conns[slot].extra().queue.push_back(text_frame(&msg));
-                self.close_with(slot, reason(close::RELOAD, "since is older than the catch-up window: reload the snapshot"));
+                self.close_with(
+                    slot,
+                    reason(close::RELOAD, "since is older than the catch-up window: reload the snapshot"),
+                );
             }
-            CatchUpReply::Ahead { .. } => self.close_with(slot, reason(close::POLICY, "since is ahead of the server's version")),
+            CatchUpReply::Ahead { .. } => {
+                self.close_with(slot, reason(close::POLICY, "since is ahead of the server's version"))
+            }
         }
     }
 
@@ -450,7 +470,8 @@ impl Hub {
             let c = &mut self.conns[slot];
             let out = c.out.as_ref().expect("set above");
             let rest = &out[c.out_off as usize..];
-            let n = unsafe { libc::send(c.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            let n =
+                unsafe { libc::send(c.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
             if self.uring.is_none() {
                 add(&self.shared.shard_stats[self.stats_idx].send_syscalls, 1);
             }
@@ -518,7 +539,10 @@ impl Hub {
     }
 
     fn close_with(&mut self, slot: usize, r: CloseReason) {
-        if matches!(r.code, close::PROTOCOL_ERROR | close::UNSUPPORTED | close::BAD_DATA | close::TOO_BIG | close::POLICY) {
+        if matches!(
+            r.code,
+            close::PROTOCOL_ERROR | close::UNSUPPORTED | close::BAD_DATA | close::TOO_BIG | close::POLICY
+        ) {
             add(&self.stats().closed_protocol, 1);
         }
         self.close_frame_then(slot, r.code, r.reason);
@@ -571,7 +595,9 @@ impl Hub {
                     self.conns[slot].blocked = false;
                     self.pump(slot);
                 }
-                if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 && self.get(id).is_some() {
+                if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+                    && self.get(id).is_some()
+                {
                     self.read(slot);
                 }
             }
@@ -586,7 +612,9 @@ impl Hub {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut drained = false;
         for _ in 0..READS_PER_EVENT {
-            let n = unsafe { libc::recv(self.conns[slot].fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::recv(self.conns[slot].fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT)
+            };
             if n < 0 && errno() == libc::EINTR {
                 continue;
             }
@@ -673,7 +701,9 @@ impl Hub {
     fn on_data(&mut self, slot: usize, kind: Kind, fin: bool, payload: &[u8]) -> Result<(), CloseReason> {
         let in_message = self.conns[slot].extra.as_ref().is_some_and(|e| e.in_message);
         match (kind, in_message) {
-            (Kind::Text, true) => return Err(reason(close::PROTOCOL_ERROR, "new message before the previous one ended")),
+            (Kind::Text, true) => {
+                return Err(reason(close::PROTOCOL_ERROR, "new message before the previous one ended"))
+            }
             (Kind::Continuation, false) => return Err(reason(close::PROTOCOL_ERROR, "continuation without a message")),
             _ => {}
         }
@@ -704,13 +734,19 @@ impl Hub {
             Some("place") => self.on_place(slot, id, msg),
             Some("auth") => self.on_auth(slot, id, &msg),
             other => {
-                let text = format!("unknown message type {:?}; expected \"place\" or \"auth\"", other.unwrap_or("(none)"));
+                let text =
+                    format!("unknown message type {:?}; expected \"place\" or \"auth\"", other.unwrap_or("(none)"));
                 self.enqueue(slot, error_frame(id.as_ref(), "unknown_type", &text, None))
             }
         }
     }
 
-    fn on_auth(&mut self, slot: usize, id: Option<serde_json::Number>, msg: &serde_json::Value) -> Result<(), CloseReason> {
+    fn on_auth(
+        &mut self,
+        slot: usize,
+        id: Option<serde_json::Number>,
+        msg: &serde_json::Value,
+    ) -> Result<(), CloseReason> {
         let Some(token) = msg.get("token").and_then(|t| t.as_str()) else {
             return self.reply_error(slot, id, &PlaceError::MissingToken);
         };
@@ -727,7 +763,12 @@ impl Hub {
         }
     }
 
-    fn on_place(&mut self, slot: usize, id: Option<serde_json::Number>, msg: serde_json::Value) -> Result<(), CloseReason> {
+    fn on_place(
+        &mut self,
+        slot: usize,
+        id: Option<serde_json::Number>,
+        msg: serde_json::Value,
+    ) -> Result<(), CloseReason> {
         let body: PlaceBody = match serde_json::from_value(msg) {
             Ok(b) => b,
             Err(e) => return self.reply_error(slot, id, &PlaceError::BadBody(e.to_string())),
@@ -748,7 +789,12 @@ impl Hub {
     }
 
     /// Delivers a placement's answer, if the connection is still there.
-    pub fn place_done(&mut self, conn: ConnId, id: Option<serde_json::Number>, result: Result<place::Placed, PlaceError>) {
+    pub fn place_done(
+        &mut self,
+        conn: ConnId,
+        id: Option<serde_json::Number>,
+        result: Result<place::Placed, PlaceError>,
+    ) {
         let Some(slot) = self.get(conn) else { return };
         self.conns[slot].in_flight = self.conns[slot].in_flight.saturating_sub(1);
         let frame = match result {
