@@ -480,9 +480,17 @@ fn render_head(r: &Response, keep_alive: bool) -> String {
 
 async fn send(stream: &mut TcpStream, r: &Response, keep_alive: bool, head_only: bool) -> std::io::Result<()> {
     let head = render_head(r, keep_alive);
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only && !r.body.is_empty() {
-        stream.write_all(&r.body).await?;
+    let body: &[u8] = if head_only { &[] } else { &r.body };
+    if body.len() <= 16 * 1024 {
+        // One write for small answers: a separate small body segment would wait for the ACK of
+        // the head (Nagle against delayed ACK: 40 ms on every placement).
+        let mut all = Vec::with_capacity(head.len() + body.len());
+        all.extend_from_slice(head.as_bytes());
+        all.extend_from_slice(body);
+        stream.write_all(&all).await?;
+    } else {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
     }
     stream.flush().await
 }
@@ -549,6 +557,7 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> gl
 /// Serves one accepted TCP connection until it closes or becomes a WebSocket.
 pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     let shard = hub.borrow().shard();
+    let _ = stream.set_nodelay(true);
     let timeout = Duration::from_millis(shared.config.args.handshake_timeout_ms);
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
