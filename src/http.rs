@@ -503,7 +503,7 @@ async fn refuse(stream: &mut TcpStream, r: &Response) {
         return;
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let mut sink = [0u8; 4096];
+    let mut sink = vec![0u8; 4096];
     let mut left = 1 << 20;
     let drain = async {
         while left > 0 {
@@ -525,7 +525,6 @@ enum Read {
 
 /// Reads until `buf` holds a complete request head.
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> glommio::Result<Read, ()> {
-    let mut chunk = [0u8; 4096];
     loop {
         if !buf.is_empty() {
             match parse_head(buf) {
@@ -534,22 +533,28 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> glommio::Result
                 Parsed::Partial => {}
             }
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if read_more(stream, buf).await? == 0 {
             return Ok(Read::Eof);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
+/// Reads into the tail of `buf`. Reading in place (not into a stack chunk) keeps the connection
+/// task's future small: thousands of handshakes can be in flight during a reconnect storm.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    const STEP: usize = 1024;
+    let len = buf.len();
+    buf.resize(len + STEP, 0);
+    let n = stream.read(&mut buf[len..]).await;
+    buf.truncate(len + *n.as_ref().unwrap_or(&0));
+    n
+}
+
 async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> glommio::Result<bool, ()> {
-    let mut chunk = [0u8; 4096];
     while buf.len() < need {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if read_more(stream, buf).await? == 0 {
             return Ok(false);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
     Ok(true)
 }
@@ -559,7 +564,7 @@ pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Ar
     let shard = hub.borrow().shard();
     let _ = stream.set_nodelay(true);
     let timeout = Duration::from_millis(shared.config.args.handshake_timeout_ms);
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         let (req, head_len) = match glommio::timer::timeout(timeout, read_head(&mut stream, &mut buf)).await {
             Ok(Read::Head(req, n)) => (req, n),

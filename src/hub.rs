@@ -326,9 +326,19 @@ impl Hub {
         }
     }
 
-    fn ready_for(&self, slot: usize, seq: u64) -> bool {
+    /// Whether `slot` takes batch `seq` in the bulk path. A connection behind it (possible only
+    /// after the shard itself fell behind) is pumped instead, which also closes it if it lagged
+    /// out of the ring.
+    fn ready_for(&mut self, slot: usize, seq: u64) -> bool {
         let c = &self.conns[slot];
-        c.state == State::Live && !c.blocked && c.out.is_none() && c.next_seq == seq && !c.queued()
+        if c.state != State::Live || c.blocked || c.out.is_some() || c.queued() {
+            return false;
+        }
+        if c.next_seq < seq {
+            self.pump(slot);
+            return false;
+        }
+        c.next_seq == seq
     }
 
     fn broadcast_syscall(&mut self, seq: u64) {
