@@ -447,3 +447,46 @@ fn large_canvas_with_32_colors() {
     let png = s.http("GET", "/api/v1/canvas.png", &[], b"");
     assert_eq!(png.status, 200);
 }
+
+#[test]
+fn a_log_that_cannot_write_gets_503_and_spends_no_cooldown() {
+    // The edit log's file is /dev/full: opening works, every write fails with ENOSPC.
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/full", tmp.path().join("edits.log")).unwrap();
+    let s = Server::start_in(tmp.path(), free_port(), &["--cooldown", "300"]);
+    let mut watcher = s.ws("");
+    let t = s.session();
+    for _ in 0..2 {
+        let r = s.place(&t, 1, 1, 1);
+        assert_eq!((r.status, r.error_code().as_str()), (503, "log_unavailable"), "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.header("Retry-After").is_some());
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("nothing was placed"));
+    }
+    // Nothing reached the canvas and the connection is still served.
+    watcher.set_timeout(Duration::from_millis(500));
+    assert!(matches!(watcher.next(), Got::Timeout));
+    assert_eq!(s.http("GET", "/healthz", &[], b"").json()["version"], 0);
+}
+
+#[test]
+fn snapshots_are_encoded_once_per_interval_however_many_ask() {
+    let s = Arc::new(Server::start(&["--cooldown", "0", "--batch-ms", "200"]));
+    let t = s.session();
+    assert_eq!(s.place(&t, 5, 5, 5).status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.metric("placecast_snapshots_built");
+    let askers: Vec<_> = (0..40)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let r = s.http("GET", "/api/v1/canvas", &[], b"");
+                (r.status, r.header("X-Canvas-Version").unwrap().to_string())
+            })
+        })
+        .collect();
+    for a in askers {
+        assert_eq!(a.join().unwrap(), (200, "1".to_string()));
+    }
+    let built = s.metric("placecast_snapshots_built") - before;
+    assert!(built <= 1, "40 requests for one version built {built} snapshots");
+}
