@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 /// Versions per shared catch-up chunk: clients catching up far share these frames.
 pub const CHUNK: u64 = 65_536;
+/// Longest a cut waits for a busy shard: progress is guaranteed even if a shard stalls.
+const MAX_DEFER: Duration = Duration::from_secs(1);
+/// How often a deferred cut looks again.
+const DEFER_STEP: Duration = Duration::from_millis(2);
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
 
@@ -65,6 +69,20 @@ pub struct ApplierStats {
     pub edits: AtomicU64,
     pub catchups: AtomicU64,
     pub snapshots: AtomicU64,
+    /// Batches each shard holds that it has not finished writing; set by the shards.
+    pub shard_backlog: Box<[AtomicU64]>,
+    /// Cuts postponed because a shard was still writing the previous batch.
+    pub cuts_deferred: AtomicU64,
+}
+
+impl ApplierStats {
+    pub fn new(shards: usize) -> Self {
+        ApplierStats { shard_backlog: (0..shards).map(|_| AtomicU64::new(0)).collect(), ..Default::default() }
+    }
+
+    fn shards_busy(&self) -> bool {
+        self.shard_backlog.iter().any(|b| b.load(Ordering::Acquire) > 0)
+    }
 }
 
 pub struct Applier {
@@ -133,8 +151,9 @@ impl Applier {
 
     pub fn run(mut self, edits: Receiver<Committed>, requests: Receiver<CatchUpReq>) {
         let mut next_cut = Instant::now() + self.batch;
+        let mut recheck: Option<Instant> = None;
         loop {
-            let wait = next_cut.saturating_duration_since(Instant::now());
+            let wait = recheck.unwrap_or(next_cut).saturating_duration_since(Instant::now());
             select! {
                 recv(edits) -> c => match c {
                     Ok(c) => {
@@ -153,7 +172,18 @@ impl Applier {
                 default(wait) => {}
             }
             let now = Instant::now();
+            // Under overload, batches grow instead of queueing: while a shard is still writing
+            // the previous batch, the cut waits (at most MAX_DEFER), so every client gets every
+            // edit in fewer, larger frames and no shard builds a backlog.
+            if now >= next_cut && self.stats.shards_busy() && now < next_cut + MAX_DEFER {
+                if recheck.is_none() && self.version > self.cut_version {
+                    self.stats.cuts_deferred.fetch_add(1, Ordering::Relaxed);
+                }
+                recheck = Some(now + DEFER_STEP);
+                continue;
+            }
             if now >= next_cut {
+                recheck = None;
                 self.cut();
                 if self.snapshots.take_wanted() {
                     self.snapshot();
@@ -313,7 +343,7 @@ mod tests {
             shards: vec![tx],
             limiter: Arc::new(Limiter::new(0)),
             snapshots: Arc::new(SnapshotStore::default()),
-            stats: Arc::new(ApplierStats::default()),
+            stats: Arc::new(ApplierStats::new(1)),
         });
         (a, rx)
     }

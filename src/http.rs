@@ -268,6 +268,11 @@ fn metrics(shared: &Shared) -> Response {
         ("placecast_batches_cut", "Batches cut by the applier.", a.batches.load(Ordering::Relaxed)),
         ("placecast_catchups", "Catch-up requests served.", a.catchups.load(Ordering::Relaxed)),
         ("placecast_snapshots_built", "Snapshots built.", a.snapshots.load(Ordering::Relaxed)),
+        (
+            "placecast_cuts_deferred",
+            "Batch cuts delayed because a shard was still writing.",
+            a.cuts_deferred.load(Ordering::Relaxed),
+        ),
         ("placecast_cooldown_ms", "Current cooldown.", shared.limiter.cooldown_ms()),
         ("placecast_log_head", "Last durable version in the log.", shared.log.head()),
     ];

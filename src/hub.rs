@@ -38,6 +38,9 @@ const MAX_QUEUED: usize = 64;
 const MAX_IN_FLIGHT: u8 = 16;
 /// How long a closing connection may take to drain its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Sends per broadcast slice: between slices the shard's other tasks run, so a batch to tens of
+/// thousands of sockets does not hold placements and handshakes back for its whole duration.
+const SLICE: usize = 1024;
 /// Reads per readiness event before yielding to other connections.
 const READS_PER_EVENT: usize = 4;
 
@@ -112,8 +115,16 @@ pub struct PlaceJob {
     pub pending: place::Pending,
 }
 
+/// Where the broadcast in progress stands: the batch, and the next slot to consider.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    seq: u64,
+    slot: usize,
+}
+
 pub struct Hub {
     shard: usize,
+    cursor: Option<Cursor>,
     shared: Arc<Shared>,
     conns: Vec<Conn>,
     free: Vec<u32>,
@@ -156,6 +167,7 @@ impl Hub {
         };
         Ok(Hub {
             shard,
+            cursor: None,
             max_conns: shared.max_conns_per_shard,
             max_lag: shared.config.args.max_lag_batches,
             // Reserved up front (virtual memory only: pages become resident as slots are used), so
@@ -261,8 +273,10 @@ impl Hub {
         }
     }
 
-    /// One turn of the shard: new batches and catch-ups, then socket readiness, then timers.
-    pub fn tick(&mut self) {
+    /// One turn of the shard: new batches and catch-ups, one slice of the broadcast in progress,
+    /// then socket readiness and timers. Returns true while a broadcast is unfinished: the caller
+    /// yields to the shard's other tasks (placements, handshakes) and calls again at once.
+    pub fn tick(&mut self) -> bool {
         let before = self.head_seq();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
@@ -278,13 +292,19 @@ impl Hub {
                 self.ring.pop_front();
                 self.first_seq += 1;
             }
-            self.broadcast(before.max(self.first_seq));
-            self.check_blocked();
+            let start = Cursor { seq: before.max(self.first_seq), slot: 0 };
+            self.cursor = Some(self.cursor.map_or(start, |c| if c.seq < self.first_seq { start } else { c }));
+        }
+        if self.cursor.is_some() {
+            self.broadcast_slice();
         }
         self.poll_sockets();
         if !self.closing.is_empty() {
             self.expire_closing();
         }
+        let backlog = self.cursor.map_or(0, |c| self.head_seq() - c.seq);
+        self.shared.applier.shard_backlog[self.shard].store(backlog, std::sync::atomic::Ordering::Release);
+        self.cursor.is_some()
     }
 
     fn on_catch_up(&mut self, conn: ConnId, reply: CatchUpReply) {
@@ -316,14 +336,21 @@ impl Hub {
     }
 
     /// Writes batches `from_seq..head` to every live connection that is waiting for exactly them.
-    fn broadcast(&mut self, from_seq: u64) {
-        for seq in from_seq..self.head_seq() {
-            let frame = self.ring[(seq - self.first_seq) as usize].clone();
-            match self.uring.is_some() {
-                true => self.broadcast_uring(seq, &frame),
-                false => self.broadcast_syscall(seq),
-            }
+    /// Writes the cursor's batch to the next `SLICE` connections waiting for exactly it; a batch
+    /// done, closes or retries the connections it left blocked and moves to the next one.
+    fn broadcast_slice(&mut self) {
+        let Some(Cursor { seq, slot }) = self.cursor else { return };
+        let frame = self.ring[(seq - self.first_seq) as usize].clone();
+        let end = match self.uring.is_some() {
+            true => self.broadcast_uring(seq, &frame, slot),
+            false => self.broadcast_syscall(seq, slot),
+        };
+        if end < self.conns.len() {
+            self.cursor = Some(Cursor { seq, slot: end });
+            return;
         }
+        self.check_blocked();
+        self.cursor = (seq + 1 < self.head_seq()).then_some(Cursor { seq: seq + 1, slot: 0 });
     }
 
     /// Whether `slot` takes batch `seq` in the bulk path. A connection behind it (possible only
@@ -341,20 +368,33 @@ impl Hub {
         c.next_seq == seq
     }
 
-    fn broadcast_syscall(&mut self, seq: u64) {
-        for slot in 0..self.conns.len() {
+    /// Returns the slot to continue from.
+    fn broadcast_syscall(&mut self, seq: u64, from: usize) -> usize {
+        let mut sent = 0;
+        for slot in from..self.conns.len() {
+            if sent == SLICE {
+                return slot;
+            }
             if self.ready_for(slot, seq) {
                 self.pump(slot);
+                sent += 1;
             }
         }
+        self.conns.len()
     }
 
     /// All of one batch's sends for this shard, submitted to io_uring a ring-full at a time.
-    fn broadcast_uring(&mut self, seq: u64, frame: &Bytes) {
+    /// Submits one ring-full of sends (at most `SLICE`); returns the slot to continue from.
+    fn broadcast_uring(&mut self, seq: u64, frame: &Bytes, from: usize) -> usize {
         let mut uring = self.uring.take().expect("uring mode");
-        let cap = uring.params().sq_entries() as usize;
+        let cap = (uring.params().sq_entries() as usize).min(SLICE);
         let mut queued = 0usize;
-        for slot in 0..self.conns.len() {
+        let mut end = self.conns.len();
+        for slot in from..self.conns.len() {
+            if queued == cap {
+                end = slot;
+                break;
+            }
             if !self.ready_for(slot, seq) {
                 continue;
             }
@@ -363,17 +403,14 @@ impl Hub {
                 .build()
                 .user_data(slot as u64);
             // SAFETY: `frame` outlives the submission: we wait for every completion below.
-            unsafe { uring.submission().push(&sqe).expect("queue has room: flushed at capacity") };
+            unsafe { uring.submission().push(&sqe).expect("queue has room: at most cap entries") };
             queued += 1;
-            if queued == cap {
-                self.flush_uring(&mut uring, queued, seq, frame);
-                queued = 0;
-            }
         }
         if queued > 0 {
             self.flush_uring(&mut uring, queued, seq, frame);
         }
         self.uring = Some(uring);
+        end
     }
 
     fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frame: &Bytes) {

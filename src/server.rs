@@ -125,7 +125,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let log: Arc<dyn EditLog> = Arc::new(FileLog::open(&args.data_dir, !args.no_fsync)?);
     let limiter = Arc::new(Limiter::new(args.cooldown * 1000));
     let snapshots = Arc::new(SnapshotStore::default());
-    let stats = Arc::new(ApplierStats::default());
+    let stats = Arc::new(ApplierStats::new(shards));
     let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| unbounded::<ShardMsg>()).unzip();
     let (catchup_tx, catchup_rx) = bounded(65_536);
     let (edits_tx, edits_rx) = bounded(1 << 16);

@@ -95,14 +95,14 @@ async fn run(id: usize, shared: Arc<Shared>, rx: Receiver<ShardMsg>, ready: Send
 async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     let mut closed = false;
     loop {
-        let jobs = {
+        let (busy, jobs) = {
             let mut h = hub.borrow_mut();
             if shared.shutting_down.load(Ordering::Acquire) && !closed {
                 h.close_all();
                 closed = true;
             }
-            h.tick();
-            std::mem::take(&mut h.jobs)
+            let busy = h.tick();
+            (busy, std::mem::take(&mut h.jobs))
         };
         for job in jobs {
             let hub = hub.clone();
@@ -112,6 +112,8 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
             })
             .detach();
         }
-        glommio::timer::sleep(TICK).await;
+        // A short sleep rather than a bare yield: it makes the executor poll its own ring, so
+        // placements and handshakes waiting on I/O run between broadcast slices.
+        glommio::timer::sleep(if busy { Duration::from_micros(20) } else { TICK }).await;
     }
 }
