@@ -458,7 +458,12 @@ fn a_log_that_cannot_write_gets_503_and_spends_no_cooldown() {
     let t = s.session();
     for _ in 0..2 {
         let r = s.place(&t, 1, 1, 1);
-        assert_eq!((r.status, r.error_code().as_str()), (503, "log_unavailable"), "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (503, "log_unavailable"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(r.header("Retry-After").is_some());
         assert!(r.json()["error"]["message"].as_str().unwrap().contains("nothing was placed"));
     }
