@@ -115,6 +115,17 @@ pub struct PlaceJob {
     pub pending: place::Pending,
 }
 
+/// What a tick found, so the shard knows how soon to tick again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// A broadcast is unfinished: come back right after the other tasks had a turn.
+    Busy,
+    /// Something happened: keep ticking fast.
+    Active,
+    /// Nothing to do.
+    Idle,
+}
+
 /// Where the broadcast in progress stands: the batch, and the next slot to consider.
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
@@ -274,11 +285,12 @@ impl Hub {
     }
 
     /// One turn of the shard: new batches and catch-ups, one slice of the broadcast in progress,
-    /// then socket readiness and timers. Returns true while a broadcast is unfinished: the caller
-    /// yields to the shard's other tasks (placements, handshakes) and calls again at once.
-    pub fn tick(&mut self) -> bool {
+    /// then socket readiness and timers. Says how soon the caller should come back.
+    pub fn tick(&mut self) -> Tick {
         let before = self.head_seq();
+        let mut did = 0usize;
         while let Ok(msg) = self.rx.try_recv() {
+            did += 1;
             match msg {
                 ShardMsg::Batch { frame, .. } => {
                     self.ring.push_back(frame);
@@ -298,13 +310,18 @@ impl Hub {
         if self.cursor.is_some() {
             self.broadcast_slice();
         }
-        self.poll_sockets();
+        did += self.poll_sockets();
         if !self.closing.is_empty() {
+            did += 1;
             self.expire_closing();
         }
         let backlog = self.cursor.map_or(0, |c| self.head_seq() - c.seq);
         self.shared.applier.shard_backlog[self.shard].store(backlog, std::sync::atomic::Ordering::Release);
-        self.cursor.is_some()
+        match (self.cursor.is_some(), did > 0 || !self.read_again.is_empty()) {
+            (true, _) => Tick::Busy,
+            (false, true) => Tick::Active,
+            (false, false) => Tick::Idle,
+        }
     }
 
     fn on_catch_up(&mut self, conn: ConnId, reply: CatchUpReply) {
@@ -622,7 +639,9 @@ impl Hub {
         self.shared.shard_stats[self.stats_idx].connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn poll_sockets(&mut self) {
+    /// Handles ready sockets; returns how many events there were.
+    fn poll_sockets(&mut self) -> usize {
+        let mut seen = 0;
         for id in std::mem::take(&mut self.read_again) {
             if let Some(slot) = self.get(id) {
                 self.read(slot);
@@ -631,8 +650,9 @@ impl Hub {
         loop {
             let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), EVENTS as i32, 0) };
             if n <= 0 {
-                return;
+                return seen;
             }
+            seen += n as usize;
             for i in 0..n as usize {
                 let ev = self.events[i];
                 let (bits, k) = (ev.events, ev.u64);
@@ -649,7 +669,7 @@ impl Hub {
                 }
             }
             if (n as usize) < EVENTS {
-                return;
+                return seen;
             }
         }
     }
