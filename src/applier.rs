@@ -32,6 +32,10 @@ use std::time::{Duration, Instant};
 
 /// Versions per shared catch-up chunk: clients catching up far share these frames.
 pub const CHUNK: u64 = 65_536;
+/// Longest a cut waits for a busy shard: progress is guaranteed even if a shard stalls.
+const MAX_DEFER: Duration = Duration::from_secs(1);
+/// How often a deferred cut looks again.
+const DEFER_STEP: Duration = Duration::from_millis(2);
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
 /// The validity rule forgets a user whose last valid edit is this much older than the newest
@@ -107,6 +111,20 @@ pub struct ApplierStats {
     pub log_to_batch_p50_ms: AtomicU64,
     pub log_to_batch_p99_ms: AtomicU64,
     pub log_to_batch_max_ms: AtomicU64,
+    /// Batches each shard holds that it has not finished writing; set by the shards.
+    pub shard_backlog: Box<[AtomicU64]>,
+    /// Cuts postponed because a shard was still writing the previous batch.
+    pub cuts_deferred: AtomicU64,
+}
+
+impl ApplierStats {
+    pub fn new(shards: usize) -> Self {
+        ApplierStats { shard_backlog: (0..shards).map(|_| AtomicU64::new(0)).collect(), ..Default::default() }
+    }
+
+    fn shards_busy(&self) -> bool {
+        self.shard_backlog.iter().any(|b| b.load(Ordering::Acquire) > 0)
+    }
 }
 
 pub struct Applier {
@@ -297,8 +315,9 @@ impl Applier {
         let control = self.cluster.as_ref().map_or_else(never, |c| c.control.clone());
         let every = self.cluster.as_ref().map(|c| c.checkpoint_every);
         let mut next_checkpoint = every.map(|e| Instant::now() + e);
+        let mut recheck: Option<Instant> = None;
         loop {
-            let wait = next_cut.saturating_duration_since(Instant::now());
+            let wait = recheck.unwrap_or(next_cut).saturating_duration_since(Instant::now());
             select! {
                 recv(edits) -> c => match c {
                     Ok(c) => {
@@ -322,7 +341,18 @@ impl Applier {
                 default(wait) => {}
             }
             let now = Instant::now();
+            // Under overload, batches grow instead of queueing: while a shard is still writing
+            // the previous batch, the cut waits (at most MAX_DEFER), so every client gets every
+            // edit in fewer, larger frames and no shard builds a backlog.
+            if now >= next_cut && self.stats.shards_busy() && now < next_cut + MAX_DEFER {
+                if recheck.is_none() && self.version > self.cut_version {
+                    self.stats.cuts_deferred.fetch_add(1, Ordering::Relaxed);
+                }
+                recheck = Some(now + DEFER_STEP);
+                continue;
+            }
             if now >= next_cut {
+                recheck = None;
                 self.cut();
                 if self.snapshots.take_wanted() {
                     self.snapshot();
@@ -351,7 +381,13 @@ impl Applier {
         let target = match g.index(e.x as i64, e.y as i64) {
             Some(i) if g.valid_color(e.color as i64) => Some(i),
             _ => {
-                tracing::warn!(version = c.version, x = e.x, y = e.y, color = e.color, "edit outside this canvas; applied as no-op");
+                tracing::warn!(
+                    version = c.version,
+                    x = e.x,
+                    y = e.y,
+                    color = e.color,
+                    "edit outside this canvas; applied as no-op"
+                );
                 None
             }
         };
@@ -515,7 +551,7 @@ mod tests {
             shards: vec![tx],
             limiter: Arc::new(Limiter::new(0)),
             snapshots: Arc::new(SnapshotStore::default()),
-            stats: Arc::new(ApplierStats::default()),
+            stats: Arc::new(ApplierStats::new(1)),
             cluster: None,
         });
         (a, rx)
@@ -530,7 +566,13 @@ mod tests {
     }
 
     fn ranges(frames: &[Bytes]) -> Vec<(u64, u64, u32)> {
-        frames.iter().map(|f| { let b = BatchView::parse(payload(f)).unwrap(); (b.from, b.to, b.count) }).collect()
+        frames
+            .iter()
+            .map(|f| {
+                let b = BatchView::parse(payload(f)).unwrap();
+                (b.from, b.to, b.count)
+            })
+            .collect()
     }
 
     fn cluster_applier(dir: &std::path::Path) -> (Applier, Receiver<ShardMsg>, Arc<Verdicts>) {
@@ -546,7 +588,7 @@ mod tests {
             shards: vec![tx],
             limiter: Arc::new(Limiter::new(1000)),
             snapshots: Arc::new(SnapshotStore::default()),
-            stats: Arc::new(ApplierStats::default()),
+            stats: Arc::new(ApplierStats::new(1)),
             cluster: Some(ClusterSetup {
                 cooldown_ms: 1000,
                 verdicts: verdicts.clone(),
@@ -639,7 +681,9 @@ mod tests {
         // Older than the window: reload.
         a.catch_up(CatchUpReq { shard: 0, conn: ConnId { slot: 0, gen: 0 }, since: 0 });
         match rx.try_recv().unwrap() {
-            ShardMsg::CatchUp { reply: CatchUpReply::Reload { oldest_since }, .. } => assert_eq!(oldest_since, n - 150_000),
+            ShardMsg::CatchUp { reply: CatchUpReply::Reload { oldest_since }, .. } => {
+                assert_eq!(oldest_since, n - 150_000)
+            }
             _ => panic!("expected reload"),
         }
     }

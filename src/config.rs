@@ -250,7 +250,8 @@ where
     let Some(path) = serve.config.clone() else { return Ok(cli) };
     let sub = matches.subcommand_matches("serve").expect("serve matched");
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-    let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Toml { path: path.clone(), source })?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|source| ConfigError::Toml { path: path.clone(), source })?;
     let mut extra: Vec<std::ffi::OsString> = Vec::new();
     for (key, value) in table {
         let id = key.replace('-', "_");

@@ -63,7 +63,8 @@ impl Response {
     }
 
     fn static_file(content_type: &'static str, body: &'static str) -> Self {
-        let mut r = Response { status: 200, content_type, headers: Vec::new(), body: Bytes::from_static(body.as_bytes()) };
+        let mut r =
+            Response { status: 200, content_type, headers: Vec::new(), body: Bytes::from_static(body.as_bytes()) };
         r.headers.push(("Cache-Control", "no-cache".into()));
         r
     }
@@ -159,7 +160,11 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
 
 /// The value of `name` in a query string, percent-decoded.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))).find(|(k, _)| *k == name).map(|(_, v)| percent_decode(v))
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -217,7 +222,9 @@ pub enum Outcome {
 pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCell<Hub>>) -> Outcome {
     let m = req.method.as_str();
     let r = match (m, req.path.as_str()) {
-        ("GET" | "HEAD", "/") | ("GET" | "HEAD", "/index.html") => Response::static_file("text/html; charset=utf-8", INDEX_HTML),
+        ("GET" | "HEAD", "/") | ("GET" | "HEAD", "/index.html") => {
+            Response::static_file("text/html; charset=utf-8", INDEX_HTML)
+        }
         ("GET" | "HEAD", "/app.js") => Response::static_file("text/javascript; charset=utf-8", APP_JS),
         ("GET" | "HEAD", "/style.css") => Response::static_file("text/css; charset=utf-8", STYLE_CSS),
         ("GET" | "HEAD", "/healthz") => health(shared),
@@ -229,10 +236,22 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("POST", "/api/v1/place") => place_http(req, body, shared).await,
         ("POST", "/api/v1/admin/cooldown") => admin_cooldown(req, body, shared),
         ("GET", "/ws") => return upgrade(req, shared, hub),
-        (_, "/" | "/index.html" | "/app.js" | "/style.css" | "/healthz" | "/metrics" | "/api/v1/canvas/info" | "/api/v1/canvas"
-        | "/api/v1/canvas.png" | "/api/v1/session" | "/api/v1/place" | "/api/v1/admin/cooldown" | "/ws") => {
-            Response::error(405, "method_not_allowed", &format!("{m} is not allowed on {}", req.path))
-        }
+        (
+            _,
+            "/"
+            | "/index.html"
+            | "/app.js"
+            | "/style.css"
+            | "/healthz"
+            | "/metrics"
+            | "/api/v1/canvas/info"
+            | "/api/v1/canvas"
+            | "/api/v1/canvas.png"
+            | "/api/v1/session"
+            | "/api/v1/place"
+            | "/api/v1/admin/cooldown"
+            | "/ws",
+        ) => Response::error(405, "method_not_allowed", &format!("{m} is not allowed on {}", req.path)),
         _ => Response::error(404, "not_found", &format!("no such resource: {}", req.path)),
     };
     Outcome::Respond(r)
@@ -250,6 +269,11 @@ fn metrics(shared: &Shared) -> Response {
         ("placecast_batches_cut", "Batches cut by the applier.", a.batches.load(Ordering::Relaxed)),
         ("placecast_catchups", "Catch-up requests served.", a.catchups.load(Ordering::Relaxed)),
         ("placecast_snapshots_built", "Snapshots built.", a.snapshots.load(Ordering::Relaxed)),
+        (
+            "placecast_cuts_deferred",
+            "Batch cuts delayed because a shard was still writing.",
+            a.cuts_deferred.load(Ordering::Relaxed),
+        ),
         ("placecast_cooldown_ms", "Current cooldown.", shared.limiter.cooldown_ms()),
         ("placecast_log_head", "Last durable version in the log.", shared.log.head()),
         ("placecast_rejected_in_log_order", "Edits the log-order cooldown rule turned into no-ops (shared log).", a.rejected.load(Ordering::Relaxed)),
@@ -272,7 +296,9 @@ fn info(shared: &Shared) -> Response {
         "version": shared.applier.cut_version.load(Ordering::Acquire),
         "edit_stride": shared.config.args.edit_stride,
     });
-    Response::json(200, body.to_string()).header("Cache-Control", "public, max-age=1").header("Access-Control-Allow-Origin", "*")
+    Response::json(200, body.to_string())
+        .header("Cache-Control", "public, max-age=1")
+        .header("Access-Control-Allow-Origin", "*")
 }
 
 /// The newest snapshot at least as new as the last batch when the request came in, waiting for
@@ -295,10 +321,14 @@ async fn fresh_snapshot(shared: &Shared) -> Option<Arc<Snapshot>> {
 
 async fn canvas(req: &Req, shared: &Arc<Shared>, png: bool) -> Response {
     let Some(snap) = fresh_snapshot(shared).await else {
-        return Response::error(503, "snapshot_unavailable", "the snapshot is not ready yet; try again").header("Retry-After", "1");
+        return Response::error(503, "snapshot_unavailable", "the snapshot is not ready yet; try again")
+            .header("Retry-After", "1");
     };
     let etag = if png { snap.png_etag() } else { snap.etag.clone() };
-    let matches = req.if_none_match.as_deref().is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
+    let matches = req
+        .if_none_match
+        .as_deref()
+        .is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
     let base = |status, content_type, body| {
         Response { status, content_type, headers: Vec::new(), body }
             .header("ETag", etag.clone())
@@ -324,7 +354,9 @@ fn session(shared: &Shared) -> Response {
     let ttl = shared.config.args.session_ttl;
     let expires = if ttl == 0 { 0 } else { crate::now_ms() / 1000 + ttl };
     match shared.signer.mint(&user, expires) {
-        Ok(token) => Response::json(200, serde_json::json!({"token": token, "user": user, "expires_at": expires}).to_string()),
+        Ok(token) => {
+            Response::json(200, serde_json::json!({"token": token, "user": user, "expires_at": expires}).to_string())
+        }
         Err(e) => Response::error(500, "internal", &e.to_string()),
     }
 }
@@ -353,7 +385,11 @@ async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>) -> Response {
         Err(e) => return place_error_response(&e),
     };
     match pending.finish().await {
-        Ok(p) => Response::json(200, serde_json::json!({"version": p.version, "next_at_ms": p.next_at_ms, "cooldown_ms": p.cooldown_ms}).to_string()),
+        Ok(p) => Response::json(
+            200,
+            serde_json::json!({"version": p.version, "next_at_ms": p.next_at_ms, "cooldown_ms": p.cooldown_ms})
+                .to_string(),
+        ),
         Err(e) => place_error_response(&e),
     }
 }
@@ -395,11 +431,16 @@ fn admin_cooldown(req: &Req, body: &[u8], shared: &Shared) -> Response {
 fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
     let fail = |status, code, msg: &str| Outcome::Respond(Response::error(status, code, msg));
     if !req.upgrade_websocket || !req.connection_upgrade {
-        return fail(426, "upgrade_required", "this is a WebSocket endpoint: send Upgrade: websocket and Connection: Upgrade")
-            .map_header("Upgrade", "websocket");
+        return fail(
+            426,
+            "upgrade_required",
+            "this is a WebSocket endpoint: send Upgrade: websocket and Connection: Upgrade",
+        )
+        .map_header("Upgrade", "websocket");
     }
     if req.ws_version.as_deref() != Some("13") {
-        return fail(426, "bad_websocket_version", "only Sec-WebSocket-Version: 13 is supported").map_header("Sec-WebSocket-Version", "13");
+        return fail(426, "bad_websocket_version", "only Sec-WebSocket-Version: 13 is supported")
+            .map_header("Sec-WebSocket-Version", "13");
     }
     let Some(key) = req.ws_key.clone().filter(|k| k.len() >= 16) else {
         return fail(400, "bad_websocket_key", "missing or malformed Sec-WebSocket-Key");
@@ -417,7 +458,8 @@ fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
     };
     if !hub.borrow().has_room() {
         return Outcome::Respond(
-            Response::error(503, "too_many_connections", "this server is full; try again shortly").header("Retry-After", "5"),
+            Response::error(503, "too_many_connections", "this server is full; try again shortly")
+                .header("Retry-After", "5"),
         );
     }
     Outcome::Upgrade { key, user, since }
@@ -456,9 +498,17 @@ fn render_head(r: &Response, keep_alive: bool) -> String {
 
 async fn send(stream: &mut TcpStream, r: &Response, keep_alive: bool, head_only: bool) -> std::io::Result<()> {
     let head = render_head(r, keep_alive);
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only && !r.body.is_empty() {
-        stream.write_all(&r.body).await?;
+    let body: &[u8] = if head_only { &[] } else { &r.body };
+    if body.len() <= 16 * 1024 {
+        // One write for small answers: a separate small body segment would wait for the ACK of
+        // the head (Nagle against delayed ACK: 40 ms on every placement).
+        let mut all = Vec::with_capacity(head.len() + body.len());
+        all.extend_from_slice(head.as_bytes());
+        all.extend_from_slice(body);
+        stream.write_all(&all).await?;
+    } else {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
     }
     stream.flush().await
 }
@@ -471,7 +521,7 @@ async fn refuse(stream: &mut TcpStream, r: &Response) {
         return;
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let mut sink = [0u8; 4096];
+    let mut sink = vec![0u8; 4096];
     let mut left = 1 << 20;
     let drain = async {
         while left > 0 {
@@ -493,7 +543,6 @@ enum Read {
 
 /// Reads until `buf` holds a complete request head.
 async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> glommio::Result<Read, ()> {
-    let mut chunk = [0u8; 4096];
     loop {
         if !buf.is_empty() {
             match parse_head(buf) {
@@ -502,22 +551,28 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> glommio::Result
                 Parsed::Partial => {}
             }
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if read_more(stream, buf).await? == 0 {
             return Ok(Read::Eof);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
+/// Reads into the tail of `buf`. Reading in place (not into a stack chunk) keeps the connection
+/// task's future small: thousands of handshakes can be in flight during a reconnect storm.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    const STEP: usize = 1024;
+    let len = buf.len();
+    buf.resize(len + STEP, 0);
+    let n = stream.read(&mut buf[len..]).await;
+    buf.truncate(len + *n.as_ref().unwrap_or(&0));
+    n
+}
+
 async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> glommio::Result<bool, ()> {
-    let mut chunk = [0u8; 4096];
     while buf.len() < need {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        if read_more(stream, buf).await? == 0 {
             return Ok(false);
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
     Ok(true)
 }
@@ -525,8 +580,9 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> gl
 /// Serves one accepted TCP connection until it closes or becomes a WebSocket.
 pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     let shard = hub.borrow().shard();
+    let _ = stream.set_nodelay(true);
     let timeout = Duration::from_millis(shared.config.args.handshake_timeout_ms);
-    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         let (req, head_len) = match glommio::timer::timeout(timeout, read_head(&mut stream, &mut buf)).await {
             Ok(Read::Head(req, n)) => (req, n),

@@ -38,6 +38,9 @@ const MAX_QUEUED: usize = 64;
 const MAX_IN_FLIGHT: u8 = 16;
 /// How long a closing connection may take to drain its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Sends per broadcast slice: between slices the shard's other tasks run, so a batch to tens of
+/// thousands of sockets does not hold placements and handshakes back for its whole duration.
+const SLICE: usize = 1024;
 /// Reads per readiness event before yielding to other connections.
 const READS_PER_EVENT: usize = 4;
 
@@ -82,7 +85,18 @@ struct Extra {
 
 impl Conn {
     fn free(gen: u32) -> Self {
-        Conn { fd: -1, gen, state: State::Free, blocked: false, in_flight: 0, out_off: 0, next_seq: 0, user: 0, out: None, extra: None }
+        Conn {
+            fd: -1,
+            gen,
+            state: State::Free,
+            blocked: false,
+            in_flight: 0,
+            out_off: 0,
+            next_seq: 0,
+            user: 0,
+            out: None,
+            extra: None,
+        }
     }
 
     fn extra(&mut self) -> &mut Extra {
@@ -101,8 +115,27 @@ pub struct PlaceJob {
     pub pending: place::Pending,
 }
 
+/// What a tick found, so the shard knows how soon to tick again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// A broadcast is unfinished: come back right after the other tasks had a turn.
+    Busy,
+    /// Something happened: keep ticking fast.
+    Active,
+    /// Nothing to do.
+    Idle,
+}
+
+/// Where the broadcast in progress stands: the batch, and the next slot to consider.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    seq: u64,
+    slot: usize,
+}
+
 pub struct Hub {
     shard: usize,
+    cursor: Option<Cursor>,
     shared: Arc<Shared>,
     conns: Vec<Conn>,
     free: Vec<u32>,
@@ -138,15 +171,20 @@ impl Hub {
             return Err(std::io::Error::last_os_error());
         }
         let uring = match shared.config.args.send_mode {
-            SendMode::Uring => Some(IoUring::builder().setup_single_issuer().build(4096).or_else(|_| IoUring::new(4096))?),
+            SendMode::Uring => {
+                Some(IoUring::builder().setup_single_issuer().build(4096).or_else(|_| IoUring::new(4096))?)
+            }
             SendMode::Syscall => None,
         };
         Ok(Hub {
             shard,
+            cursor: None,
             max_conns: shared.max_conns_per_shard,
             max_lag: shared.config.args.max_lag_batches,
+            // Reserved up front (virtual memory only: pages become resident as slots are used), so
+            // the table never doubles and copies itself under load.
+            conns: Vec::with_capacity(shared.max_conns_per_shard.min(1 << 24)),
             shared,
-            conns: Vec::new(),
             free: Vec::new(),
             live: 0,
             ring: VecDeque::new(),
@@ -246,10 +284,13 @@ impl Hub {
         }
     }
 
-    /// One turn of the shard: new batches and catch-ups, then socket readiness, then timers.
-    pub fn tick(&mut self) {
+    /// One turn of the shard: new batches and catch-ups, one slice of the broadcast in progress,
+    /// then socket readiness and timers. Says how soon the caller should come back.
+    pub fn tick(&mut self) -> Tick {
         let before = self.head_seq();
+        let mut did = 0usize;
         while let Ok(msg) = self.rx.try_recv() {
+            did += 1;
             match msg {
                 ShardMsg::Batch { frame, .. } => {
                     self.ring.push_back(frame);
@@ -263,12 +304,23 @@ impl Hub {
                 self.ring.pop_front();
                 self.first_seq += 1;
             }
-            self.broadcast(before.max(self.first_seq));
-            self.check_blocked();
+            let start = Cursor { seq: before.max(self.first_seq), slot: 0 };
+            self.cursor = Some(self.cursor.map_or(start, |c| if c.seq < self.first_seq { start } else { c }));
         }
-        self.poll_sockets();
+        if self.cursor.is_some() {
+            self.broadcast_slice();
+        }
+        did += self.poll_sockets();
         if !self.closing.is_empty() {
+            did += 1;
             self.expire_closing();
+        }
+        let backlog = self.cursor.map_or(0, |c| self.head_seq() - c.seq);
+        self.shared.applier.shard_backlog[self.shard].store(backlog, std::sync::atomic::Ordering::Release);
+        match (self.cursor.is_some(), did > 0 || !self.read_again.is_empty()) {
+            (true, _) => Tick::Busy,
+            (false, true) => Tick::Active,
+            (false, false) => Tick::Idle,
         }
     }
 
@@ -289,42 +341,77 @@ impl Hub {
             CatchUpReply::Reload { oldest_since } => {
                 let msg = serde_json::json!({"type": "reload", "oldest_since": oldest_since}).to_string();
                 self.conns[slot].extra().queue.push_back(text_frame(&msg));
-                self.close_with(slot, reason(close::RELOAD, "since is older than the catch-up window: reload the snapshot"));
+                self.close_with(
+                    slot,
+                    reason(close::RELOAD, "since is older than the catch-up window: reload the snapshot"),
+                );
             }
-            CatchUpReply::Ahead { .. } => self.close_with(slot, reason(close::POLICY, "since is ahead of the server's version")),
+            CatchUpReply::Ahead { .. } => {
+                self.close_with(slot, reason(close::POLICY, "since is ahead of the server's version"))
+            }
         }
     }
 
     /// Writes batches `from_seq..head` to every live connection that is waiting for exactly them.
-    fn broadcast(&mut self, from_seq: u64) {
-        for seq in from_seq..self.head_seq() {
-            let frame = self.ring[(seq - self.first_seq) as usize].clone();
-            match self.uring.is_some() {
-                true => self.broadcast_uring(seq, &frame),
-                false => self.broadcast_syscall(seq),
-            }
+    /// Writes the cursor's batch to the next `SLICE` connections waiting for exactly it; a batch
+    /// done, closes or retries the connections it left blocked and moves to the next one.
+    fn broadcast_slice(&mut self) {
+        let Some(Cursor { seq, slot }) = self.cursor else { return };
+        let frame = self.ring[(seq - self.first_seq) as usize].clone();
+        let end = match self.uring.is_some() {
+            true => self.broadcast_uring(seq, &frame, slot),
+            false => self.broadcast_syscall(seq, slot),
+        };
+        if end < self.conns.len() {
+            self.cursor = Some(Cursor { seq, slot: end });
+            return;
         }
+        self.check_blocked();
+        self.cursor = (seq + 1 < self.head_seq()).then_some(Cursor { seq: seq + 1, slot: 0 });
     }
 
-    fn ready_for(&self, slot: usize, seq: u64) -> bool {
+    /// Whether `slot` takes batch `seq` in the bulk path. A connection behind it (possible only
+    /// after the shard itself fell behind) is pumped instead, which also closes it if it lagged
+    /// out of the ring.
+    fn ready_for(&mut self, slot: usize, seq: u64) -> bool {
         let c = &self.conns[slot];
-        c.state == State::Live && !c.blocked && c.out.is_none() && c.next_seq == seq && !c.queued()
+        if c.state != State::Live || c.blocked || c.out.is_some() || c.queued() {
+            return false;
+        }
+        if c.next_seq < seq {
+            self.pump(slot);
+            return false;
+        }
+        c.next_seq == seq
     }
 
-    fn broadcast_syscall(&mut self, seq: u64) {
-        for slot in 0..self.conns.len() {
+    /// Returns the slot to continue from.
+    fn broadcast_syscall(&mut self, seq: u64, from: usize) -> usize {
+        let mut sent = 0;
+        for slot in from..self.conns.len() {
+            if sent == SLICE {
+                return slot;
+            }
             if self.ready_for(slot, seq) {
                 self.pump(slot);
+                sent += 1;
             }
         }
+        self.conns.len()
     }
 
     /// All of one batch's sends for this shard, submitted to io_uring a ring-full at a time.
-    fn broadcast_uring(&mut self, seq: u64, frame: &Bytes) {
+    /// Submits one ring-full of sends (at most `SLICE`); returns the slot to continue from.
+    fn broadcast_uring(&mut self, seq: u64, frame: &Bytes, from: usize) -> usize {
         let mut uring = self.uring.take().expect("uring mode");
-        let cap = uring.params().sq_entries() as usize;
+        let cap = (uring.params().sq_entries() as usize).min(SLICE);
         let mut queued = 0usize;
-        for slot in 0..self.conns.len() {
+        let mut end = self.conns.len();
+        for slot in from..self.conns.len() {
+            if queued == cap {
+                end = slot;
+                break;
+            }
             if !self.ready_for(slot, seq) {
                 continue;
             }
@@ -333,17 +420,14 @@ impl Hub {
                 .build()
                 .user_data(slot as u64);
             // SAFETY: `frame` outlives the submission: we wait for every completion below.
-            unsafe { uring.submission().push(&sqe).expect("queue has room: flushed at capacity") };
+            unsafe { uring.submission().push(&sqe).expect("queue has room: at most cap entries") };
             queued += 1;
-            if queued == cap {
-                self.flush_uring(&mut uring, queued, seq, frame);
-                queued = 0;
-            }
         }
         if queued > 0 {
             self.flush_uring(&mut uring, queued, seq, frame);
         }
         self.uring = Some(uring);
+        end
     }
 
     fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frame: &Bytes) {
@@ -450,7 +534,8 @@ impl Hub {
             let c = &mut self.conns[slot];
             let out = c.out.as_ref().expect("set above");
             let rest = &out[c.out_off as usize..];
-            let n = unsafe { libc::send(c.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            let n =
+                unsafe { libc::send(c.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
             if self.uring.is_none() {
                 add(&self.shared.shard_stats[self.stats_idx].send_syscalls, 1);
             }
@@ -518,7 +603,10 @@ impl Hub {
     }
 
     fn close_with(&mut self, slot: usize, r: CloseReason) {
-        if matches!(r.code, close::PROTOCOL_ERROR | close::UNSUPPORTED | close::BAD_DATA | close::TOO_BIG | close::POLICY) {
+        if matches!(
+            r.code,
+            close::PROTOCOL_ERROR | close::UNSUPPORTED | close::BAD_DATA | close::TOO_BIG | close::POLICY
+        ) {
             add(&self.stats().closed_protocol, 1);
         }
         self.close_frame_then(slot, r.code, r.reason);
@@ -551,7 +639,9 @@ impl Hub {
         self.shared.shard_stats[self.stats_idx].connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn poll_sockets(&mut self) {
+    /// Handles ready sockets; returns how many events there were.
+    fn poll_sockets(&mut self) -> usize {
+        let mut seen = 0;
         for id in std::mem::take(&mut self.read_again) {
             if let Some(slot) = self.get(id) {
                 self.read(slot);
@@ -560,8 +650,9 @@ impl Hub {
         loop {
             let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), EVENTS as i32, 0) };
             if n <= 0 {
-                return;
+                return seen;
             }
+            seen += n as usize;
             for i in 0..n as usize {
                 let ev = self.events[i];
                 let (bits, k) = (ev.events, ev.u64);
@@ -571,12 +662,14 @@ impl Hub {
                     self.conns[slot].blocked = false;
                     self.pump(slot);
                 }
-                if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0 && self.get(id).is_some() {
+                if bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+                    && self.get(id).is_some()
+                {
                     self.read(slot);
                 }
             }
             if (n as usize) < EVENTS {
-                return;
+                return seen;
             }
         }
     }
@@ -586,7 +679,9 @@ impl Hub {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut drained = false;
         for _ in 0..READS_PER_EVENT {
-            let n = unsafe { libc::recv(self.conns[slot].fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::recv(self.conns[slot].fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT)
+            };
             if n < 0 && errno() == libc::EINTR {
                 continue;
             }
@@ -673,7 +768,9 @@ impl Hub {
     fn on_data(&mut self, slot: usize, kind: Kind, fin: bool, payload: &[u8]) -> Result<(), CloseReason> {
         let in_message = self.conns[slot].extra.as_ref().is_some_and(|e| e.in_message);
         match (kind, in_message) {
-            (Kind::Text, true) => return Err(reason(close::PROTOCOL_ERROR, "new message before the previous one ended")),
+            (Kind::Text, true) => {
+                return Err(reason(close::PROTOCOL_ERROR, "new message before the previous one ended"))
+            }
             (Kind::Continuation, false) => return Err(reason(close::PROTOCOL_ERROR, "continuation without a message")),
             _ => {}
         }
@@ -704,13 +801,19 @@ impl Hub {
             Some("place") => self.on_place(slot, id, msg),
             Some("auth") => self.on_auth(slot, id, &msg),
             other => {
-                let text = format!("unknown message type {:?}; expected \"place\" or \"auth\"", other.unwrap_or("(none)"));
+                let text =
+                    format!("unknown message type {:?}; expected \"place\" or \"auth\"", other.unwrap_or("(none)"));
                 self.enqueue(slot, error_frame(id.as_ref(), "unknown_type", &text, None))
             }
         }
     }
 
-    fn on_auth(&mut self, slot: usize, id: Option<serde_json::Number>, msg: &serde_json::Value) -> Result<(), CloseReason> {
+    fn on_auth(
+        &mut self,
+        slot: usize,
+        id: Option<serde_json::Number>,
+        msg: &serde_json::Value,
+    ) -> Result<(), CloseReason> {
         let Some(token) = msg.get("token").and_then(|t| t.as_str()) else {
             return self.reply_error(slot, id, &PlaceError::MissingToken);
         };
@@ -727,7 +830,12 @@ impl Hub {
         }
     }
 
-    fn on_place(&mut self, slot: usize, id: Option<serde_json::Number>, msg: serde_json::Value) -> Result<(), CloseReason> {
+    fn on_place(
+        &mut self,
+        slot: usize,
+        id: Option<serde_json::Number>,
+        msg: serde_json::Value,
+    ) -> Result<(), CloseReason> {
         let body: PlaceBody = match serde_json::from_value(msg) {
             Ok(b) => b,
             Err(e) => return self.reply_error(slot, id, &PlaceError::BadBody(e.to_string())),
@@ -748,7 +856,12 @@ impl Hub {
     }
 
     /// Delivers a placement's answer, if the connection is still there.
-    pub fn place_done(&mut self, conn: ConnId, id: Option<serde_json::Number>, result: Result<place::Placed, PlaceError>) {
+    pub fn place_done(
+        &mut self,
+        conn: ConnId,
+        id: Option<serde_json::Number>,
+        result: Result<place::Placed, PlaceError>,
+    ) {
         let Some(slot) = self.get(conn) else { return };
         self.conns[slot].in_flight = self.conns[slot].in_flight.saturating_sub(1);
         let frame = match result {

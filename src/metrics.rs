@@ -55,9 +55,19 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
     let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    counter(&mut out, "placecast_placements_total", "Placements acknowledged (durable in the log).", r(&m.placements_ok));
+    counter(
+        &mut out,
+        "placecast_placements_total",
+        "Placements acknowledged (durable in the log).",
+        r(&m.placements_ok),
+    );
     let _ = writeln!(out, "# HELP placecast_placements_rejected_total Placements refused, by reason.\n# TYPE placecast_placements_rejected_total counter");
-    for (reason, c) in [("cooldown", &m.rejected_cooldown), ("invalid", &m.rejected_invalid), ("auth", &m.rejected_auth), ("log", &m.rejected_log)] {
+    for (reason, c) in [
+        ("cooldown", &m.rejected_cooldown),
+        ("invalid", &m.rejected_invalid),
+        ("auth", &m.rejected_auth),
+        ("log", &m.rejected_log),
+    ] {
         let _ = writeln!(out, "placecast_placements_rejected_total{{reason=\"{reason}\"}} {}", r(c));
     }
     counter(&mut out, "placecast_http_requests_total", "HTTP requests served.", r(&m.http_requests));

@@ -45,7 +45,10 @@ pub enum PlaceError {
 impl PlaceError {
     pub fn status(&self) -> u16 {
         match self {
-            PlaceError::BadJson(_) | PlaceError::BadBody(_) | PlaceError::BadCoordinates { .. } | PlaceError::BadColor { .. } => 400,
+            PlaceError::BadJson(_)
+            | PlaceError::BadBody(_)
+            | PlaceError::BadCoordinates { .. }
+            | PlaceError::BadColor { .. } => 400,
             PlaceError::MissingToken | PlaceError::Token(_) => 401,
             PlaceError::Cooldown { .. } | PlaceError::TooManyInFlight => 429,
             PlaceError::LogUnavailable(_) => 503,
@@ -125,7 +128,8 @@ fn begin_inner(shared: &Arc<Shared>, user: Option<u64>, body: &PlaceBody) -> Res
         return Err(PlaceError::BadColor { color: body.color, max: g.palette.len() - 1 });
     }
     let now = crate::now_ms();
-    let permit = shared.limiter.try_acquire(user, now).map_err(|c| PlaceError::Cooldown { retry_after_ms: c.retry_after_ms })?;
+    let permit =
+        shared.limiter.try_acquire(user, now).map_err(|c| PlaceError::Cooldown { retry_after_ms: c.retry_after_ms })?;
     let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now };
     match shared.log.append(edit) {
         Ok(ack) => Ok(Pending { ack, permit, cooldown_ms: shared.limiter.cooldown_ms(), shared: shared.clone() }),
@@ -140,7 +144,9 @@ impl Pending {
     /// Waits until the edit is durable (or refused).
     pub async fn finish(self) -> Result<Placed, PlaceError> {
         let result = match self.ack.await {
-            Ok(Ok(version)) => Ok(Placed { version, next_at_ms: self.permit.at_ms + self.cooldown_ms, cooldown_ms: self.cooldown_ms }),
+            Ok(Ok(version)) => {
+                Ok(Placed { version, next_at_ms: self.permit.at_ms + self.cooldown_ms, cooldown_ms: self.cooldown_ms })
+            }
             Ok(Err(e)) => Err(PlaceError::LogUnavailable(e)),
             Err(_) => Err(PlaceError::LogUnavailable(LogError::Closed)),
         };

@@ -116,7 +116,11 @@ fn raise_fd_limit() -> u64 {
 fn allowed_cpus() -> Vec<usize> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
-    let cpus: Vec<usize> = if ok { (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect() } else { Vec::new() };
+    let cpus: Vec<usize> = if ok {
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+    } else {
+        Vec::new()
+    };
     if cpus.is_empty() {
         (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
     } else {
@@ -141,7 +145,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let shared_log = args.kafka_brokers.is_some();
     let limiter = Arc::new(Limiter::new(args.cooldown * 1000));
     let snapshots = Arc::new(SnapshotStore::default());
-    let stats = Arc::new(ApplierStats::default());
+    let stats = Arc::new(ApplierStats::new(shards));
     let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| unbounded::<ShardMsg>()).unzip();
     let (catchup_tx, catchup_rx) = bounded(65_536);
     let (edits_tx, edits_rx) = bounded(1 << 16);

@@ -99,7 +99,7 @@ pub fn accept_key(key: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A masked client frame, as a browser sends it.
@@ -169,5 +169,48 @@ mod tests {
     fn close_codes() {
         assert_eq!(close_code(&[0x03, 0xE8, b'x']), 1000);
         assert_eq!(close_code(&[]), 1005);
+    }
+}
+
+#[cfg(test)]
+mod fuzz_smoke {
+    //! What fuzz/fuzz_targets/ws_frame.rs checks, over pseudo-random and mutated inputs, so the
+    //! stable toolchain runs it too.
+    use super::*;
+
+    #[test]
+    fn random_and_mutated_frames_never_panic() {
+        let mut seed = 0x9E3779B97F4A7C15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = tests::client_frame(1, true, br#"{"type":"place","x":1,"y":2,"color":3}"#);
+        for _ in 0..20_000 {
+            let mut buf = if rnd() % 2 == 0 {
+                let mut v = valid.clone();
+                for _ in 0..(rnd() % 4) {
+                    let i = (rnd() as usize) % v.len();
+                    v[i] = rnd() as u8;
+                }
+                v.truncate(1 + (rnd() as usize) % v.len());
+                v
+            } else {
+                (0..(rnd() % 64)).map(|_| rnd() as u8).collect()
+            };
+            let len = buf.len();
+            let mut pos = 0;
+            while pos < len {
+                match next_frame(&mut buf[pos..]) {
+                    Ok(Some(f)) => {
+                        assert!(f.len > 0 && pos + f.len <= len && f.payload.end <= f.len);
+                        pos += f.len;
+                    }
+                    _ => break,
+                }
+            }
+        }
     }
 }

@@ -75,7 +75,8 @@ fn websocket_place_answers_like_http() {
     assert_eq!(s2.place(&t, 0, 0, 1).status, 429);
     let r = s2.http("POST", "/api/v1/admin/cooldown", &[("Authorization", "Bearer wrong")], br#"{"seconds":0}"#);
     assert_eq!(r.status, 401);
-    let r = s2.http("POST", "/api/v1/admin/cooldown", &[("Authorization", "Bearer admin-secret-1")], br#"{"seconds":0}"#);
+    let r =
+        s2.http("POST", "/api/v1/admin/cooldown", &[("Authorization", "Bearer admin-secret-1")], br#"{"seconds":0}"#);
     assert_eq!(r.status, 200);
     assert_eq!(s2.place(&t, 0, 0, 1).status, 200);
     assert_eq!(s2.http("GET", "/api/v1/canvas/info", &[], b"").json()["cooldown_ms"], 0);
@@ -92,7 +93,9 @@ fn catch_up_with_since_has_no_gap_and_no_duplicate() {
     let writer = {
         let s = s.clone();
         let t = t.clone();
-        std::thread::spawn(move || (30..130).map(|i| s.place(&t, i, 1, (i % 16) as u8).json()["version"].as_u64().unwrap()).max().unwrap())
+        std::thread::spawn(move || {
+            (30..130).map(|i| s.place(&t, i, 1, (i % 16) as u8).json()["version"].as_u64().unwrap()).max().unwrap()
+        })
     };
     let mut clients: Vec<(u64, Ws)> = [0u64, 5, 17, 29].iter().map(|&v| (v, s.ws(&format!("?since={v}")))).collect();
     let last = writer.join().unwrap();
@@ -113,7 +116,17 @@ fn catch_up_with_since_has_no_gap_and_no_duplicate() {
     // A version from the future is refused; an unparsable one gets 400 before the upgrade.
     let mut c = s.ws("?since=999999");
     assert!(matches!(c.next(), Got::Closed(Some((1008, _)))));
-    let r = s.http("GET", "/ws?since=abc", &[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")], b"");
+    let r = s.http(
+        "GET",
+        "/ws?since=abc",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        b"",
+    );
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_since"));
 }
 
@@ -153,7 +166,9 @@ fn crash_restart_keeps_every_acknowledged_edit() {
                     let body = format!("{{\"x\":{x},\"y\":{y},\"color\":{c}}}");
                     let auth = format!("Bearer {t}");
                     match try_http(addr, "POST", "/api/v1/place", &[("Authorization", &auth)], body.as_bytes()) {
-                        Ok(r) if r.status == 200 => acked.lock().unwrap().push((r.json()["version"].as_u64().unwrap(), x, y, c)),
+                        Ok(r) if r.status == 200 => {
+                            acked.lock().unwrap().push((r.json()["version"].as_u64().unwrap(), x, y, c))
+                        }
                         _ => return,
                     }
                 }
@@ -213,7 +228,20 @@ fn one_user_on_two_cores_gets_exactly_one_acceptance() {
             std::thread::spawn(move || {
                 barrier.wait();
                 let auth = format!("Bearer {t}");
-                (0..10).filter(|_| try_http(addr, "POST", "/api/v1/place", &[("Authorization", &auth)], br#"{"x":1,"y":1,"color":1}"#).unwrap().status == 200).count()
+                (0..10)
+                    .filter(|_| {
+                        try_http(
+                            addr,
+                            "POST",
+                            "/api/v1/place",
+                            &[("Authorization", &auth)],
+                            br#"{"x":1,"y":1,"color":1}"#,
+                        )
+                        .unwrap()
+                        .status
+                            == 200
+                    })
+                    .count()
             })
         };
         let msg = r#"{"type":"place","x":2,"y":2,"color":2}"#;
@@ -246,7 +274,17 @@ fn one_user_on_two_cores_gets_exactly_one_acceptance() {
 #[test]
 fn a_client_that_stops_reading_is_closed_while_others_keep_up() {
     let s = Arc::new(Server::start(&[
-        "--cooldown", "0", "--batch-ms", "20", "--max-lag-batches", "5", "--ws-sndbuf", "4096", "--edit-stride", "64", "--no-fsync",
+        "--cooldown",
+        "0",
+        "--batch-ms",
+        "20",
+        "--max-lag-batches",
+        "5",
+        "--ws-sndbuf",
+        "4096",
+        "--edit-stride",
+        "64",
+        "--no-fsync",
     ]));
     // The slow client has a tiny receive buffer and never reads.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -327,7 +365,8 @@ fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_coordinates"));
     let r = s.http("POST", "/api/v1/place", &[("Authorization", &auth)], br#"{"x":1,"y":1,"color":16}"#);
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_color"));
-    let r = s.http("POST", "/api/v1/place", &[("Authorization", "Bearer anon-1.0.forged")], br#"{"x":1,"y":1,"color":1}"#);
+    let r =
+        s.http("POST", "/api/v1/place", &[("Authorization", "Bearer anon-1.0.forged")], br#"{"x":1,"y":1,"color":1}"#);
     assert_eq!((r.status, r.error_code().as_str()), (401, "bad_token"));
     let r = s.http("POST", "/api/v1/place", &[], br#"{"x":1,"y":1,"color":1}"#);
     assert_eq!((r.status, r.error_code().as_str()), (401, "missing_token"));
@@ -347,7 +386,17 @@ fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert!(started.elapsed() < Duration::from_secs(4));
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&out));
     // A bad token on the WebSocket URL is refused before the upgrade.
-    let r = s.http("GET", "/ws?token=x.0.y", &[("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")], b"");
+    let r = s.http(
+        "GET",
+        "/ws?token=x.0.y",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        b"",
+    );
     assert_eq!(r.status, 401);
     // WebSocket frames.
     let close_of = |bytes: &[u8]| -> u16 {
@@ -397,4 +446,52 @@ fn large_canvas_with_32_colors() {
     assert_eq!(snap.pixels[4000 * 4000 - 1], 31);
     let png = s.http("GET", "/api/v1/canvas.png", &[], b"");
     assert_eq!(png.status, 200);
+}
+
+#[test]
+fn a_log_that_cannot_write_gets_503_and_spends_no_cooldown() {
+    // The edit log's file is /dev/full: opening works, every write fails with ENOSPC.
+    let tmp = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/dev/full", tmp.path().join("edits.log")).unwrap();
+    let s = Server::start_in(tmp.path(), free_port(), &["--cooldown", "300"]);
+    let mut watcher = s.ws("");
+    let t = s.session();
+    for _ in 0..2 {
+        let r = s.place(&t, 1, 1, 1);
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (503, "log_unavailable"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r.header("Retry-After").is_some());
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("nothing was placed"));
+    }
+    // Nothing reached the canvas and the connection is still served.
+    watcher.set_timeout(Duration::from_millis(500));
+    assert!(matches!(watcher.next(), Got::Timeout));
+    assert_eq!(s.http("GET", "/healthz", &[], b"").json()["version"], 0);
+}
+
+#[test]
+fn snapshots_are_encoded_once_per_interval_however_many_ask() {
+    let s = Arc::new(Server::start(&["--cooldown", "0", "--batch-ms", "200"]));
+    let t = s.session();
+    assert_eq!(s.place(&t, 5, 5, 5).status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = s.metric("placecast_snapshots_built");
+    let askers: Vec<_> = (0..40)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let r = s.http("GET", "/api/v1/canvas", &[], b"");
+                (r.status, r.header("X-Canvas-Version").unwrap().to_string())
+            })
+        })
+        .collect();
+    for a in askers {
+        assert_eq!(a.join().unwrap(), (200, "1".to_string()));
+    }
+    let built = s.metric("placecast_snapshots_built") - before;
+    assert!(built <= 1, "40 requests for one version built {built} snapshots");
 }

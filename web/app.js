@@ -41,6 +41,7 @@
     cooldown: $('cooldown'),
     palette: $('palette'),
     message: $('message'),
+    banner: $('banner'),
     zoomIn: $('zoom-in'),
     zoomOut: $('zoom-out'),
     zoomFit: $('zoom-fit'),
@@ -90,6 +91,9 @@
     failedOpens: 0,
     lastGapAt: 0,
     paused: false,
+    userPaused: false,
+    loads: 0, // snapshots loaded
+    lastCloseCode: 0, // close code of the last connection the server (or the network) ended
     hiddenTimer: 0,
     // session and placing
     token: null,
@@ -208,6 +212,13 @@
     S.statusText = text;
     el.status.dataset.state = kind;
     if (el.statusText.textContent !== text) el.statusText.textContent = text;
+    const banner = kind === 'unreachable'
+      ? (navigator.onLine === false
+        ? "You're offline. The canvas may be out of date; it will catch up when you're back."
+        : "Can't reach the server. The canvas may be out of date; reconnecting automatically.")
+      : kind === 'error' ? 'The server has a problem. Retrying automatically.' : '';
+    if (el.banner.textContent !== banner) el.banner.textContent = banner;
+    el.banner.hidden = !banner;
   }
 
   function showMessage(text, kind, ms) {
@@ -634,6 +645,7 @@
     let dy = e.deltaY;
     if (e.deltaMode === 1) dy *= 16;
     else if (e.deltaMode === 2) dy *= S.cssH;
+    if (e.ctrlKey) dy *= 4; // a trackpad pinch arrives as ctrl+wheel with small deltas
     const p = localPoint(e);
     zoomAt(p.x, p.y, S.scale * Math.exp(-clamp(dy, -300, 300) * 0.0025));
   }
@@ -915,6 +927,7 @@
     if (gen !== S.gen) return;
     applyInfo(info);
     applySnapshot(buf);
+    S.loads++;
     updateCooldown();
   }
 
@@ -1042,6 +1055,7 @@
   }
 
   function onClosed(ws, ev) {
+    S.lastCloseCode = ev.code;
     failPending(ws);
     if (ws.helloAt && Date.now() - ws.helloAt > LIVED_MS) S.attempt = 0;
     const gen = S.gen;
@@ -1129,25 +1143,31 @@
   }
 
   // ---------------------------------------------------------------- visibility
+  function pause(text) {
+    S.paused = true;
+    clearRetry();
+    S.gen++;
+    closeSocket();
+    setStatus('paused', text);
+  }
+
+  function resume() {
+    S.paused = false;
+    S.userPaused = false;
+    S.attempt = 0;
+    sync(false);
+  }
+
   function onVisibility() {
     if (document.hidden) {
       clearTimeout(S.hiddenTimer);
       S.hiddenTimer = setTimeout(() => {
-        if (!document.hidden) return;
         // Hidden for long: let go of the connection; catch up with `since` when shown again.
-        S.paused = true;
-        clearRetry();
-        S.gen++;
-        closeSocket();
-        setStatus('paused', 'Paused while this tab is hidden');
+        if (document.hidden) pause('Paused while this tab is hidden');
       }, HIDDEN_DISCONNECT_MS);
     } else {
       clearTimeout(S.hiddenTimer);
-      if (S.paused) {
-        S.paused = false;
-        S.attempt = 0;
-        sync(false);
-      }
+      if (S.paused && !S.userPaused) resume();
       if (S.needsDraw) requestDraw();
       updateCooldown();
       if (S.retryTimer) retryStatus();
@@ -1197,6 +1217,8 @@
     get user() { return S.user; },
     get scale() { return S.scale; },
     get frames() { return S.frames; },
+    get snapshotLoads() { return S.loads; },
+    get lastCloseCode() { return S.lastCloseCode; },
     get cooldownRemainingMs() { return Math.max(0, S.cooldownUntil - Date.now()); },
     /** Palette index of pixel (x, y) in the page's copy of the canvas, or -1 outside it. */
     pixel(x, y) {
@@ -1214,6 +1236,10 @@
     centerOn(x, y, scale) { centerOn(x, y, scale); },
     fit() { fitView(); },
     selectColor(i) { selectColor(i); },
+    /** Closes the live connection until connect(), as if the network went away for a while. */
+    disconnect() { S.userPaused = true; pause('Disconnected'); },
+    /** Reconnects after disconnect(), catching up with since=<version>. */
+    connect() { if (S.paused) resume(); },
   });
 
   boot();

@@ -212,7 +212,8 @@ impl Writer {
         for (i, (e, _)) in group.iter().enumerate() {
             encode(head + 1 + i as u64, e, &mut self.buf[i * RECORD..]);
         }
-        let result = self.file.write_all(&self.buf).and_then(|_| if self.fsync { self.file.sync_data() } else { Ok(()) });
+        let result =
+            self.file.write_all(&self.buf).and_then(|_| if self.fsync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = result {
             tracing::error!(error = %e, path = %self.path.display(), "edit log write failed; placements get 503 until it recovers");
             // Put the file back to the last durable record so versions stay contiguous.

@@ -133,15 +133,23 @@ impl HttpResponse {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn error_code(&self) -> String {
         self.json()["error"]["code"].as_str().unwrap_or("").to_string()
     }
 }
 
-pub fn try_http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<HttpResponse> {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -158,7 +166,8 @@ pub fn raw_http(addr: SocketAddr, raw: &[u8]) -> std::io::Result<HttpResponse> {
     s.write_all(raw)?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
-    parse_response(&out).ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&out))))
+    parse_response(&out)
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {:?}", String::from_utf8_lossy(&out))))
 }
 
 pub fn parse_response(out: &[u8]) -> Option<HttpResponse> {
@@ -166,7 +175,8 @@ pub fn parse_response(out: &[u8]) -> Option<HttpResponse> {
     let head = std::str::from_utf8(&out[..end]).ok()?;
     let mut lines = head.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     Some(HttpResponse { status, headers, body: out[end + 4..].to_vec() })
 }
 
@@ -220,7 +230,9 @@ impl Ws {
                 Ok(Message::Text(t)) => return Got::Text(serde_json::from_str(t.as_str()).expect("JSON text")),
                 Ok(Message::Close(c)) => return Got::Closed(c.map(|c| (u16::from(c.code), c.reason.to_string()))),
                 Ok(_) => continue,
-                Err(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
                     return Got::Timeout
                 }
                 Err(_) => return Got::Closed(None),
