@@ -247,7 +247,9 @@ impl Applier {
 
     /// Writes `checkpoint.bin` for the current version.
     pub fn checkpoint(&self) -> Result<u64, String> {
-        let (Some(cp), Some(cl)) = (self.make_checkpoint(), self.cluster.as_ref()) else { return Err("no shared log".into()) };
+        let (Some(cp), Some(cl)) = (self.make_checkpoint(), self.cluster.as_ref()) else {
+            return Err("no shared log".into());
+        };
         let started = Instant::now();
         cp.write(&cl.dir).map_err(|e| e.to_string())?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -609,7 +611,14 @@ mod tests {
     fn log_order_rule_uses_edit_timestamps_and_survives_checkpoints() {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, rx, verdicts) = cluster_applier(dir.path());
-        let log = [by(1, 7, 10_000), by(2, 7, 10_500), by(3, 8, 10_500), by(4, 7, 10_999), by(5, 7, 11_000), by(6, 7, 11_001)];
+        let log = [
+            by(1, 7, 10_000),
+            by(2, 7, 10_500),
+            by(3, 8, 10_500),
+            by(4, 7, 10_999),
+            by(5, 7, 11_000),
+            by(6, 7, 11_001),
+        ];
         for c in &log[..4] {
             a.apply(*c);
         }

@@ -256,7 +256,9 @@ where
     for (key, value) in table {
         let id = key.replace('-', "_");
         // Known settings are the serve command's arguments (matches list only those with a value).
-        let known = Cli::command().find_subcommand("serve").is_some_and(|c| c.get_arguments().any(|a| a.get_id().as_str() == id));
+        let known = Cli::command()
+            .find_subcommand("serve")
+            .is_some_and(|c| c.get_arguments().any(|a| a.get_id().as_str() == id));
         if !known || id == "config" {
             return Err(ConfigError::UnknownKey { path, key });
         }

@@ -276,11 +276,27 @@ fn metrics(shared: &Shared) -> Response {
         ),
         ("placecast_cooldown_ms", "Current cooldown.", shared.limiter.cooldown_ms()),
         ("placecast_log_head", "Last durable version in the log.", shared.log.head()),
-        ("placecast_rejected_in_log_order", "Edits the log-order cooldown rule turned into no-ops (shared log).", a.rejected.load(Ordering::Relaxed)),
+        (
+            "placecast_rejected_in_log_order",
+            "Edits the log-order cooldown rule turned into no-ops (shared log).",
+            a.rejected.load(Ordering::Relaxed),
+        ),
         ("placecast_checkpoints_written", "Checkpoints written (shared log).", a.checkpoints.load(Ordering::Relaxed)),
-        ("placecast_log_to_batch_p50_ms", "Median ms from an edit's placement time to the batch carrying it, since start.", a.log_to_batch_p50_ms.load(Ordering::Relaxed)),
-        ("placecast_log_to_batch_p99_ms", "99th percentile ms from an edit's placement time to the batch carrying it, since start.", a.log_to_batch_p99_ms.load(Ordering::Relaxed)),
-        ("placecast_log_to_batch_max_ms", "Most ms from an edit's placement time to the batch carrying it, since start.", a.log_to_batch_max_ms.load(Ordering::Relaxed)),
+        (
+            "placecast_log_to_batch_p50_ms",
+            "Median ms from an edit's placement time to the batch carrying it, since start.",
+            a.log_to_batch_p50_ms.load(Ordering::Relaxed),
+        ),
+        (
+            "placecast_log_to_batch_p99_ms",
+            "99th percentile ms from an edit's placement time to the batch carrying it, since start.",
+            a.log_to_batch_p99_ms.load(Ordering::Relaxed),
+        ),
+        (
+            "placecast_log_to_batch_max_ms",
+            "Most ms from an edit's placement time to the batch carrying it, since start.",
+            a.log_to_batch_max_ms.load(Ordering::Relaxed),
+        ),
     ];
     let text = crate::metrics::render(&shared.metrics, &shared.shard_stats, &gauges);
     Response { status: 200, content_type: "text/plain; version=0.0.4", headers: Vec::new(), body: Bytes::from(text) }

@@ -6,15 +6,15 @@
 //! topic up to its end at start, applied from the local checkpoint on.
 
 use crate::applier::{Applier, ApplierSetup, ApplierStats, CatchUpReq, ClusterSetup, Control, ShardMsg};
-use crate::checkpoint::Checkpoint;
-use crate::verdict::Verdicts;
 use crate::canvas::{Canvas, Geometry};
+use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::edit_log::{file::FileLog, EditLog, LogError};
 use crate::limiter::Limiter;
 use crate::metrics::{Metrics, ShardStats};
 use crate::snapshot::SnapshotStore;
 use crate::token::Signer;
+use crate::verdict::Verdicts;
 use crossbeam_channel::{bounded, unbounded, Sender};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +59,11 @@ fn open_log(args: &crate::config::ServeArgs) -> Result<(Arc<dyn EditLog>, u64), 
     #[cfg(feature = "kafka")]
     if let Some(brokers) = &args.kafka_brokers {
         use crate::edit_log::kafka::{KafkaLog, KafkaSettings};
-        let k = KafkaLog::connect(KafkaSettings { brokers: brokers.clone(), topic: args.kafka_topic.clone(), timeout_ms: args.kafka_timeout_ms })?;
+        let k = KafkaLog::connect(KafkaSettings {
+            brokers: brokers.clone(),
+            topic: args.kafka_topic.clone(),
+            timeout_ms: args.kafka_timeout_ms,
+        })?;
         let oldest = k.oldest_after();
         return Ok((Arc::new(k), oldest));
     }
@@ -276,7 +280,10 @@ fn spawn_signals(shared: Arc<Shared>, checkpoint: Option<Sender<Control>>) -> st
             let started = Instant::now();
             if let Some(tx) = &checkpoint {
                 let (reply_tx, reply_rx) = bounded(1);
-                let answer = tx.send(Control::Checkpoint(reply_tx)).ok().and_then(|_| reply_rx.recv_timeout(Duration::from_secs(10)).ok());
+                let answer = tx
+                    .send(Control::Checkpoint(reply_tx))
+                    .ok()
+                    .and_then(|_| reply_rx.recv_timeout(Duration::from_secs(10)).ok());
                 match answer {
                     Some(Ok(version)) => tracing::info!(version, "checkpoint written"),
                     Some(Err(e)) => tracing::error!(error = %e, "writing the checkpoint failed"),

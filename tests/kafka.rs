@@ -78,7 +78,12 @@ fn three_nodes_agree_one_pixel_per_cooldown_and_a_fourth_matches() {
     assert!(snaps.iter().all(|s| s.pixels == snaps[0].pixels && s.version == snaps[0].version));
     assert_eq!(fourth.s().metric("placecast_rejected_in_log_order"), rejected[0]);
     // The cooldown is part of the cluster's rule: one node cannot change it live.
-    let r = fourth.s().http("POST", "/api/v1/admin/cooldown", &[("Authorization", "Bearer admin-secret-1")], br#"{"seconds":0}"#);
+    let r = fourth.s().http(
+        "POST",
+        "/api/v1/admin/cooldown",
+        &[("Authorization", "Bearer admin-secret-1")],
+        br#"{"seconds":0}"#,
+    );
     assert_eq!((r.status, r.error_code().as_str()), (409, "cooldown_fixed"));
 }
 
@@ -101,10 +106,26 @@ fn a_node_killed_mid_stream_restarts_from_its_checkpoint_and_catches_up() {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
-                    match try_http(addr, "POST", "/api/v1/place", &[("Authorization", &format!("Bearer {t}"))], format!("{{\"x\":{},\"y\":{},\"color\":{}}}", i % 1000, w * 100 + (i / 1000) as usize, 1 + (i % 15)).as_bytes()) {
+                    match try_http(
+                        addr,
+                        "POST",
+                        "/api/v1/place",
+                        &[("Authorization", &format!("Bearer {t}"))],
+                        format!(
+                            "{{\"x\":{},\"y\":{},\"color\":{}}}",
+                            i % 1000,
+                            w * 100 + (i / 1000) as usize,
+                            1 + (i % 15)
+                        )
+                        .as_bytes(),
+                    ) {
                         Ok(r) if r.status == 200 => ok += 1,
                         _ if w == 1 => std::thread::sleep(Duration::from_millis(20)), // node b is down for a while
-                        Ok(r) => panic!("placement through the live node failed: {} {}", r.status, String::from_utf8_lossy(&r.body)),
+                        Ok(r) => panic!(
+                            "placement through the live node failed: {} {}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        ),
                         Err(e) => panic!("placement through the live node failed: {e}"),
                     }
                 }
@@ -191,8 +212,23 @@ fn missing_topic_or_wrong_broker_fails_fast_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_placecast"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir", dir.path().to_str().unwrap()])
-            .args(["--secret", "test-secret-0123456789", "--kafka-brokers", brokers, "--kafka-topic", topic, "--kafka-timeout-ms", "3000"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+            ])
+            .args([
+                "--secret",
+                "test-secret-0123456789",
+                "--kafka-brokers",
+                brokers,
+                "--kafka-topic",
+                topic,
+                "--kafka-timeout-ms",
+                "3000",
+            ])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

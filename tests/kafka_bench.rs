@@ -99,7 +99,12 @@ fn placements_latency_and_log_to_client() {
         placed.len(),
         placed.len() as f64 / elapsed
     );
-    println!("BENCH placement latency ms: p50 {:.1} p99 {:.1} max {:.1}", pct(&lat, 0.5), pct(&lat, 0.99), pct(&lat, 1.0));
+    println!(
+        "BENCH placement latency ms: p50 {:.1} p99 {:.1} max {:.1}",
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 1.0)
+    );
     println!("BENCH ack-to-client ms: p50 {:.1} p99 {:.1}", pct(&to_client, 0.5), pct(&to_client, 0.99));
     println!("BENCH place-request-to-client ms: p50 {:.1} p99 {:.1}", pct(&end_to_end, 0.5), pct(&end_to_end, 0.99));
     println!(
@@ -118,7 +123,16 @@ fn time_to_serving(dir: &std::path::Path, broker: &Broker) -> (std::process::Chi
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_placecast"))
         .args(["serve", "--listen", &addr.to_string(), "--shards", "2", "--data-dir", dir.to_str().unwrap()])
-        .args(["--secret", "test-secret-0123456789", "--cooldown", "0", "--kafka-brokers", &broker.addr(), "--kafka-topic", TOPIC])
+        .args([
+            "--secret",
+            "test-secret-0123456789",
+            "--cooldown",
+            "0",
+            "--kafka-brokers",
+            &broker.addr(),
+            "--kafka-topic",
+            TOPIC,
+        ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -152,7 +166,10 @@ fn cold_start_with_many_edits() {
         Some(dir) => {
             std::fs::create_dir_all(dir).unwrap();
             let b = Broker::start_existing(dir);
-            let out = Command::new(tansu_bin()).args(["topic", "create", TOPIC, "--partitions", "1", "--broker", &b.url()]).output().unwrap();
+            let out = Command::new(tansu_bin())
+                .args(["topic", "create", TOPIC, "--partitions", "1", "--broker", &b.url()])
+                .output()
+                .unwrap();
             assert!(out.status.success());
             b
         }
@@ -172,10 +189,18 @@ fn cold_start_with_many_edits() {
     let base_ts = placecast::now_ms() - n;
     let mut rec = [0u8; 32];
     for i in 0..n {
-        let e = placecast::edit_log::Edit { x: (i % 1000) as u16, y: ((i / 1000) % 1000) as u16, color: (i % 16) as u8, user: i % 100_000 + 1, ts_ms: base_ts + i };
+        let e = placecast::edit_log::Edit {
+            x: (i % 1000) as u16,
+            y: ((i / 1000) % 1000) as u16,
+            color: (i % 16) as u8,
+            user: i % 100_000 + 1,
+            ts_ms: base_ts + i,
+        };
         placecast::edit_log::file::encode(0, &e, &mut rec);
         loop {
-            match producer.send(BaseRecord::<(), [u8]>::to(TOPIC).partition(0).payload(&rec[..]).timestamp(e.ts_ms as i64)) {
+            match producer
+                .send(BaseRecord::<(), [u8]>::to(TOPIC).partition(0).payload(&rec[..]).timestamp(e.ts_ms as i64))
+            {
                 Ok(()) => break,
                 Err((_, _)) => std::thread::sleep(Duration::from_millis(5)),
             }
@@ -185,13 +210,16 @@ fn cold_start_with_many_edits() {
         }
     }
     producer.flush(Duration::from_secs(600)).unwrap();
-    println!("BENCH loaded {n} edits into the topic in {:.1} s ({:.0}/s)", started.elapsed().as_secs_f64(), n as f64 / started.elapsed().as_secs_f64());
+    println!(
+        "BENCH loaded {n} edits into the topic in {:.1} s ({:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        n as f64 / started.elapsed().as_secs_f64()
+    );
     measure_start(&broker, n);
 }
 
 /// Times a node's start with no checkpoint, then its restart from the checkpoint written on SIGTERM.
 fn measure_start(broker: &Broker, n: u64) {
-
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr, ms) = time_to_serving(dir.path(), broker);
     let v = try_http(addr, "GET", "/healthz", &[], b"").unwrap().json()["version"].as_u64().unwrap();

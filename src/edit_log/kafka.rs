@@ -147,14 +147,21 @@ fn make_producer(s: &KafkaSettings, failed: &crossbeam_channel::Sender<()>) -> R
 
 /// Replaces the producer after a failed delivery (one replacement per burst of failures), and
 /// drops the old one here, off the shards (dropping waits for librdkafka's threads).
-fn supervise(settings: KafkaSettings, slot: std::sync::Weak<Mutex<Arc<Prod>>>, failed_tx: crossbeam_channel::Sender<()>, failed: crossbeam_channel::Receiver<()>) {
+fn supervise(
+    settings: KafkaSettings,
+    slot: std::sync::Weak<Mutex<Arc<Prod>>>,
+    failed_tx: crossbeam_channel::Sender<()>,
+    failed: crossbeam_channel::Receiver<()>,
+) {
     while failed.recv().is_ok() {
         while failed.try_recv().is_ok() {}
         let Some(slot) = slot.upgrade() else { return };
         match make_producer(&settings, &failed_tx) {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut *slot.lock().unwrap_or_else(|p| p.into_inner()), Arc::new(fresh));
-                tracing::info!("a Kafka delivery failed; replaced the producer so it starts afresh when the broker is back");
+                tracing::info!(
+                    "a Kafka delivery failed; replaced the producer so it starts afresh when the broker is back"
+                );
                 // Wait until no shard holds the old one, so the slow drop happens here.
                 let mut old = old;
                 loop {
@@ -214,7 +221,11 @@ impl KafkaLog {
         let timeout = Duration::from_millis(s.timeout_ms.max(1000));
         let probe = make_consumer(s)?;
         let md = probe.fetch_metadata(Some(&s.topic), timeout).map_err(|e| {
-            LogError::Unavailable(format!("cannot reach Kafka at {} within {} ms: {e}; check --kafka-brokers", s.brokers, timeout.as_millis()))
+            LogError::Unavailable(format!(
+                "cannot reach Kafka at {} within {} ms: {e}; check --kafka-brokers",
+                s.brokers,
+                timeout.as_millis()
+            ))
         })?;
         let Some(t) = md.topics().iter().find(|t| t.name() == s.topic) else {
             return Err(LogError::Unavailable(format!("Kafka at {} did not describe topic {:?}", s.brokers, s.topic)));
@@ -227,10 +238,15 @@ impl KafkaLog {
                     s.topic, s.brokers
                 )))
             }
-            Some(e) => return Err(LogError::Unavailable(format!("topic {:?} on Kafka at {}: {e:?}", s.topic, s.brokers))),
+            Some(e) => {
+                return Err(LogError::Unavailable(format!("topic {:?} on Kafka at {}: {e:?}", s.topic, s.brokers)))
+            }
         }
         if t.partitions().is_empty() {
-            return Err(LogError::Unavailable(format!("topic {:?} on Kafka at {} has no partitions", s.topic, s.brokers)));
+            return Err(LogError::Unavailable(format!(
+                "topic {:?} on Kafka at {} has no partitions",
+                s.topic, s.brokers
+            )));
         }
         if t.partitions().len() != 1 {
             return Err(LogError::Unavailable(format!(
@@ -239,7 +255,9 @@ impl KafkaLog {
                 t.partitions().len()
             )));
         }
-        let (low, high) = probe.fetch_watermarks(&s.topic, 0, timeout).map_err(|e| unavailable(s, "reading the topic's offsets", e))?;
+        let (low, high) = probe
+            .fetch_watermarks(&s.topic, 0, timeout)
+            .map_err(|e| unavailable(s, "reading the topic's offsets", e))?;
         let (failed_tx, failed_rx) = crossbeam_channel::bounded(1);
         let producer = Arc::new(Mutex::new(Arc::new(make_producer(s, &failed_tx)?)));
         let (weak, set) = (Arc::downgrade(&producer), settings.clone());
@@ -247,12 +265,7 @@ impl KafkaLog {
             .name("placecast-kafka-producer".into())
             .spawn(move || supervise(set, weak, failed_tx, failed_rx))
             .map_err(|e| LogError::Io(e.to_string()))?;
-        Ok(KafkaLog {
-            producer,
-            head: Arc::new(AtomicU64::new(high.max(0) as u64)),
-            low: low.max(0) as u64,
-            settings,
-        })
+        Ok(KafkaLog { producer, head: Arc::new(AtomicU64::new(high.max(0) as u64)), low: low.max(0) as u64, settings })
     }
 
     /// The oldest version the topic still holds minus one: a tail must start at or after it.

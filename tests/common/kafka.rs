@@ -13,7 +13,9 @@ pub fn tansu_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TANSU") {
         return PathBuf::from(p);
     }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect()).unwrap_or_default();
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
+        .unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         candidates.push(Path::new(&home).join(".cargo/bin/tansu"));
     }
@@ -63,7 +65,15 @@ impl Broker {
         assert!(self.child.is_none());
         let child = Command::new(tansu_bin())
             .current_dir(&self.dir)
-            .args(["broker", "--listener-url", &self.url(), "--advertised-listener-url", &self.url(), "--storage-engine", "sqlite://tansu.db"])
+            .args([
+                "broker",
+                "--listener-url",
+                &self.url(),
+                "--advertised-listener-url",
+                &self.url(),
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -137,7 +147,11 @@ pub fn converged(nodes: &[&Node], at_least: u64) -> Vec<placecast::protocol::Sna
         } else {
             stable = 0;
         }
-        assert!(Instant::now() < deadline, "nodes did not converge: versions {:?}, want >= {at_least}", snaps.iter().map(|s| s.version).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not converge: versions {:?}, want >= {at_least}",
+            snaps.iter().map(|s| s.version).collect::<Vec<_>>()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -147,4 +161,3 @@ pub fn place_json(addr: std::net::SocketAddr, token: &str, x: u32, y: u32, c: u8
     let auth = format!("Bearer {token}");
     try_http(addr, "POST", "/api/v1/place", &[("Authorization", &auth)], body.as_bytes()).expect("placement answered")
 }
-
