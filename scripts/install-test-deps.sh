@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, skipping what is already there:
-# Debian's chromium (browser tests), the npm packages of tests/web.
+# Debian's chromium (browser tests), the npm packages of tests/web, and tansu (the Kafka-protocol
+# broker the Kafka tests start on loopback; about 11 minutes to build once).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
@@ -18,3 +19,4 @@ fi
 if [ ! -d "$root/tests/web/node_modules/playwright-core" ]; then
   (cd "$root/tests/web" && npm ci --no-audit --no-fund)
 fi
+bash "$root/scripts/install-tansu.sh"

@@ -1,0 +1,256 @@
+//! The command line of `placecast-load`: one subcommand per scenario plus `compare`, with the
+//! options every client scenario shares in [`Common`]. Validation of ranges lives here too.
+
+use crate::error::LoadError;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "placecast-load",
+    version,
+    about = "Load tester for placecast: hold, fanout, place and reconnect scenarios over the real protocol",
+    long_about = "Load tester for placecast (and its baseline). Targets loopback only unless an address is \
+                  allowed with --allow-target. Every scenario ramps at a bounded rate, runs a bounded time \
+                  and stops by itself; progress goes to stderr once a second, the result as one JSON \
+                  document to stdout (or --json FILE) plus a table on stderr."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Open N WebSocket clients and keep them idle: connection limits and memory per connection.
+    Hold(HoldArgs),
+    /// N clients plus a placement driver at R placements/s for D seconds: delivery rate, share of
+    /// expected frames delivered, placement-to-receive latency, server CPU per delivered frame.
+    Fanout(FanoutArgs),
+    /// A storm of placements from many users: accepted and rejected counts, placements/s through
+    /// the limiter and the log.
+    Place(PlaceArgs),
+    /// N clients, M of them tracking the canvas; drop the M mid-run, reconnect them with `since`,
+    /// and check every tracked canvas against the server's snapshot.
+    Reconnect(ReconnectArgs),
+    /// Compare result files of placecast and the baseline: medians and ratios.
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Server address (HTTP and WebSocket share it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub target: SocketAddr,
+
+    /// Allow a non-loopback target (IP or IP:port). Without it only 127.0.0.0/8 and ::1 are used.
+    #[arg(long, value_name = "ADDR")]
+    pub allow_target: Vec<String>,
+
+    /// Source addresses for the client sockets, as a list and/or ranges
+    /// (127.0.0.1-127.0.0.255,127.0.1.1). Each gives one local port range per destination.
+    /// "auto": 127.0.0.1-127.0.0.16 for an IPv4 loopback target, ::1 for [::1], the kernel's
+    /// choice otherwise.
+    #[arg(long, default_value = "auto")]
+    pub source_addrs: String,
+
+    /// Client threads per process (default: one per CPU this process may use).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Client processes: re-executes this binary K times and merges their results (more open
+    /// files than one process may hold). Only hold and fanout.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+
+    /// PID of the server when it runs on this machine: its CPU time and RSS are sampled from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Write the JSON result to this file instead of stdout.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Free text recorded in the result (for example "placecast" or "baseline").
+    #[arg(long)]
+    pub label: Option<String>,
+
+    /// Seconds of the measured phase (hold: idle time; fanout/reconnect: placement time;
+    /// place: storm time). 1 to 3600.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+
+    /// New connections per second during the ramp (all processes together). 1 to 200000.
+    #[arg(long, default_value_t = 2000.0)]
+    pub ramp: f64,
+
+    /// A connect plus upgrade not done within this many milliseconds counts as failed.
+    #[arg(long, default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+
+    /// Do not pin client threads to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// Seed for keys, masks and pixel choices (default: random).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Largest WebSocket payload accepted from the server, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_payload: u64,
+
+    #[arg(long, hide = true)]
+    pub child_index: Option<usize>,
+    #[arg(long, hide = true)]
+    pub child_count: Option<usize>,
+    #[arg(long, hide = true)]
+    pub sendtable: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients to open.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub clients: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DriverArgs {
+    /// Placements per second in total (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Keep-alive HTTP connections (one thread each) for the placements.
+    #[arg(long, default_value_t = 16)]
+    pub driver_conns: usize,
+    /// Anonymous users (tokens from POST /api/v1/session) the placements rotate over.
+    #[arg(long, default_value_t = 64)]
+    pub users: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub driver: DriverArgs,
+    /// Clients to open.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub clients: usize,
+    /// Record per-edit latency on every K-th client (0: none; default: about 1,000 clients).
+    #[arg(long)]
+    pub latency_every: Option<u64>,
+    /// Milliseconds to wait after the ramp before measuring.
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// Milliseconds to keep receiving after the last placement (at least 3 batch intervals).
+    #[arg(long, default_value_t = 1500)]
+    pub drain_ms: u64,
+    /// The server's batch interval: the nominal expectation is one frame per client per interval
+    /// while placing.
+    #[arg(long, default_value_t = 100)]
+    pub batch_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlaceArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Users placing (one token each).
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Concurrent keep-alive connections (one thread each).
+    #[arg(long, default_value_t = 32)]
+    pub conns: usize,
+    /// Placements per second in total; 0 = as fast as the server answers.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReconnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub driver: DriverArgs,
+    /// Clients to open.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub clients: usize,
+    /// Clients that track the canvas and are dropped and reconnected with `since`.
+    #[arg(long, short = 'm', default_value_t = 100)]
+    pub drop: usize,
+    /// Milliseconds between the drop and the reconnect (placements go on meanwhile).
+    #[arg(long, default_value_t = 500)]
+    pub reconnect_delay_ms: u64,
+    /// Milliseconds to keep receiving after the last placement.
+    #[arg(long, default_value_t = 1500)]
+    pub drain_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Result files of placecast runs (medians are taken over them).
+    #[arg(long, num_args = 1.., required = true)]
+    pub placecast: Vec<PathBuf>,
+    /// Result files of baseline runs, same scenario and parameters.
+    #[arg(long, num_args = 1.., required = true)]
+    pub baseline: Vec<PathBuf>,
+    /// Write the comparison JSON here (else stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl Common {
+    pub fn validate(&self) -> Result<(), LoadError> {
+        if !(1..=3600).contains(&self.duration) {
+            return Err(LoadError::Args(format!("--duration must be 1 to 3600 seconds, got {}", self.duration)));
+        }
+        if !(1.0..=200_000.0).contains(&self.ramp) {
+            return Err(LoadError::Args(format!("--ramp must be 1 to 200000 connections/s, got {}", self.ramp)));
+        }
+        if !(1..=256).contains(&self.procs) {
+            return Err(LoadError::Args(format!("--procs must be 1 to 256, got {}", self.procs)));
+        }
+        if self.threads == Some(0) || self.threads.is_some_and(|t| t > 1024) {
+            return Err(LoadError::Args("--threads must be 1 to 1024".into()));
+        }
+        if !(100..=600_000).contains(&self.connect_timeout_ms) {
+            return Err(LoadError::Args("--connect-timeout-ms must be 100 to 600000".into()));
+        }
+        crate::addrs::check_target(self.target, &self.allow_target)
+    }
+
+    pub fn is_child(&self) -> bool {
+        self.child_index.is_some()
+    }
+}
+
+/// Largest client count one run accepts (all processes together).
+pub const MAX_CLIENTS: usize = 10_000_000;
+
+pub fn check_clients(n: usize) -> Result<(), LoadError> {
+    if n == 0 || n > MAX_CLIENTS {
+        return Err(LoadError::Args(format!("--clients must be 1 to {MAX_CLIENTS}, got {n}")));
+    }
+    Ok(())
+}
+
+pub fn check_driver(d: &DriverArgs) -> Result<(), LoadError> {
+    if !(0.1..=1_000_000.0).contains(&d.rate) {
+        return Err(LoadError::Args(format!("--rate must be 0.1 to 1000000 placements/s, got {}", d.rate)));
+    }
+    if !(1..=1024).contains(&d.driver_conns) {
+        return Err(LoadError::Args("--driver-conns must be 1 to 1024".into()));
+    }
+    if !(1..=1_000_000).contains(&d.users) {
+        return Err(LoadError::Args("--users must be 1 to 1000000".into()));
+    }
+    Ok(())
+}

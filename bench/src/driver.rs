@@ -1,0 +1,347 @@
+//! The placement driver: anonymous tokens from `POST /api/v1/session`, then `POST
+//! /api/v1/place` over a few keep-alive HTTP/1.1 connections (one blocking thread each) at a
+//! fixed total rate (open loop; 0 = as fast as the server answers), for a bounded time.
+//!
+//! For every accepted placement it records in the [`SendTable`] the instant the request was
+//! sent, keyed by the version the server answered, which is what client threads measure
+//! placement-to-receive latency against. It also counts accepted and rejected placements (by
+//! error code) and the request round-trip latency.
+
+use crate::error::LoadError;
+use crate::hist::{LatencyHist, LatencySummary};
+use crate::http::HttpConn;
+use crate::sendtable::SendTable;
+use crate::sys::now_ns;
+use crate::ws::splitmix64;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub target: SocketAddr,
+    /// Placements per second in total; 0 = closed loop, as fast as answers come.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Keep-alive connections (= threads).
+    pub conns: usize,
+    pub width: u32,
+    pub height: u32,
+    pub palette_len: u32,
+    pub seed: u64,
+}
+
+/// Live counters, read by the progress printer.
+#[derive(Default)]
+pub struct DriverCounters {
+    pub sent: AtomicU64,
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub errors: AtomicU64,
+    /// Highest version answered so far (0 = none).
+    pub last_version: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct DriverReport {
+    pub target_rate: f64,
+    pub conns: usize,
+    pub elapsed_s: f64,
+    pub sent: u64,
+    pub accepted: u64,
+    pub accepted_per_s: f64,
+    /// Refused placements by `error.code` (or `status_NNN` without one).
+    pub rejected: BTreeMap<String, u64>,
+    pub rejected_total: u64,
+    /// Connection or protocol failures (each followed by a reconnect).
+    pub transport_errors: u64,
+    /// Sends that were more than 1 s behind schedule (the schedule was reset).
+    pub schedule_resets: u64,
+    pub first_version: Option<u64>,
+    pub last_version: Option<u64>,
+    /// Request round trip (send to complete answer) of accepted placements.
+    pub request_latency: LatencySummary,
+    /// Request round trip of refused placements.
+    pub rejected_latency: LatencySummary,
+}
+
+/// Gets `n` anonymous user tokens (`POST /api/v1/session`) using up to `threads` connections.
+pub fn obtain_tokens(target: SocketAddr, n: usize, threads: usize) -> Result<Vec<String>, LoadError> {
+    let threads = threads.clamp(1, n.max(1));
+    let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let err: Arc<Mutex<Option<LoadError>>> = Arc::new(Mutex::new(None));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (out, err) = (out.clone(), err.clone());
+            let mine = n / threads + usize::from(t < n % threads);
+            std::thread::spawn(move || {
+                let run = || -> Result<Vec<String>, LoadError> {
+                    let mut c = HttpConn::connect(target, Duration::from_secs(10))
+                        .map_err(|e| LoadError::io("connecting for POST /api/v1/session", e))?;
+                    let mut toks = Vec::with_capacity(mine);
+                    for _ in 0..mine {
+                        let r = c
+                            .request("POST", "/api/v1/session", &[], b"")
+                            .map_err(|e| LoadError::io("POST /api/v1/session", e))?;
+                        if r.status != 200 {
+                            return Err(LoadError::Http {
+                                what: "POST /api/v1/session".into(),
+                                detail: format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+                            });
+                        }
+                        let tok =
+                            r.json()?.get("token").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| {
+                                LoadError::Http {
+                                    what: "POST /api/v1/session".into(),
+                                    detail: "no token in the answer".into(),
+                                }
+                            })?;
+                        toks.push(tok);
+                    }
+                    Ok(toks)
+                };
+                match run() {
+                    Ok(t) => out.lock().unwrap().extend(t),
+                    Err(e) => *err.lock().unwrap() = Some(e),
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    if let Some(e) = err.lock().unwrap().take() {
+        return Err(e);
+    }
+    let v = std::mem::take(&mut *out.lock().unwrap());
+    Ok(v)
+}
+
+/// Finds `"key":<digits>` in a JSON body without a full parse (the hot 200 path).
+pub fn json_u64_field(body: &[u8], key: &str) -> Option<u64> {
+    let pat = format!("\"{key}\":");
+    let pos = body.windows(pat.len()).position(|w| w == pat.as_bytes())? + pat.len();
+    let digits: Vec<u8> =
+        body[pos..].iter().skip_while(|b| **b == b' ').take_while(|b| b.is_ascii_digit()).copied().collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+struct ThreadResult {
+    sent: u64,
+    accepted: u64,
+    rejected: BTreeMap<String, u64>,
+    transport_errors: u64,
+    schedule_resets: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+    ok_lat: LatencyHist,
+    rej_lat: LatencyHist,
+}
+
+/// Runs the driver until `cfg.duration` has passed or `stop` is set; blocks until all its
+/// threads are done.
+pub fn run(
+    cfg: &DriverConfig,
+    tokens: Arc<Vec<String>>,
+    table: Option<Arc<SendTable>>,
+    counters: Arc<DriverCounters>,
+    stop: Arc<AtomicBool>,
+) -> DriverReport {
+    let conns = cfg.conns.max(1);
+    let start = now_ns();
+    let deadline = start + cfg.duration.as_nanos() as u64;
+    let interval_ns = if cfg.rate > 0.0 { (conns as f64 * 1e9 / cfg.rate) as u64 } else { 0 };
+    let handles: Vec<_> = (0..conns)
+        .map(|i| {
+            let cfg = cfg.clone();
+            let tokens = tokens.clone();
+            let table = table.clone();
+            let counters = counters.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("driver-{i}"))
+                .spawn(move || {
+                    let offset = if cfg.rate > 0.0 { (i as f64 * 1e9 / cfg.rate) as u64 } else { 0 };
+                    drive(
+                        &cfg,
+                        i,
+                        conns,
+                        start + offset,
+                        interval_ns,
+                        deadline,
+                        &tokens,
+                        table.as_deref(),
+                        &counters,
+                        &stop,
+                    )
+                })
+                .expect("spawning a driver thread")
+        })
+        .collect();
+    let mut rep = DriverReport { target_rate: cfg.rate, conns, ..Default::default() };
+    let mut ok_lat = LatencyHist::new();
+    let mut rej_lat = LatencyHist::new();
+    for h in handles {
+        let Ok(r) = h.join() else { continue };
+        rep.sent += r.sent;
+        rep.accepted += r.accepted;
+        for (k, v) in r.rejected {
+            *rep.rejected.entry(k).or_default() += v;
+        }
+        rep.transport_errors += r.transport_errors;
+        rep.schedule_resets += r.schedule_resets;
+        rep.first_version = match (rep.first_version, r.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        rep.last_version = rep.last_version.max(r.last);
+        ok_lat.add(&r.ok_lat);
+        rej_lat.add(&r.rej_lat);
+    }
+    rep.elapsed_s = (now_ns() - start) as f64 / 1e9;
+    rep.rejected_total = rep.rejected.values().sum();
+    rep.accepted_per_s = if rep.elapsed_s > 0.0 { rep.accepted as f64 / rep.elapsed_s } else { 0.0 };
+    rep.request_latency = ok_lat.summary();
+    rep.rejected_latency = rej_lat.summary();
+    rep
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drive(
+    cfg: &DriverConfig,
+    idx: usize,
+    conns: usize,
+    first_send: u64,
+    interval_ns: u64,
+    deadline: u64,
+    tokens: &[String],
+    table: Option<&SendTable>,
+    counters: &DriverCounters,
+    stop: &AtomicBool,
+) -> ThreadResult {
+    let mut r = ThreadResult {
+        sent: 0,
+        accepted: 0,
+        rejected: BTreeMap::new(),
+        transport_errors: 0,
+        schedule_resets: 0,
+        first: None,
+        last: None,
+        ok_lat: LatencyHist::new(),
+        rej_lat: LatencyHist::new(),
+    };
+    let mut rng = splitmix64(cfg.seed ^ (idx as u64) << 32);
+    let mut conn: Option<HttpConn> = None;
+    let mut next = first_send;
+    let mut k = idx; // token index: thread idx, idx + conns, ...
+    let mut auth = String::new();
+    let mut body = String::new();
+    let pixels = cfg.width as u64 * cfg.height as u64;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut now = now_ns();
+        if now >= deadline {
+            break;
+        }
+        if interval_ns > 0 {
+            if now < next {
+                std::thread::sleep(Duration::from_nanos((next - now).min(deadline - now)));
+                now = now_ns();
+                if now >= deadline {
+                    break;
+                }
+            } else if now > next + 1_000_000_000 {
+                next = now;
+                r.schedule_resets += 1;
+            }
+            next += interval_ns;
+        }
+        if conn.is_none() {
+            match HttpConn::connect(cfg.target, Duration::from_secs(10)) {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    r.transport_errors += 1;
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            }
+        }
+        rng = splitmix64(rng);
+        let i = rng % pixels.max(1);
+        let color = (rng >> 40) % cfg.palette_len.max(1) as u64;
+        let (x, y) = (i % cfg.width as u64, i / cfg.width as u64);
+        body.clear();
+        use std::fmt::Write;
+        let _ = write!(body, "{{\"x\":{x},\"y\":{y},\"color\":{color}}}");
+        auth.clear();
+        let tok = if tokens.is_empty() { "none" } else { &tokens[k % tokens.len()] };
+        let _ = write!(auth, "Bearer {tok}");
+        k += conns;
+        let t0 = now_ns();
+        r.sent += 1;
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        let res = conn.as_mut().expect("connected above").request(
+            "POST",
+            "/api/v1/place",
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        );
+        let t1 = now_ns();
+        match res {
+            Ok(resp) if resp.status == 200 => match json_u64_field(&resp.body, "version") {
+                Some(v) => {
+                    if let Some(t) = table {
+                        t.record(v, t0);
+                    }
+                    r.accepted += 1;
+                    r.first = Some(r.first.map_or(v, |f| f.min(v)));
+                    r.last = Some(r.last.map_or(v, |l| l.max(v)));
+                    r.ok_lat.record_ns(t1 - t0);
+                    counters.accepted.fetch_add(1, Ordering::Relaxed);
+                    counters.last_version.fetch_max(v, Ordering::Relaxed);
+                }
+                None => {
+                    *r.rejected.entry("200_without_version".into()).or_default() += 1;
+                    counters.rejected.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Ok(resp) => {
+                let code = resp
+                    .json()
+                    .ok()
+                    .and_then(|v| v.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_string))
+                    .unwrap_or_else(|| format!("status_{}", resp.status));
+                *r.rejected.entry(code).or_default() += 1;
+                r.rej_lat.record_ns(t1 - t0);
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                if resp.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                    conn = None;
+                }
+            }
+            Err(_) => {
+                r.transport_errors += 1;
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                conn = None;
+            }
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_version_field() {
+        assert_eq!(json_u64_field(br#"{"version":123,"next_at_ms":5}"#, "version"), Some(123));
+        assert_eq!(json_u64_field(br#"{"next_at_ms":5, "version": 77}"#, "version"), Some(77));
+        assert_eq!(json_u64_field(br#"{"error":{}}"#, "version"), None);
+    }
+}

@@ -1,0 +1,1220 @@
+//! The simulated clients: one OS thread per core, each running its own level-triggered epoll
+//! loop over nonblocking sockets, with one shared receive buffer per thread and about 40 bytes
+//! of state per client (fd, state, version, a lazily allocated carry for a frame that straddles
+//! reads, an optional edit log for the catch-up check).
+//!
+//! A thread ramps its clients at a bounded rate (bind to the next source address, nonblocking
+//! connect, upgrade handshake with a derived random key, check of the 101), then follows the
+//! protocol: it tracks each client's version and counts gaps, duplicates, disconnects and close
+//! codes, answers pings, and measures placement-to-receive latency against the
+//! [`SendTable`](crate::sendtable::SendTable).
+//!
+//! Latency is measured two ways (see bench/RESULTS.md): `frame_latency`, one sample per
+//! delivered frame per client, the age of the frame's oldest edit (its worst edit); and
+//! `edit_latency`, one sample per edit per client, for every `latency_every`-th client only.
+
+use crate::batch::{self, BatchHeader};
+use crate::error::{classify, LimitError};
+use crate::hist::{HistExport, LatencyHist};
+use crate::sendtable::SendTable;
+use crate::sys::{self, now_ns, Epoll, EV_IN, EV_OUT};
+use crate::ws::{self, FrameHeader};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// `Client::version` before the first batch of a connection without `since`.
+const NO_VERSION: u64 = u64::MAX;
+/// Per-thread receive buffer.
+const RBUF: usize = 64 * 1024;
+/// Most receptions a thread keeps waiting for their send instant.
+const MAX_DEFERRED: usize = 4 << 20;
+/// How long a reception waits for its send instant before it counts as untimed.
+const DEFER_NS: u64 = 10_000_000_000;
+
+/// What every engine thread of a process shares with the scenario.
+pub struct EngineConfig {
+    pub target: SocketAddr,
+    /// Source addresses; client `g` binds `sources[g % len]` (none: the kernel chooses).
+    pub sources: Vec<IpAddr>,
+    pub seed: u64,
+    pub connect_timeout_ms: u64,
+    /// Largest frame payload accepted (bounds the per-client carry).
+    pub max_payload: u64,
+    /// Per-edit latency is recorded for clients whose global index is a multiple of this.
+    pub latency_every: u64,
+    /// `since` for every client's first connection (None: live only).
+    pub since: Option<u64>,
+    /// Clients with a global index below this keep their edit log (reconnect scenario).
+    pub track_below: u64,
+    /// Most connections being set up at once per thread.
+    pub max_pending: usize,
+    /// Send a close frame to every open client at the end (else just close the sockets).
+    pub close_politely: bool,
+}
+
+/// Live control and progress shared by the scenario and the engine threads.
+pub struct Shared {
+    pub stop: AtomicBool,
+    /// Threads that have allocated their state and wait for `go` (so the fleet can read the
+    /// process's memory before any client exists, and after the fixed per-thread costs).
+    pub inited: AtomicU64,
+    pub go: AtomicBool,
+    /// Frames with `to` above this are inside the measurement window (u64::MAX: none yet).
+    pub window_from: AtomicU64,
+    /// Bumped to ask threads to drop their tracked clients and reconnect them.
+    pub drop_generation: AtomicU64,
+    pub drop_delay_ms: AtomicU64,
+    pub table: Option<Arc<SendTable>>,
+    pub fatal: Mutex<Option<LimitError>>,
+    /// Any other error that stopped a thread.
+    pub error: Mutex<Option<String>>,
+    pub progress: Vec<ThreadProgress>,
+}
+
+impl Shared {
+    pub fn new(threads: usize, table: Option<Arc<SendTable>>) -> Self {
+        Shared {
+            stop: AtomicBool::new(false),
+            inited: AtomicU64::new(0),
+            go: AtomicBool::new(false),
+            window_from: AtomicU64::new(u64::MAX),
+            drop_generation: AtomicU64::new(0),
+            drop_delay_ms: AtomicU64::new(0),
+            table,
+            fatal: Mutex::new(None),
+            error: Mutex::new(None),
+            progress: (0..threads).map(|_| ThreadProgress::default()).collect(),
+        }
+    }
+
+    fn set_error(&self, e: String) {
+        let mut f = self.error.lock().unwrap();
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn set_fatal(&self, e: LimitError) {
+        let mut f = self.fatal.lock().unwrap();
+        if f.is_none() {
+            *f = Some(e);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Client sockets open or connecting in this process (as last published by the threads).
+    pub fn sockets_now(&self) -> usize {
+        self.progress.iter().map(|t| t.open.load(Ordering::Relaxed) + t.connecting.load(Ordering::Relaxed)).sum::<u64>()
+            as usize
+    }
+
+    /// Sum of all threads' progress.
+    pub fn progress(&self) -> Progress {
+        let mut p = Progress::default();
+        for t in &self.progress {
+            p.add(&t.snapshot());
+        }
+        p
+    }
+}
+
+/// One thread's live counters (written by its thread only, read by the progress printer).
+#[derive(Default)]
+#[repr(align(128))]
+pub struct ThreadProgress {
+    pub target: AtomicU64,
+    pub started: AtomicU64,
+    pub open: AtomicU64,
+    pub connecting: AtomicU64,
+    pub failed: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub frames: AtomicU64,
+    pub edits: AtomicU64,
+    pub gaps: AtomicU64,
+    pub dups: AtomicU64,
+    pub ramp_done: AtomicBool,
+}
+
+impl ThreadProgress {
+    fn snapshot(&self) -> Progress {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Progress {
+            target: l(&self.target),
+            started: l(&self.started),
+            open: l(&self.open),
+            connecting: l(&self.connecting),
+            failed: l(&self.failed),
+            disconnects: l(&self.disconnects),
+            frames: l(&self.frames),
+            edits: l(&self.edits),
+            gaps: l(&self.gaps),
+            dups: l(&self.dups),
+            ramp_done_threads: u64::from(self.ramp_done.load(Ordering::Relaxed)),
+            threads: 1,
+            rss_bytes: 0,
+        }
+    }
+}
+
+/// Progress of a set of clients (summed over threads and processes).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub target: u64,
+    pub started: u64,
+    pub open: u64,
+    pub connecting: u64,
+    pub failed: u64,
+    pub disconnects: u64,
+    pub frames: u64,
+    pub edits: u64,
+    pub gaps: u64,
+    pub dups: u64,
+    pub ramp_done_threads: u64,
+    pub threads: u64,
+    /// Resident memory of the client processes (filled by the fleet).
+    pub rss_bytes: u64,
+}
+
+impl Progress {
+    pub fn add(&mut self, o: &Progress) {
+        self.target += o.target;
+        self.started += o.started;
+        self.open += o.open;
+        self.connecting += o.connecting;
+        self.failed += o.failed;
+        self.disconnects += o.disconnects;
+        self.frames += o.frames;
+        self.edits += o.edits;
+        self.gaps += o.gaps;
+        self.dups += o.dups;
+        self.ramp_done_threads += o.ramp_done_threads;
+        self.threads += o.threads;
+        self.rss_bytes += o.rss_bytes;
+    }
+
+    pub fn ramp_done(&self) -> bool {
+        self.threads > 0 && self.ramp_done_threads == self.threads
+    }
+}
+
+/// Event counts of a set of clients; every field sums across threads and processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    /// Connection attempts started (including reconnects).
+    pub started: u64,
+    /// Handshakes completed with a valid 101.
+    pub connected: u64,
+    /// Connects that failed (refused, reset, ...) before the upgrade answer.
+    pub connect_failed: u64,
+    /// Connects or handshakes not done within --connect-timeout-ms.
+    pub connect_timeouts: u64,
+    /// Upgrade answers that were not a valid 101 (see `handshake_errors`).
+    pub handshake_failed: u64,
+    /// Clients open when the run ended.
+    pub open_at_end: u64,
+    /// Connections that ended before the run did, not by the tester's choice.
+    pub unexpected_disconnects: u64,
+    pub frames: u64,
+    pub edits: u64,
+    pub payload_bytes: u64,
+    pub text_messages: u64,
+    pub reload_messages: u64,
+    /// Batches whose `from` was above the client's version, and the versions missed.
+    pub gaps: u64,
+    pub gap_versions: u64,
+    /// Batches whose `from` was below the client's version, and the versions seen twice.
+    pub duplicates: u64,
+    pub duplicate_versions: u64,
+    pub bad_batches: u64,
+    pub protocol_errors: u64,
+    pub fragmented_frames: u64,
+    pub pongs_sent: u64,
+    /// Inside the measurement window: frames, edits and versions delivered.
+    pub window_frames: u64,
+    pub window_edits: u64,
+    pub window_versions: u64,
+    /// Window frames / versions whose send instant was not in the send table.
+    pub untimed_frames: u64,
+    pub untimed_versions: u64,
+    /// Reconnect scenario: clients dropped by the tester and reconnected with `since`.
+    pub dropped: u64,
+    pub reconnected: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, o: &Counts) {
+        macro_rules! sum { ($($f:ident),*) => { $( self.$f += o.$f; )* } }
+        sum!(
+            started,
+            connected,
+            connect_failed,
+            connect_timeouts,
+            handshake_failed,
+            open_at_end,
+            unexpected_disconnects,
+            frames,
+            edits,
+            payload_bytes,
+            text_messages,
+            reload_messages,
+            gaps,
+            gap_versions,
+            duplicates,
+            duplicate_versions,
+            bad_batches,
+            protocol_errors,
+            fragmented_frames,
+            pongs_sent,
+            window_frames,
+            window_edits,
+            window_versions,
+            untimed_frames,
+            untimed_versions,
+            dropped,
+            reconnected
+        );
+    }
+}
+
+/// The edit log of one tracked client (reconnect scenario).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Track {
+    pub index: u64,
+    /// The version the log starts from (the `since` of the first connection).
+    pub base: u64,
+    /// The client's version at the end.
+    pub version: u64,
+    pub edits: Vec<u32>,
+    pub reconnects: u32,
+    pub gaps: u32,
+    pub open: bool,
+}
+
+/// What a set of clients saw, mergeable across threads and processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetResult {
+    pub threads: u64,
+    pub procs: u64,
+    pub counts: Counts,
+    pub connect_errors: BTreeMap<String, u64>,
+    pub handshake_errors: BTreeMap<String, u64>,
+    pub close_codes: BTreeMap<String, u64>,
+    pub disconnect_reasons: BTreeMap<String, u64>,
+    pub edit_latency: HistExport,
+    pub frame_latency: HistExport,
+    pub connect_latency: HistExport,
+    /// Window batches by `to`: (to, clients that received it, edits in it).
+    pub batches: Vec<(u64, u64, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tracks: Vec<Track>,
+    pub fatal: Option<LimitError>,
+    /// Client-process memory before the clients existed and once they were all set up.
+    pub rss_before_bytes: u64,
+    /// Client-process memory once the engine threads had allocated their fixed state.
+    #[serde(default)]
+    pub rss_init_bytes: u64,
+    pub rss_ready_bytes: u64,
+    pub clients_ready: u64,
+}
+
+fn merge_map(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
+    for (k, v) in b {
+        *a.entry(k.clone()).or_default() += v;
+    }
+}
+
+fn merge_hist(a: &mut HistExport, b: &HistExport) {
+    let mut h = LatencyHist::import(a);
+    h.add(&LatencyHist::import(b));
+    *a = h.export();
+}
+
+impl FleetResult {
+    pub fn merge(&mut self, o: &FleetResult) {
+        self.threads += o.threads;
+        self.procs += o.procs;
+        self.counts.add(&o.counts);
+        merge_map(&mut self.connect_errors, &o.connect_errors);
+        merge_map(&mut self.handshake_errors, &o.handshake_errors);
+        merge_map(&mut self.close_codes, &o.close_codes);
+        merge_map(&mut self.disconnect_reasons, &o.disconnect_reasons);
+        merge_hist(&mut self.edit_latency, &o.edit_latency);
+        merge_hist(&mut self.frame_latency, &o.frame_latency);
+        merge_hist(&mut self.connect_latency, &o.connect_latency);
+        let mut m: BTreeMap<u64, (u64, u64)> = self.batches.iter().map(|&(t, c, e)| (t, (c, e))).collect();
+        for &(t, c, e) in &o.batches {
+            let s = m.entry(t).or_insert((0, e));
+            s.0 += c;
+            s.1 = s.1.max(e);
+        }
+        self.batches = m.into_iter().map(|(t, (c, e))| (t, c, e)).collect();
+        self.tracks.extend(o.tracks.iter().cloned());
+        if self.fatal.is_none() {
+            self.fatal = o.fatal.clone();
+        }
+        self.rss_before_bytes += o.rss_before_bytes;
+        self.rss_init_bytes += o.rss_init_bytes;
+        self.rss_ready_bytes += o.rss_ready_bytes;
+        self.clients_ready += o.clients_ready;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum St {
+    /// Not started yet (or failed for good).
+    Idle,
+    Connecting,
+    /// Writing the upgrade request, then waiting for the 101.
+    Handshake,
+    Open,
+    /// Dropped on purpose; reconnects at `t_us`.
+    Waiting,
+    Closed,
+}
+
+const F_CATCHUP: u8 = 1;
+const F_SAMPLED: u8 = 2;
+
+/// Per-client state: about 40 bytes.
+struct Client {
+    fd: i32,
+    st: St,
+    flags: u8,
+    /// Bytes of the upgrade request written so far.
+    sent: u16,
+    /// Microseconds since the thread started, wrapping (every 71 minutes; only differences
+    /// under 35 minutes are taken): when connecting began, or when the reconnect is due.
+    t_us: u32,
+    version: u64,
+    /// Bytes of a frame (or answer head) that straddles reads; allocated only then.
+    // Boxed on purpose: 8 bytes per client instead of the 24 of an empty Vec.
+    #[allow(clippy::box_collection)]
+    carry: Option<Box<Vec<u8>>>,
+    track: Option<Box<Track>>,
+}
+
+/// Why a client's connection ended.
+enum End {
+    Eof,
+    Error(io::Error),
+    Closed(u16),
+    Protocol(&'static str),
+    Handshake(ws::HandshakeError),
+}
+
+struct Thread {
+    tid: usize,
+    nthreads: usize,
+    base: u64,
+    cfg: Arc<EngineConfig>,
+    shared: Arc<Shared>,
+    epoll: Epoll,
+    clients: Vec<Client>,
+    pending: Vec<u32>,
+    waiting: Vec<u32>,
+    rbuf: Vec<u8>,
+    scratch: Vec<u8>,
+    epoch_ns: u64,
+    rng: u64,
+    // Local tallies, published to `ThreadProgress` every loop.
+    open: u64,
+    connecting: u64,
+    counts: Counts,
+    connect_errors: BTreeMap<String, u64>,
+    handshake_errors: BTreeMap<String, u64>,
+    close_codes: BTreeMap<String, u64>,
+    disconnect_reasons: BTreeMap<String, u64>,
+    edit_lat: LatencyHist,
+    frame_lat: LatencyHist,
+    connect_lat: LatencyHist,
+    batches: FxHashMap<u64, (u64, u64)>,
+    /// Receptions whose send instant was not in the table yet (the broadcast can beat the
+    /// placement's HTTP answer to the driver): (version, receive instant, per-frame sample).
+    deferred: Vec<(u64, u64, bool)>,
+    stopping: bool,
+}
+
+/// Spawns `threads` engine threads for `clients` clients with global indices
+/// `base .. base + clients` (thread t owns base + t, base + t + threads, ...), ramping at
+/// `ramp` connections per second in total. Threads are pinned to `cpus` round-robin if given.
+pub fn spawn(
+    cfg: Arc<EngineConfig>,
+    shared: Arc<Shared>,
+    clients: usize,
+    base: u64,
+    ramp: f64,
+    cpus: &[usize],
+) -> io::Result<Vec<std::thread::JoinHandle<FleetResult>>> {
+    let n = shared.progress.len();
+    let mut handles = Vec::with_capacity(n);
+    for tid in 0..n {
+        let mine = clients / n + usize::from(tid < clients % n);
+        let cfg = cfg.clone();
+        let shared = shared.clone();
+        let cpu = if cpus.is_empty() { None } else { Some(cpus[tid % cpus.len()]) };
+        let per_thread_ramp = (ramp / n as f64).max(1.0);
+        let h = std::thread::Builder::new().name(format!("clients-{tid}")).spawn(move || {
+            if let Some(c) = cpu {
+                sys::pin_current_thread(c);
+            }
+            match Thread::new(tid, n, base, mine, cfg, shared.clone()) {
+                Ok(mut t) => {
+                    shared.inited.fetch_add(1, Ordering::SeqCst);
+                    while !shared.go.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    t.epoch_ns = now_ns();
+                    t.run(per_thread_ramp)
+                }
+                Err(e) => {
+                    shared.inited.fetch_add(1, Ordering::SeqCst);
+                    match classify(sys::Step::Socket, &e, None, 0) {
+                        Some(l) => shared.set_fatal(l),
+                        None => shared.set_error(format!("client thread {tid}: cannot create its epoll instance: {e}")),
+                    }
+                    shared.progress[tid].ramp_done.store(true, Ordering::Relaxed);
+                    FleetResult { threads: 1, ..Default::default() }
+                }
+            }
+        })?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::EPIPE) => "EPIPE".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
+        Some(n) => format!("errno_{n}"),
+        None => e.kind().to_string(),
+    }
+}
+
+impl Thread {
+    fn new(
+        tid: usize,
+        nthreads: usize,
+        base: u64,
+        n: usize,
+        cfg: Arc<EngineConfig>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        let clients = (0..n)
+            .map(|_| Client {
+                fd: -1,
+                st: St::Idle,
+                flags: 0,
+                sent: 0,
+                t_us: 0,
+                version: NO_VERSION,
+                carry: None,
+                track: None,
+            })
+            .collect();
+        shared.progress[tid].target.store(n as u64, Ordering::Relaxed);
+        Ok(Thread {
+            tid,
+            nthreads,
+            base,
+            rng: ws::splitmix64(cfg.seed ^ 0xABCD ^ tid as u64),
+            cfg,
+            shared,
+            epoll: Epoll::new()?,
+            clients,
+            pending: Vec::new(),
+            waiting: Vec::new(),
+            rbuf: vec![0u8; RBUF],
+            scratch: Vec::with_capacity(512),
+            epoch_ns: now_ns(),
+            open: 0,
+            connecting: 0,
+            counts: Counts::default(),
+            connect_errors: BTreeMap::new(),
+            handshake_errors: BTreeMap::new(),
+            close_codes: BTreeMap::new(),
+            disconnect_reasons: BTreeMap::new(),
+            edit_lat: LatencyHist::new(),
+            frame_lat: LatencyHist::new(),
+            connect_lat: LatencyHist::new(),
+            batches: FxHashMap::default(),
+            deferred: Vec::new(),
+            stopping: false,
+        })
+    }
+
+    fn global(&self, i: usize) -> u64 {
+        self.base + self.tid as u64 + i as u64 * self.nthreads as u64
+    }
+
+    fn now_us(&self) -> u32 {
+        ((now_ns() - self.epoch_ns) / 1_000) as u32
+    }
+
+    fn run(&mut self, ramp: f64) -> FleetResult {
+        let mut events = sys::event_buffer(1024);
+        let ramp_start = now_ns();
+        let mut next_start = 0usize;
+        let mut last_scan = 0u32;
+        let mut drop_gen = 0u64;
+        let n = self.clients.len();
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let now = now_ns();
+            // Ramp: start clients up to what the rate allows, with a bound on connects in flight.
+            if next_start < n {
+                let allowed = (((now - ramp_start) as f64 / 1e9 * ramp) as usize + 1).min(n);
+                while next_start < allowed && self.pending.len() < self.cfg.max_pending {
+                    let i = next_start;
+                    next_start += 1;
+                    if self.cfg.track_below > self.global(i) {
+                        let g = self.global(i);
+                        let base = self.cfg.since.unwrap_or(0);
+                        self.clients[i].track =
+                            Some(Box::new(Track { index: g, base, version: base, ..Default::default() }));
+                    }
+                    self.start(i);
+                    if self.shared.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+            }
+            let now_us = self.now_us();
+            if now_us.wrapping_sub(last_scan) >= 100_000 {
+                last_scan = now_us;
+                self.scan_timeouts(now_us);
+                self.start_due_reconnects(now_us);
+                self.resolve_deferred(false);
+            }
+            let g = self.shared.drop_generation.load(Ordering::Relaxed);
+            if g != drop_gen {
+                drop_gen = g;
+                let delay_us = self.shared.drop_delay_ms.load(Ordering::Relaxed).min(60_000) as u32 * 1000;
+                self.drop_tracked(now_us.wrapping_add(delay_us));
+            }
+            let ramping = next_start < n || !self.pending.is_empty() || !self.waiting.is_empty();
+            let got = match self.epoll.wait(&mut events, if ramping { 5 } else { 50 }) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.shared.set_error(format!("client thread {}: epoll_wait: {e}", self.tid));
+                    break;
+                }
+            };
+            for ev in &events[..got] {
+                let (key, bits) = (ev.u64, ev.events);
+                self.on_event(key as usize, bits);
+            }
+            self.publish(next_start >= n && self.pending.is_empty() && self.waiting.is_empty());
+        }
+        self.stopping = true;
+        self.shutdown();
+        self.publish(true);
+        self.result()
+    }
+
+    fn publish(&self, ramp_done: bool) {
+        let p = &self.shared.progress[self.tid];
+        let s = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        s(&p.started, self.counts.started);
+        s(&p.open, self.open);
+        s(&p.connecting, self.connecting);
+        s(&p.failed, self.counts.connect_failed + self.counts.connect_timeouts + self.counts.handshake_failed);
+        s(&p.disconnects, self.counts.unexpected_disconnects);
+        s(&p.frames, self.counts.frames);
+        s(&p.edits, self.counts.edits);
+        s(&p.gaps, self.counts.gaps);
+        s(&p.dups, self.counts.duplicates);
+        p.ramp_done.store(ramp_done, Ordering::Relaxed);
+    }
+
+    /// Starts (or restarts) client `i`'s connection.
+    fn start(&mut self, i: usize) {
+        let g = self.global(i);
+        let n = self.cfg.sources.len() as u64;
+        let src = (n > 0).then(|| self.cfg.sources[(g % n.max(1)) as usize]);
+        self.counts.started += 1;
+        match sys::start_connect(src, self.cfg.target) {
+            Ok(fd) => {
+                if let Err(e) = self.epoll.add(fd, EV_IN | EV_OUT, i as u64) {
+                    sys::close(fd, false);
+                    self.publish(false);
+                    if let Some(l) = classify(sys::Step::Socket, &e, src, self.shared.sockets_now()) {
+                        self.shared.set_fatal(l);
+                    } else {
+                        self.counts.connect_failed += 1;
+                        *self.connect_errors.entry(format!("epoll_ctl: {}", errno_name(&e))).or_default() += 1;
+                    }
+                    return;
+                }
+                let now_us = self.now_us();
+                let since_known = self.clients[i].version != NO_VERSION || self.cfg.since.is_some();
+                let sampled = self.cfg.latency_every > 0 && g.is_multiple_of(self.cfg.latency_every);
+                let c = &mut self.clients[i];
+                c.fd = fd;
+                c.st = St::Connecting;
+                c.sent = 0;
+                c.t_us = now_us;
+                c.carry = None;
+                c.flags = if since_known { F_CATCHUP } else { 0 } | if sampled { F_SAMPLED } else { 0 };
+                self.connecting += 1;
+                self.pending.push(i as u32);
+            }
+            Err((step, e)) => {
+                self.publish(false);
+                if let Some(l) = classify(step, &e, src, self.shared.sockets_now()) {
+                    self.shared.set_fatal(l);
+                } else {
+                    self.counts.connect_failed += 1;
+                    *self.connect_errors.entry(errno_name(&e)).or_default() += 1;
+                }
+                self.clients[i].st = St::Closed;
+            }
+        }
+    }
+
+    fn scan_timeouts(&mut self, now_us: u32) {
+        let limit = (self.cfg.connect_timeout_ms.min(600_000) * 1000) as u32;
+        let mut expired = Vec::new();
+        self.pending.retain(|&i| {
+            let c = &self.clients[i as usize];
+            match c.st {
+                St::Connecting | St::Handshake => {
+                    if now_us.wrapping_sub(c.t_us) > limit {
+                        expired.push(i);
+                        false
+                    } else {
+                        true
+                    }
+                }
+                _ => false,
+            }
+        });
+        for i in expired {
+            self.counts.connect_timeouts += 1;
+            self.end(i as usize, End::Protocol("connect_timeout"));
+        }
+    }
+
+    fn start_due_reconnects(&mut self, now_us: u32) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let due: Vec<u32> = self
+            .waiting
+            .iter()
+            .copied()
+            .filter(|&i| (now_us.wrapping_sub(self.clients[i as usize].t_us) as i32) >= 0)
+            .collect();
+        self.waiting.retain(|&i| (now_us.wrapping_sub(self.clients[i as usize].t_us) as i32) < 0);
+        for i in due {
+            self.counts.reconnected += 1;
+            if let Some(t) = self.clients[i as usize].track.as_mut() {
+                t.reconnects += 1;
+            }
+            self.start(i as usize);
+        }
+    }
+
+    /// Drops every open tracked client (a reset, like a network drop) and schedules its reconnect.
+    fn drop_tracked(&mut self, due_us: u32) {
+        for i in 0..self.clients.len() {
+            let c = &mut self.clients[i];
+            if c.track.is_none() || c.st != St::Open {
+                continue;
+            }
+            sys::close(c.fd, true);
+            c.fd = -1;
+            c.st = St::Waiting;
+            c.t_us = due_us;
+            c.carry = None;
+            self.open -= 1;
+            self.counts.dropped += 1;
+            self.waiting.push(i as u32);
+        }
+    }
+
+    fn on_event(&mut self, i: usize, bits: u32) {
+        if i >= self.clients.len() {
+            return;
+        }
+        match self.clients[i].st {
+            St::Connecting => {
+                if let Err(e) = sys::take_socket_error(self.clients[i].fd) {
+                    self.counts.connect_failed += 1;
+                    *self.connect_errors.entry(errno_name(&e)).or_default() += 1;
+                    self.end(i, End::Error(e));
+                    return;
+                }
+                if bits & (EV_OUT | EV_IN) != 0 {
+                    self.clients[i].st = St::Handshake;
+                    self.write_request(i);
+                }
+            }
+            St::Handshake => {
+                if bits & EV_OUT != 0 && (self.clients[i].sent as usize) < self.request_len(i) {
+                    self.write_request(i);
+                }
+                if bits & !EV_OUT != 0 && self.clients[i].st == St::Handshake {
+                    self.on_readable(i);
+                }
+            }
+            St::Open => self.on_readable(i),
+            _ => {}
+        }
+    }
+
+    fn build_request(&mut self, i: usize) {
+        let g = self.global(i);
+        let key = ws::client_key(self.cfg.seed, g);
+        let c = &self.clients[i];
+        let since = if c.version != NO_VERSION { Some(c.version) } else { self.cfg.since };
+        let path = match since {
+            Some(v) => format!("/ws?since={v}"),
+            None => "/ws".to_string(),
+        };
+        self.scratch.clear();
+        ws::write_upgrade_request(&mut self.scratch, &self.cfg.target.to_string(), &path, &key);
+    }
+
+    fn request_len(&mut self, i: usize) -> usize {
+        self.build_request(i);
+        self.scratch.len()
+    }
+
+    fn write_request(&mut self, i: usize) {
+        self.build_request(i);
+        let fd = self.clients[i].fd;
+        let from = self.clients[i].sent as usize;
+        match sys::send(fd, &self.scratch[from..]) {
+            Ok(n) => {
+                let total = from + n;
+                self.clients[i].sent = total as u16;
+                if total == self.scratch.len() {
+                    // Request out: from now on only readability matters (level-triggered).
+                    if let Err(e) = self.epoll.modify(fd, EV_IN, i as u64) {
+                        self.end(i, End::Error(e));
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                self.counts.connect_failed += 1;
+                *self.connect_errors.entry(errno_name(&e)).or_default() += 1;
+                self.end(i, End::Error(e));
+            }
+        }
+    }
+
+    fn on_readable(&mut self, i: usize) {
+        let now = now_ns();
+        loop {
+            let fd = self.clients[i].fd;
+            if let Some(mut carry) = self.clients[i].carry.take() {
+                // A frame straddles reads: read straight into the carry, sized for the frame.
+                let want = frame_need(&carry, self.cfg.max_payload).max(16 * 1024);
+                carry.reserve(want);
+                let len = carry.len();
+                let cap = carry.capacity();
+                // SAFETY: reading into the spare capacity; only `n` bytes are marked initialized.
+                let spare = unsafe { std::slice::from_raw_parts_mut(carry.as_mut_ptr().add(len), cap - len) };
+                match sys::read(fd, spare) {
+                    Ok(0) => return self.end(i, End::Eof),
+                    Ok(n) => {
+                        // SAFETY: read() initialized n bytes past len.
+                        unsafe { carry.set_len(len + n) };
+                        match self.process(i, &carry, now) {
+                            Ok(used) => {
+                                if self.clients[i].st != St::Open && self.clients[i].st != St::Handshake {
+                                    return;
+                                }
+                                carry.drain(..used);
+                                if !carry.is_empty() {
+                                    if carry.capacity() > 256 * 1024 && carry.len() < 64 * 1024 {
+                                        carry.shrink_to_fit();
+                                    }
+                                    self.clients[i].carry = Some(carry);
+                                }
+                            }
+                            Err(end) => return self.end(i, end),
+                        }
+                        if n < cap - len {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.clients[i].carry = Some(carry);
+                        return;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => self.clients[i].carry = Some(carry),
+                    Err(e) => return self.end(i, End::Error(e)),
+                }
+            } else {
+                let mut buf = std::mem::take(&mut self.rbuf);
+                let r = sys::read(fd, &mut buf);
+                let outcome = match r {
+                    Ok(0) => Err(End::Eof),
+                    Ok(n) => match self.process(i, &buf[..n], now) {
+                        Ok(used) => {
+                            if used < n && matches!(self.clients[i].st, St::Open | St::Handshake) {
+                                self.clients[i].carry = Some(Box::new(buf[used..n].to_vec()));
+                            }
+                            Ok(n == buf.len())
+                        }
+                        Err(end) => Err(end),
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+                    Err(e) => Err(End::Error(e)),
+                };
+                self.rbuf = buf;
+                match outcome {
+                    Ok(true) if matches!(self.clients[i].st, St::Open | St::Handshake) => continue,
+                    Ok(_) => return,
+                    Err(end) => return self.end(i, end),
+                }
+            }
+        }
+    }
+
+    /// Consumes the complete frames (and, first, the upgrade answer) at the front of `data`;
+    /// returns the bytes used.
+    fn process(&mut self, i: usize, data: &[u8], now: u64) -> Result<usize, End> {
+        let mut pos = 0;
+        if self.clients[i].st == St::Handshake {
+            let accept = ws::accept_for(&ws::client_key(self.cfg.seed, self.global(i)));
+            match ws::parse_upgrade_response(data, &accept) {
+                Ok(Some(n)) => {
+                    pos = n;
+                    let c = &mut self.clients[i];
+                    c.st = St::Open;
+                    if c.version == NO_VERSION {
+                        if let Some(s) = self.cfg.since {
+                            c.version = s;
+                        }
+                    }
+                    let started = c.t_us;
+                    self.connecting -= 1;
+                    self.open += 1;
+                    self.counts.connected += 1;
+                    self.connect_lat.record_us(u64::from(self.now_us().wrapping_sub(started)));
+                }
+                Ok(None) => return Ok(0),
+                Err(e) => {
+                    self.counts.handshake_failed += 1;
+                    *self.handshake_errors.entry(e.to_string()).or_default() += 1;
+                    return Err(End::Handshake(e));
+                }
+            }
+        }
+        while pos < data.len() {
+            match ws::split_frame(&data[pos..], self.cfg.max_payload) {
+                Ok(Some((h, payload, total))) => {
+                    self.on_frame(i, &h, payload, now)?;
+                    pos += total;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.counts.protocol_errors += 1;
+                    *self.disconnect_reasons.entry(format!("bad frame: {e}")).or_default() += 1;
+                    return Err(End::Protocol("bad_frame"));
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    fn on_frame(&mut self, i: usize, h: &FrameHeader, payload: &[u8], now: u64) -> Result<(), End> {
+        if h.masked {
+            self.counts.protocol_errors += 1;
+            return Err(End::Protocol("masked_server_frame"));
+        }
+        if !h.fin || h.opcode == ws::OP_CONTINUATION {
+            // Neither server fragments its messages; count and skip rather than reassemble.
+            self.counts.fragmented_frames += 1;
+            return Ok(());
+        }
+        match h.opcode {
+            ws::OP_BINARY => match batch::decode_batch(payload) {
+                Ok(b) => self.on_batch(i, &b, payload, now),
+                Err(_) => self.counts.bad_batches += 1,
+            },
+            ws::OP_TEXT => {
+                self.counts.text_messages += 1;
+                if payload.windows(8).any(|w| w == b"\"reload\"") {
+                    self.counts.reload_messages += 1;
+                }
+            }
+            ws::OP_PING => {
+                let mut key = [0u8; 4];
+                self.rng = ws::splitmix64(self.rng);
+                key.copy_from_slice(&self.rng.to_le_bytes()[..4]);
+                self.scratch.clear();
+                ws::encode_client_frame(ws::OP_PONG, payload, key, &mut self.scratch);
+                let _ = sys::send(self.clients[i].fd, &self.scratch);
+                self.counts.pongs_sent += 1;
+            }
+            ws::OP_CLOSE => return Err(End::Closed(ws::close_code(payload))),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_batch(&mut self, i: usize, b: &BatchHeader, payload: &[u8], now: u64) {
+        let sampled;
+        let catchup;
+        // First version this batch brings that the client did not have (dups excluded).
+        let new_from;
+        {
+            let c = &mut self.clients[i];
+            sampled = c.flags & F_SAMPLED != 0;
+            catchup = c.flags & F_CATCHUP != 0;
+            c.flags &= !F_CATCHUP;
+            let applied;
+            if c.version == NO_VERSION || b.from == c.version {
+                applied = true;
+                new_from = b.from;
+                c.version = b.to;
+            } else if b.from > c.version {
+                self.counts.gaps += 1;
+                self.counts.gap_versions += b.from - c.version;
+                if let Some(t) = c.track.as_mut() {
+                    t.gaps += 1;
+                }
+                new_from = b.from;
+                c.version = b.to;
+                applied = true;
+            } else {
+                self.counts.duplicates += 1;
+                self.counts.duplicate_versions += b.to.min(c.version) - b.from;
+                new_from = c.version.min(b.to);
+                applied = b.to > c.version;
+                if applied {
+                    c.version = b.to;
+                }
+            }
+            if let Some(t) = c.track.as_mut() {
+                if applied {
+                    t.edits.extend(batch::edits(payload, b));
+                    t.version = b.to;
+                }
+            }
+        }
+        self.counts.frames += 1;
+        self.counts.edits += b.count as u64;
+        self.counts.payload_bytes += payload.len() as u64;
+        let window = self.shared.window_from.load(Ordering::Relaxed);
+        if b.to <= window {
+            return;
+        }
+        let first = new_from.max(window);
+        self.counts.window_versions += b.to.saturating_sub(first);
+        self.counts.window_edits += b.count as u64;
+        if catchup {
+            // A catch-up batch has its own boundaries and old edits: no frame count, no latency.
+            return;
+        }
+        self.counts.window_frames += 1;
+        let e = self.batches.entry(b.to).or_insert((0, b.count as u64));
+        e.0 += 1;
+        let Some(table) = self.shared.table.as_deref() else { return };
+        if first >= b.to {
+            return;
+        }
+        match table.lookup(first + 1) {
+            Some(t) => self.frame_lat.record_ns(now.saturating_sub(t)),
+            None => defer(&mut self.deferred, &mut self.counts, first + 1, now, true),
+        }
+        if sampled {
+            for v in first + 1..=b.to {
+                match table.lookup(v) {
+                    Some(t) => self.edit_lat.record_ns(now.saturating_sub(t)),
+                    None => defer(&mut self.deferred, &mut self.counts, v, now, false),
+                }
+            }
+        }
+    }
+
+    /// Matches deferred receptions with send instants recorded since; gives up on those older
+    /// than [`DEFER_NS`] (or on all that remain when `last`).
+    fn resolve_deferred(&mut self, last: bool) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let Some(table) = self.shared.table.clone() else { return };
+        let now = now_ns();
+        let mut d = std::mem::take(&mut self.deferred);
+        d.retain(|&(v, at, frame)| {
+            if let Some(t) = table.lookup(v) {
+                let h = if frame { &mut self.frame_lat } else { &mut self.edit_lat };
+                h.record_ns(at.saturating_sub(t));
+                return false;
+            }
+            if last || now.saturating_sub(at) > DEFER_NS {
+                if frame {
+                    self.counts.untimed_frames += 1;
+                } else {
+                    self.counts.untimed_versions += 1;
+                }
+                return false;
+            }
+            true
+        });
+        self.deferred = d;
+    }
+
+    /// Ends client `i`'s connection, counting why.
+    fn end(&mut self, i: usize, why: End) {
+        let c = &mut self.clients[i];
+        let was = c.st;
+        if c.fd >= 0 {
+            sys::close(c.fd, false);
+        }
+        c.fd = -1;
+        c.st = St::Closed;
+        c.carry = None;
+        match was {
+            St::Open => {
+                self.open -= 1;
+                if !self.stopping {
+                    self.counts.unexpected_disconnects += 1;
+                    let reason = match &why {
+                        End::Eof => "eof".to_string(),
+                        End::Error(e) => errno_name(e),
+                        End::Closed(code) => {
+                            *self.close_codes.entry(code.to_string()).or_default() += 1;
+                            format!("close_{code}")
+                        }
+                        End::Protocol(p) => (*p).to_string(),
+                        End::Handshake(e) => e.to_string(),
+                    };
+                    *self.disconnect_reasons.entry(reason).or_default() += 1;
+                }
+            }
+            St::Connecting | St::Handshake => {
+                self.connecting -= 1;
+                if matches!(why, End::Eof) {
+                    self.counts.handshake_failed += 1;
+                    *self.handshake_errors.entry("connection closed before the 101".into()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let mut frame = Vec::with_capacity(8);
+        for i in 0..self.clients.len() {
+            let st = self.clients[i].st;
+            if let Some(t) = self.clients[i].track.as_mut() {
+                t.open = st == St::Open;
+            }
+            if matches!(st, St::Open | St::Connecting | St::Handshake) {
+                if st == St::Open && self.cfg.close_politely {
+                    frame.clear();
+                    ws::encode_client_frame(
+                        ws::OP_CLOSE,
+                        &ws::close_payload(1000),
+                        [0x5a, 0x17, 0x33, 0x0c],
+                        &mut frame,
+                    );
+                    let _ = sys::send(self.clients[i].fd, &frame);
+                }
+                if st == St::Open {
+                    self.counts.open_at_end += 1;
+                }
+                self.end(i, End::Protocol("stop"));
+            }
+            if st == St::Waiting {
+                self.clients[i].st = St::Closed;
+            }
+        }
+        self.pending.clear();
+        self.waiting.clear();
+    }
+
+    fn result(&mut self) -> FleetResult {
+        self.resolve_deferred(true);
+        let mut tracks = Vec::new();
+        for c in &mut self.clients {
+            if let Some(mut t) = c.track.take() {
+                t.version = if c.version == NO_VERSION { t.base } else { c.version };
+                tracks.push(*t);
+            }
+        }
+        let mut batches: Vec<(u64, u64, u64)> = self.batches.iter().map(|(&t, &(c, e))| (t, c, e)).collect();
+        batches.sort_unstable();
+        FleetResult {
+            threads: 1,
+            procs: 0,
+            counts: std::mem::take(&mut self.counts),
+            connect_errors: std::mem::take(&mut self.connect_errors),
+            handshake_errors: std::mem::take(&mut self.handshake_errors),
+            close_codes: std::mem::take(&mut self.close_codes),
+            disconnect_reasons: std::mem::take(&mut self.disconnect_reasons),
+            edit_latency: self.edit_lat.export(),
+            frame_latency: self.frame_lat.export(),
+            connect_latency: self.connect_lat.export(),
+            batches,
+            tracks,
+            fatal: None,
+            rss_before_bytes: 0,
+            rss_init_bytes: 0,
+            rss_ready_bytes: 0,
+            clients_ready: 0,
+        }
+    }
+}
+
+/// Keeps a reception whose send instant is not known yet (bounded; past the bound it is untimed).
+fn defer(deferred: &mut Vec<(u64, u64, bool)>, counts: &mut Counts, version: u64, now: u64, frame: bool) {
+    if deferred.len() < MAX_DEFERRED {
+        deferred.push((version, now, frame));
+    } else if frame {
+        counts.untimed_frames += 1;
+    } else {
+        counts.untimed_versions += 1;
+    }
+}
+
+/// Bytes still needed to complete the frame at the front of `buf` (0 if unknown yet).
+fn frame_need(buf: &[u8], max_payload: u64) -> usize {
+    match ws::parse_header(buf, max_payload) {
+        Ok(Some(h)) => h.frame_len().saturating_sub(buf.len()),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_state_is_small() {
+        assert!(std::mem::size_of::<Client>() <= 48, "{}", std::mem::size_of::<Client>());
+    }
+
+    #[test]
+    fn fleet_results_merge() {
+        let mut a = FleetResult { threads: 1, batches: vec![(10, 3, 5)], ..Default::default() };
+        a.counts.frames = 3;
+        let mut b = FleetResult { threads: 1, batches: vec![(10, 2, 5), (20, 5, 7)], ..Default::default() };
+        b.counts.frames = 7;
+        a.merge(&b);
+        assert_eq!(a.threads, 2);
+        assert_eq!(a.counts.frames, 10);
+        assert_eq!(a.batches, vec![(10, 5, 5), (20, 5, 7)]);
+    }
+}

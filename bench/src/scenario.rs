@@ -1,0 +1,800 @@
+//! The four scenarios, each a bounded sequence of phases (plan, ramp, settle, measure, drain,
+//! stop) over a client [`Fleet`], the placement [`driver`] and /proc samples of the server,
+//! ending in one [`Report`]. Also the pre-flight plan that refuses a run which cannot fit the
+//! open-file or port limits before it opens a single socket.
+
+use crate::batch;
+use crate::cli::{self, Common, FanoutArgs, HoldArgs, PlaceArgs, ReconnectArgs};
+use crate::driver::{self, DriverConfig, DriverCounters, DriverReport};
+use crate::engine::{EngineConfig, FleetResult, Progress};
+use crate::error::{LimitError, LoadError};
+use crate::fleet::{self, Fleet, LocalFleet, ProcFleet};
+use crate::http::{self, CanvasInfo};
+use crate::procfs::{self, ProcSample};
+use crate::report::*;
+use crate::sendtable::{self, SendTable};
+use crate::signals;
+use crate::sys;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Settings derived from the common options.
+struct Ctx {
+    common: Common,
+    sources: Vec<IpAddr>,
+    threads: usize,
+    cpus: Vec<usize>,
+    seed: u64,
+}
+
+impl Ctx {
+    fn new(common: &Common) -> Result<Self, LoadError> {
+        common.validate()?;
+        let sources = crate::addrs::parse_sources_for(&common.source_addrs, common.target)?;
+        crate::addrs::check_sources(&sources, common.target)?;
+        let allowed = sys::allowed_cpus();
+        let threads = common.threads.unwrap_or(allowed.len().max(1));
+        let cpus = if common.no_pin { Vec::new() } else { allowed };
+        let seed = common.seed.unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b) ^ sys::now_ns()
+        });
+        Ok(Ctx { common: common.clone(), sources, threads, cpus, seed })
+    }
+
+    fn engine(&self, since: Option<u64>, latency_every: u64, track_below: u64) -> EngineConfig {
+        EngineConfig {
+            target: self.common.target,
+            sources: self.sources.clone(),
+            seed: self.seed,
+            connect_timeout_ms: self.common.connect_timeout_ms,
+            max_payload: self.common.max_payload,
+            latency_every,
+            since,
+            track_below,
+            max_pending: ((self.common.ramp / self.threads as f64) as usize).clamp(64, 4096),
+            close_politely: true,
+        }
+    }
+
+    fn report(&self, scenario: &str, params: serde_json::Value) -> Report {
+        Report {
+            tool: format!("placecast-load {}", env!("CARGO_PKG_VERSION")),
+            scenario: scenario.into(),
+            label: self.common.label.clone(),
+            command: std::env::args().collect(),
+            started_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            target: self.common.target.to_string(),
+            loadavg: vec![loadavg()],
+            machine: Some(procfs::machine()),
+            params,
+            ..Default::default()
+        }
+    }
+
+    fn server(&self) -> ProcSample {
+        self.common.server_pid.and_then(procfs::sample).unwrap_or_default()
+    }
+}
+
+/// The CPUs process `pid` may run on (Cpus_allowed_list of /proc/PID/status).
+fn server_cpus(pid: u32) -> Vec<usize> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let Some(list) = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for part in list.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    out.extend(a..=b.min(a + 4096));
+                }
+            }
+            None => out.extend(part.parse::<usize>().ok()),
+        }
+    }
+    out
+}
+
+/// The first three fields of /proc/loadavg.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Refuses a run that cannot fit the open-file or port limits, before any socket is opened;
+/// returns warnings for a run that fits but is close to a limit.
+fn plan(ctx: &Ctx, clients: usize, extra_fds: u64) -> Result<Vec<String>, LimitError> {
+    let (_, hard) = sys::raise_nofile_to_hard();
+    let procs = ctx.common.procs.max(1);
+    let per_proc = clients.div_ceil(procs) as u64 + extra_fds + 32;
+    if per_proc > hard {
+        let usable = hard.saturating_sub(extra_fds + 32).max(1);
+        return Err(LimitError::PlanFiles { needed: per_proc, hard, procs: clients.div_ceil(usable as usize) });
+    }
+    let (low, high) = sys::local_port_range();
+    let ports = high.saturating_sub(low) + 1;
+    let per_addr = clients.div_ceil(ctx.sources.len().max(1));
+    let suggest = clients.div_ceil(ports as usize / 2).clamp(2, 255);
+    if per_addr as u64 > ports as u64 {
+        return Err(LimitError::PlanPorts { per_addr, ports, low, high, suggest });
+    }
+    let mut warnings = Vec::new();
+    if per_addr as u64 > ports as u64 / 2 {
+        // Measured here: past about half the range on one address, connects stall for seconds
+        // (Linux gives connect() one parity of ports first; the rest collide with TIME_WAIT).
+        warnings.push(format!(
+            "{per_addr} connections per source address use more than half of the {ports} local ports; \
+             connects may stall: add source addresses (--source-addrs 127.0.0.1-127.0.0.{suggest})"
+        ));
+    }
+    Ok(warnings)
+}
+
+/// Prints a progress line once a second.
+struct Ticker {
+    start: Instant,
+    last: Instant,
+    prev: Progress,
+    quiet: bool,
+    pid: Option<u32>,
+    prev_srv: Option<ProcSample>,
+}
+
+impl Ticker {
+    fn new(common: &Common) -> Self {
+        Ticker {
+            start: Instant::now(),
+            last: Instant::now(),
+            prev: Progress::default(),
+            quiet: common.quiet,
+            pid: common.server_pid,
+            prev_srv: common.server_pid.and_then(procfs::sample),
+        }
+    }
+
+    fn tick(&mut self, p: Progress, placed: Option<&DriverCounters>) {
+        let dt = self.last.elapsed().as_secs_f64();
+        if dt < 1.0 {
+            return;
+        }
+        self.last = Instant::now();
+        let srv = self.pid.and_then(procfs::sample);
+        let server = match (srv, self.prev_srv) {
+            (Some(a), Some(b)) if a.at_ns > b.at_ns => {
+                Some((a.cpu_us.saturating_sub(b.cpu_us) as f64 / ((a.at_ns - b.at_ns) as f64 / 1000.0), a.rss_bytes))
+            }
+            _ => None,
+        };
+        self.prev_srv = srv;
+        let placed = placed.map(|c| (c.accepted.load(Ordering::Relaxed), c.rejected.load(Ordering::Relaxed)));
+        if !self.quiet {
+            eprintln!("{}", progress_line(self.start.elapsed().as_secs_f64(), &p, &self.prev, dt, server, placed));
+        }
+        self.prev = p;
+    }
+}
+
+/// Sleeps `d` in small steps, ticking, and returns early with the fleet's error or on SIGINT.
+fn wait(fleet: &Fleet, t: &mut Ticker, d: Duration, placed: Option<&DriverCounters>) -> Result<(), LoadError> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+        t.tick(fleet.progress(), placed);
+        if let Some(e) = fleet.fatal() {
+            return Err(e);
+        }
+        if signals::interrupted() {
+            return Err(LoadError::Timeout("interrupted (SIGINT/SIGTERM)".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every client is connected or failed, bounded by the ramp time plus slack.
+fn wait_ready(
+    fleet: &mut Fleet,
+    t: &mut Ticker,
+    clients: usize,
+    common: &Common,
+    warnings: &mut Vec<String>,
+) -> Result<(), LoadError> {
+    let bound = Duration::from_secs_f64(clients as f64 / common.ramp)
+        + Duration::from_millis(common.connect_timeout_ms)
+        + Duration::from_secs(30);
+    let end = Instant::now() + bound;
+    loop {
+        let p = fleet.progress();
+        t.tick(p, None);
+        if p.ramp_done() {
+            break;
+        }
+        if let Some(e) = fleet.fatal() {
+            return Err(e);
+        }
+        if signals::interrupted() {
+            return Err(LoadError::Timeout("interrupted (SIGINT/SIGTERM)".into()));
+        }
+        if Instant::now() > end {
+            warnings.push(format!(
+                "ramp not finished after {:.0} s: {} of {} clients open",
+                bound.as_secs_f64(),
+                p.open,
+                clients
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fleet.note_ready();
+    Ok(())
+}
+
+fn start_fleet(
+    ctx: &Ctx,
+    clients: usize,
+    cfg: EngineConfig,
+    table: Option<Arc<SendTable>>,
+    table_path: Option<std::path::PathBuf>,
+) -> Result<Fleet, LoadError> {
+    if ctx.common.procs > 1 {
+        Ok(Fleet::Procs(ProcFleet::start(ctx.common.procs, table, table_path)?))
+    } else {
+        Ok(Fleet::Local(LocalFleet::start(cfg, clients, 0, ctx.threads, ctx.common.ramp, &ctx.cpus, table)?))
+    }
+}
+
+/// The send table: anonymous in one process, a shared file with child processes.
+fn make_table(ctx: &Ctx) -> Result<(Arc<SendTable>, Option<std::path::PathBuf>), LoadError> {
+    if ctx.common.procs > 1 {
+        let p = sendtable::temp_path();
+        let t = SendTable::create_file(&p, sendtable::DEFAULT_SLOTS)
+            .map_err(|e| LoadError::io(format!("creating {}", p.display()), e))?;
+        Ok((Arc::new(t), Some(p)))
+    } else {
+        Ok((
+            Arc::new(
+                SendTable::anonymous(sendtable::DEFAULT_SLOTS)
+                    .map_err(|e| LoadError::io("mapping the send table", e))?,
+            ),
+            None,
+        ))
+    }
+}
+
+/// Records an error in the report's outcome.
+fn fail(report: &mut Report, e: &LoadError) {
+    report.outcome.ok = false;
+    report.outcome.error = Some(e.to_string());
+    if let LoadError::Limit(l) = e {
+        report.outcome.limit = Some(l.clone());
+    }
+}
+
+fn tester_report(f: &FleetResult, procs: usize) -> TesterReport {
+    let ready = f.clients_ready.max(1);
+    TesterReport {
+        procs: f.procs.max(procs as u64),
+        threads: f.threads,
+        rss_before_bytes: f.rss_before_bytes,
+        rss_init_bytes: f.rss_init_bytes,
+        rss_ready_bytes: f.rss_ready_bytes,
+        rss_per_client_bytes: (f.clients_ready > 0)
+            .then(|| f.rss_ready_bytes.saturating_sub(f.rss_init_bytes) as f64 / ready as f64),
+        rss_per_client_with_fixed_bytes: (f.clients_ready > 0)
+            .then(|| f.rss_ready_bytes.saturating_sub(f.rss_before_bytes) as f64 / ready as f64),
+        window_cpu_us: 0,
+        window_cores_used: 0.0,
+    }
+}
+
+/// Child-process mode of hold and fanout: run this process's share of the clients.
+pub fn run_child(common: &Common, clients: usize, latency_every: u64) -> Result<(), LoadError> {
+    let ctx = Ctx::new(common)?;
+    let (index, count) = (common.child_index.unwrap_or(0), common.child_count.unwrap_or(1).max(1));
+    let (base, n) = fleet::share(clients, index, count);
+    sys::raise_nofile_to_hard();
+    let table = match &common.sendtable {
+        Some(p) => {
+            Some(Arc::new(SendTable::open_file(p).map_err(|e| LoadError::io(format!("opening {}", p.display()), e))?))
+        }
+        None => None,
+    };
+    let cfg = ctx.engine(None, latency_every, 0);
+    let f = LocalFleet::start(cfg, n, base, ctx.threads, common.ramp / count as f64, &ctx.cpus, table)?;
+    // Bounded life even if the parent never says stop: ramp + run + generous slack.
+    let life = Duration::from_secs_f64(clients as f64 / common.ramp) + Duration::from_secs(common.duration + 300);
+    fleet::run_child(f, life);
+    Ok(())
+}
+
+pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
+    cli::check_clients(a.clients)?;
+    let ctx = Ctx::new(&a.common)?;
+    let mut report = ctx.report(
+        "hold",
+        serde_json::json!({
+            "clients": a.clients, "duration_s": a.common.duration, "ramp_per_s": a.common.ramp,
+            "threads_per_proc": ctx.threads, "procs": a.common.procs, "source_addrs": ctx.sources.len(),
+        }),
+    );
+    let mut warnings = plan(&ctx, a.clients, 16)?;
+    let info = http::canvas_info(a.common.target)?;
+    let before = ctx.server();
+    let kernel_before = procfs::kernel_mem();
+    let mut kernel_ready = kernel_before;
+    let mut t = Ticker::new(&a.common);
+    let mut fleet = start_fleet(&ctx, a.clients, ctx.engine(None, 0, 0), None, None)?;
+    let mut ready = ProcSample::default();
+    let (mut w0, mut w1) = (ProcSample::default(), ProcSample::default());
+    let run = (|| {
+        wait_ready(&mut fleet, &mut t, a.clients, &a.common, &mut warnings)?;
+        // Let the server settle its allocations before reading its memory.
+        wait(&fleet, &mut t, Duration::from_millis(500), None)?;
+        ready = ctx.server();
+        kernel_ready = procfs::kernel_mem();
+        w0 = ready;
+        wait(&fleet, &mut t, Duration::from_secs(a.common.duration), None)?;
+        w1 = ctx.server();
+        Ok::<(), LoadError>(())
+    })();
+    let result = fleet.stop()?;
+    let end = ctx.server();
+    if let Err(e) = &run {
+        fail(&mut report, e);
+    } else {
+        report.outcome.ok = result.fatal.is_none()
+            && result.clients_ready == a.clients as u64
+            && result.counts.unexpected_disconnects == 0;
+        if !report.outcome.ok && report.outcome.error.is_none() {
+            report.outcome.error = Some(format!(
+                "{} of {} clients connected, {} unexpected disconnects",
+                result.clients_ready, a.clients, result.counts.unexpected_disconnects
+            ));
+        }
+    }
+    if let Some(f) = &result.fatal {
+        fail(&mut report, &LoadError::Limit(f.clone()));
+    }
+    report.outcome.warnings = warnings;
+    if let Some(pid) = a.common.server_pid {
+        let mut s = ServerReport::from_samples(pid, before, ready, w0, w1, end);
+        if result.clients_ready > 0 && ready.rss_bytes > 0 {
+            s.rss_per_connection_bytes =
+                Some(ready.rss_bytes.saturating_sub(before.rss_bytes) as f64 / result.clients_ready as f64);
+            s.rss_total_per_connection_bytes = Some(ready.rss_bytes as f64 / result.clients_ready as f64);
+        }
+        report.server = Some(s);
+    }
+    report.params["edit_stride"] = info.edit_stride.into();
+    report.tester = Some(tester_report(&result, a.common.procs));
+    report.clients = Some(ClientsReport::from_fleet(a.clients as u64, &result));
+    report.kernel = Some(KernelReport {
+        before: kernel_before,
+        ready: kernel_ready,
+        slab_per_connection_bytes: (result.clients_ready > 0).then(|| {
+            kernel_ready.slab_bytes.saturating_sub(kernel_before.slab_bytes) as f64 / result.clients_ready as f64
+        }),
+    });
+    Ok(report)
+}
+
+fn driver_config(ctx: &Ctx, d: &crate::cli::DriverArgs, info: &CanvasInfo) -> DriverConfig {
+    DriverConfig {
+        target: ctx.common.target,
+        rate: d.rate,
+        duration: Duration::from_secs(ctx.common.duration),
+        conns: d.driver_conns,
+        width: info.width,
+        height: info.height,
+        palette_len: info.palette_len,
+        seed: ctx.seed,
+    }
+}
+
+/// Runs the driver on its own thread while the main thread ticks; returns its report.
+fn drive_while_ticking(
+    fleet: &Fleet,
+    t: &mut Ticker,
+    cfg: DriverConfig,
+    tokens: Arc<Vec<String>>,
+    table: Arc<SendTable>,
+    mut at: impl FnMut(Duration, &Fleet),
+) -> Result<DriverReport, LoadError> {
+    let counters = Arc::new(DriverCounters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let h = {
+        let (counters, stop) = (counters.clone(), stop.clone());
+        std::thread::spawn(move || driver::run(&cfg, tokens, Some(table), counters, stop))
+    };
+    let start = Instant::now();
+    let mut err = None;
+    while !h.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        t.tick(fleet.progress(), Some(&counters));
+        at(start.elapsed(), fleet);
+        if err.is_none() {
+            if let Some(e) = fleet.fatal() {
+                err = Some(e);
+                stop.store(true, Ordering::SeqCst);
+            } else if signals::interrupted() {
+                err = Some(LoadError::Timeout("interrupted (SIGINT/SIGTERM)".into()));
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let rep = h.join().map_err(|_| LoadError::Server("the placement driver panicked".into()))?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(rep),
+    }
+}
+
+pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
+    cli::check_clients(a.clients)?;
+    cli::check_driver(&a.driver)?;
+    let ctx = Ctx::new(&a.common)?;
+    let latency_every = a.latency_every.unwrap_or((a.clients as u64 / 1000).max(1));
+    let mut report = ctx.report(
+        "fanout",
+        serde_json::json!({
+            "clients": a.clients, "rate_per_s": a.driver.rate, "duration_s": a.common.duration,
+            "ramp_per_s": a.common.ramp, "driver_conns": a.driver.driver_conns, "users": a.driver.users,
+            "threads_per_proc": ctx.threads, "procs": a.common.procs, "source_addrs": ctx.sources.len(),
+            "latency_every": latency_every, "settle_ms": a.settle_ms, "drain_ms": a.drain_ms, "batch_ms": a.batch_ms,
+        }),
+    );
+    report.outcome.warnings = plan(&ctx, a.clients, a.driver.driver_conns as u64 + 16)?;
+    let info = http::canvas_info(a.common.target)?;
+    report.params["edit_stride"] = info.edit_stride.into();
+    report.params["server_cooldown_ms"] = info.cooldown_ms.into();
+    if info.cooldown_ms > 0 {
+        report.outcome.warnings.push(format!(
+            "the server's cooldown is {} ms: with {} users most placements will be refused (run it with --cooldown 0)",
+            info.cooldown_ms, a.driver.users
+        ));
+    }
+    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8)?);
+    let (table, table_path) = make_table(&ctx)?;
+    let before = ctx.server();
+    let mut t = Ticker::new(&a.common);
+    let mut fleet = start_fleet(&ctx, a.clients, ctx.engine(None, latency_every, 0), Some(table.clone()), table_path)?;
+    let mut warnings = std::mem::take(&mut report.outcome.warnings);
+    let mut ready = ProcSample::default();
+    let (mut w0, mut w1) = (ProcSample::default(), ProcSample::default());
+    let (mut v0, mut clients_in_window) = (0u64, 0u64);
+    let mut drv: Option<DriverReport> = None;
+    let (mut self_cpu, mut self_wall_ns) = (0u64, 0u64);
+    let (mut cpus0, mut cpus1) = (Vec::new(), Vec::new());
+    let run = (|| {
+        wait_ready(&mut fleet, &mut t, a.clients, &a.common, &mut warnings)?;
+        wait(&fleet, &mut t, Duration::from_millis(a.settle_ms), None)?;
+        ready = ctx.server();
+        v0 = http::canvas_info(a.common.target)?.version;
+        fleet.set_window(v0);
+        // Give child processes a moment to read the window before the first placement.
+        std::thread::sleep(Duration::from_millis(if a.common.procs > 1 { 100 } else { 0 }));
+        clients_in_window = fleet.progress().open;
+        w0 = ctx.server();
+        cpus0 = procfs::cpu_times();
+        let c0 = sys::self_cpu_us();
+        let n0 = sys::now_ns();
+        drv = Some(drive_while_ticking(
+            &fleet,
+            &mut t,
+            driver_config(&ctx, &a.driver, &info),
+            tokens.clone(),
+            table.clone(),
+            |_, _| {},
+        )?);
+        wait(&fleet, &mut t, Duration::from_millis(a.drain_ms), None)?;
+        w1 = ctx.server();
+        cpus1 = procfs::cpu_times();
+        self_cpu = sys::self_cpu_us() - c0;
+        self_wall_ns = sys::now_ns() - n0;
+        Ok::<(), LoadError>(())
+    })();
+    let result = fleet.stop()?;
+    let end = ctx.server();
+    if let Err(e) = &run {
+        fail(&mut report, e);
+    }
+    if let Some(f) = &result.fatal {
+        fail(&mut report, &LoadError::Limit(f.clone()));
+    }
+    let d = drv.unwrap_or_default();
+    let v1 = d.last_version.unwrap_or(v0).max(result.batches.last().map(|b| b.0).unwrap_or(v0));
+    let delivery =
+        DeliveryReport::compute(&result, v0, v1, clients_in_window, d.elapsed_s, info.edit_stride, a.batch_ms);
+    if run.is_ok() && result.fatal.is_none() {
+        report.outcome.ok = d.accepted > 0 && result.clients_ready == a.clients as u64;
+        if d.accepted == 0 {
+            report.outcome.error = Some(format!("no placement was accepted: {:?}", d.rejected));
+        } else if result.clients_ready != a.clients as u64 {
+            report.outcome.error = Some(format!("only {} of {} clients connected", result.clients_ready, a.clients));
+        }
+    }
+    if d.accepted as f64 / d.elapsed_s.max(1e-9) < 0.9 * a.driver.rate {
+        warnings.push(format!(
+            "the driver placed {:.0}/s, below the requested {:.0}/s (server answers too slow for --driver-conns {}?)",
+            d.accepted_per_s, a.driver.rate, a.driver.driver_conns
+        ));
+    }
+    report.outcome.warnings = warnings;
+    if let Some(pid) = a.common.server_pid {
+        let mut s = ServerReport::from_samples(pid, before, ready, w0, w1, end);
+        if result.clients_ready > 0 {
+            s.rss_per_connection_bytes =
+                Some(ready.rss_bytes.saturating_sub(before.rss_bytes) as f64 / result.clients_ready as f64);
+            s.rss_total_per_connection_bytes = Some(ready.rss_bytes as f64 / result.clients_ready as f64);
+        }
+        s.cpus = procfs::cpu_use(&cpus0, &cpus1);
+        let server_cpus = server_cpus(pid);
+        if delivery.frames_delivered > 0 && !server_cpus.is_empty() && server_cpus.len() < s.cpus.len() {
+            let busy: u64 = s.cpus.iter().filter(|c| server_cpus.contains(&c.cpu)).map(|c| c.busy_us).sum();
+            s.server_cores_busy_us_per_delivered_frame = Some(busy as f64 / delivery.frames_delivered as f64);
+        }
+        if delivery.frames_delivered > 0 {
+            s.cpu_us_per_delivered_frame = Some(s.window_cpu_us as f64 / delivery.frames_delivered as f64);
+            s.frames_per_cpu_second =
+                (s.window_cpu_us > 0).then(|| delivery.frames_delivered as f64 / (s.window_cpu_us as f64 / 1e6));
+        }
+        report.server = Some(s);
+    }
+    let mut tester = tester_report(&result, a.common.procs);
+    tester.window_cpu_us = self_cpu;
+    tester.window_cores_used = if self_wall_ns > 0 { self_cpu as f64 * 1e3 / self_wall_ns as f64 } else { 0.0 };
+    report.tester = Some(tester);
+    report.clients = Some(ClientsReport::from_fleet(a.clients as u64, &result));
+    report.latency = Some(LatencyReport::from_fleet(&result, latency_every));
+    report.delivery = Some(delivery);
+    report.placements = Some(d);
+    Ok(report)
+}
+
+pub fn place(a: &PlaceArgs) -> Result<Report, LoadError> {
+    if a.common.procs > 1 {
+        return Err(LoadError::Args("--procs applies to hold and fanout only".into()));
+    }
+    if !(1..=1024).contains(&a.conns) || !(1..=1_000_000).contains(&a.users) || a.rate < 0.0 {
+        return Err(LoadError::Args("--conns must be 1 to 1024, --users 1 to 1000000, --rate >= 0".into()));
+    }
+    let ctx = Ctx::new(&a.common)?;
+    let mut report = ctx.report(
+        "place",
+        serde_json::json!({"users": a.users, "conns": a.conns, "rate_per_s": a.rate, "duration_s": a.common.duration}),
+    );
+    let info = http::canvas_info(a.common.target)?;
+    report.params["server_cooldown_ms"] = info.cooldown_ms.into();
+    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.users, a.conns.min(16))?);
+    let cfg = DriverConfig {
+        target: a.common.target,
+        rate: a.rate,
+        duration: Duration::from_secs(a.common.duration),
+        conns: a.conns,
+        width: info.width,
+        height: info.height,
+        palette_len: info.palette_len,
+        seed: ctx.seed,
+    };
+    let counters = Arc::new(DriverCounters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let w0 = ctx.server();
+    let h = {
+        let (counters, stop, tokens) = (counters.clone(), stop.clone(), tokens.clone());
+        std::thread::spawn(move || driver::run(&cfg, tokens, None, counters, stop))
+    };
+    let start = Instant::now();
+    let mut last = Instant::now();
+    let mut prev = 0u64;
+    while !h.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+        if signals::interrupted() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        if last.elapsed() >= Duration::from_secs(1) && !a.common.quiet {
+            let acc = counters.accepted.load(Ordering::Relaxed);
+            let rej = counters.rejected.load(Ordering::Relaxed);
+            eprintln!(
+                "[{:6.1}s] accepted {acc} ({:.0}/s) rejected {rej} errors {} version {}",
+                start.elapsed().as_secs_f64(),
+                (acc - prev) as f64 / last.elapsed().as_secs_f64(),
+                counters.errors.load(Ordering::Relaxed),
+                counters.last_version.load(Ordering::Relaxed)
+            );
+            prev = acc;
+            last = Instant::now();
+        }
+    }
+    let d = h.join().map_err(|_| LoadError::Server("the placement driver panicked".into()))?;
+    let w1 = ctx.server();
+    report.outcome.ok = d.sent > 0 && d.transport_errors == 0 && !signals::interrupted();
+    if !report.outcome.ok {
+        report.outcome.error = Some(format!("{} transport errors, {} sent", d.transport_errors, d.sent));
+    }
+    if let Some(pid) = a.common.server_pid {
+        let mut s = ServerReport::from_samples(pid, w0, w0, w0, w1, w1);
+        if d.accepted > 0 {
+            s.cpu_us_per_accepted_placement = Some(s.window_cpu_us as f64 / d.accepted as f64);
+        }
+        report.server = Some(s);
+    }
+    report.placements = Some(d);
+    Ok(report)
+}
+
+fn snapshot(target: std::net::SocketAddr) -> Result<batch::Snapshot, LoadError> {
+    let r = http::fetch(target, "GET", "/api/v1/canvas", b"")?;
+    if r.status != 200 {
+        return Err(LoadError::Http { what: "GET /api/v1/canvas".into(), detail: format!("status {}", r.status) });
+    }
+    let s = batch::decode_snapshot(&r.body)
+        .map_err(|e| LoadError::Http { what: "GET /api/v1/canvas".into(), detail: e.to_string() })?;
+    if let Some(v) = r.header("x-canvas-version").and_then(|v| v.parse::<u64>().ok()) {
+        if v != s.version {
+            return Err(LoadError::Server(format!(
+                "X-Canvas-Version {v} differs from the snapshot's version {}",
+                s.version
+            )));
+        }
+    }
+    Ok(s)
+}
+
+pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
+    cli::check_clients(a.clients)?;
+    cli::check_driver(&a.driver)?;
+    if a.common.procs > 1 {
+        return Err(LoadError::Args("--procs applies to hold and fanout only".into()));
+    }
+    if a.drop == 0 || a.drop > a.clients || a.drop > 100_000 {
+        return Err(LoadError::Args(format!("--drop must be 1 to min(--clients, 100000), got {}", a.drop)));
+    }
+    if a.reconnect_delay_ms > 60_000 {
+        return Err(LoadError::Args("--reconnect-delay-ms must be at most 60000".into()));
+    }
+    let ctx = Ctx::new(&a.common)?;
+    let latency_every = (a.clients as u64 / 1000).max(1);
+    let mut report = ctx.report(
+        "reconnect",
+        serde_json::json!({
+            "clients": a.clients, "drop": a.drop, "rate_per_s": a.driver.rate, "duration_s": a.common.duration,
+            "reconnect_delay_ms": a.reconnect_delay_ms, "ramp_per_s": a.common.ramp, "threads": ctx.threads,
+        }),
+    );
+    let plan_warnings = plan(&ctx, a.clients, a.driver.driver_conns as u64 + 16)?;
+    let info = http::canvas_info(a.common.target)?;
+    report.params["edit_stride"] = info.edit_stride.into();
+    let base = snapshot(a.common.target)?;
+    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8)?);
+    let (table, _) = make_table(&ctx)?;
+    let mut t = Ticker::new(&a.common);
+    let mut fleet = start_fleet(
+        &ctx,
+        a.clients,
+        ctx.engine(Some(base.version), latency_every, a.drop as u64),
+        Some(table.clone()),
+        None,
+    )?;
+    let mut warnings = plan_warnings;
+    let mut drv = None;
+    let mut snap = None;
+    let mut clients_in_window = 0;
+    let run = (|| {
+        wait_ready(&mut fleet, &mut t, a.clients, &a.common, &mut warnings)?;
+        fleet.set_window(base.version);
+        clients_in_window = fleet.progress().open;
+        let drop_at = Duration::from_secs_f64(a.common.duration as f64 / 3.0);
+        let mut dropped = false;
+        let delay = a.reconnect_delay_ms;
+        drv = Some(drive_while_ticking(
+            &fleet,
+            &mut t,
+            driver_config(&ctx, &a.driver, &info),
+            tokens.clone(),
+            table.clone(),
+            |el, f| {
+                if !dropped && el >= drop_at {
+                    dropped = true;
+                    if let Fleet::Local(l) = f {
+                        l.drop_tracked(delay);
+                    }
+                }
+            },
+        )?);
+        wait(&fleet, &mut t, Duration::from_millis(a.drain_ms.max(delay + 500)), None)?;
+        // Every dropped client should be back; wait for it (bounded).
+        let end = Instant::now() + Duration::from_millis(a.common.connect_timeout_ms);
+        while fleet.progress().open < clients_in_window && Instant::now() < end {
+            wait(&fleet, &mut t, Duration::from_millis(100), None)?;
+        }
+        let last = drv.as_ref().and_then(|d: &DriverReport| d.last_version).unwrap_or(base.version);
+        // The snapshot must be at least at the last placed version (it may be cached up to 1 s).
+        for _ in 0..10 {
+            let s = snapshot(a.common.target)?;
+            let ok = s.version >= last;
+            snap = Some(s);
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Let the clients receive everything up to the snapshot's version.
+        wait(&fleet, &mut t, Duration::from_millis(500), None)?;
+        Ok::<(), LoadError>(())
+    })();
+    let result = fleet.stop()?;
+    if let Err(e) = &run {
+        fail(&mut report, e);
+    }
+    if let Some(f) = &result.fatal {
+        fail(&mut report, &LoadError::Limit(f.clone()));
+    }
+    let d = drv.unwrap_or_default();
+    let mut rc = ReconnectReport {
+        base_version: base.version,
+        tracked: result.tracks.len() as u64,
+        dropped: result.counts.dropped,
+        reconnected: result.counts.reconnected,
+        ..Default::default()
+    };
+    if let Some(s) = &snap {
+        rc.snapshot_version = s.version;
+        for tr in &result.tracks {
+            rc.tracked_gaps += tr.gaps as u64;
+            rc.tracked_open_at_end += u64::from(tr.open);
+            if tr.version != s.version {
+                rc.canvases_different += 1;
+                continue;
+            }
+            rc.tracked_at_snapshot_version += 1;
+            let mut px = base.pixels.clone();
+            for &e in &tr.edits {
+                let (i, c) = batch::unpack(e);
+                if let Some(p) = px.get_mut(i as usize) {
+                    *p = c;
+                }
+            }
+            let diff = px.iter().zip(&s.pixels).filter(|(a, b)| a != b).count() as u64
+                + px.len().abs_diff(s.pixels.len()) as u64;
+            if diff == 0 {
+                rc.canvases_equal += 1;
+            } else {
+                rc.canvases_different += 1;
+                rc.pixels_different += diff;
+            }
+        }
+    }
+    rc.ok = snap.is_some()
+        && rc.tracked == a.drop as u64
+        && rc.canvases_equal == rc.tracked
+        && rc.dropped == rc.tracked
+        && rc.reconnected == rc.dropped
+        && result.counts.gaps == 0
+        && result.counts.duplicates == 0;
+    if run.is_ok() && result.fatal.is_none() {
+        report.outcome.ok = rc.ok;
+        if !rc.ok {
+            report.outcome.error = Some(format!(
+                "catch-up check failed: {} of {} tracked canvases equal the snapshot at version {}; gaps {}, duplicates {}, dropped {}, reconnected {}",
+                rc.canvases_equal, rc.tracked, rc.snapshot_version, result.counts.gaps, result.counts.duplicates, rc.dropped, rc.reconnected
+            ));
+        }
+    }
+    report.outcome.warnings = warnings;
+    let to = result.batches.last().map(|b| b.0).unwrap_or(base.version);
+    report.delivery =
+        Some(DeliveryReport::compute(&result, base.version, to, clients_in_window, d.elapsed_s, info.edit_stride, 100));
+    report.tester = Some(tester_report(&result, 1));
+    report.clients = Some(ClientsReport::from_fleet(a.clients as u64, &result));
+    report.latency = Some(LatencyReport::from_fleet(&result, latency_every));
+    report.placements = Some(d);
+    report.reconnect = Some(rc);
+    Ok(report)
+}
