@@ -424,7 +424,7 @@ impl Applier {
         if self.window.len() > self.window_cap {
             self.window.pop_front();
             self.window_base += 1;
-            if self.window_base % CHUNK == 0 {
+            if self.window_base.is_multiple_of(CHUNK) {
                 self.chunks.remove(&(self.window_base / CHUNK - 1));
             }
         }

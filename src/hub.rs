@@ -578,10 +578,10 @@ impl Hub {
                     unsafe { libc::shutdown(c.fd, libc::SHUT_WR) };
                 }
             }
-            State::Live => {
-                if c.extra.as_ref().is_some_and(|e| e.queue.is_empty() && e.carry.is_empty() && !e.in_message) {
-                    c.extra = None;
-                }
+            State::Live
+                if c.extra.as_ref().is_some_and(|e| e.queue.is_empty() && e.carry.is_empty() && !e.in_message) =>
+            {
+                c.extra = None;
             }
             _ => {}
         }

@@ -49,6 +49,9 @@ pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// A per-shard series: name, Prometheus type, help, and which counter it reads.
+type PerShard = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &AtomicU64);
+
 pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) -> String {
     let mut out = String::with_capacity(4096);
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
@@ -72,7 +75,7 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
     }
     counter(&mut out, "placecast_http_requests_total", "HTTP requests served.", r(&m.http_requests));
     counter(&mut out, "placecast_http_errors_total", "HTTP requests answered with an error status.", r(&m.http_errors));
-    let per_shard: [(&str, &str, &str, fn(&ShardStats) -> &AtomicU64); 8] = [
+    let per_shard: [PerShard; 8] = [
         ("placecast_ws_connections", "gauge", "Open WebSocket connections.", |s| &s.connections),
         ("placecast_ws_accepted_total", "counter", "WebSocket connections accepted.", |s| &s.accepted),
         ("placecast_frames_sent_total", "counter", "Frames fully written to sockets.", |s| &s.frames_sent),

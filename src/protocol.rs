@@ -215,6 +215,16 @@ pub fn parse_snapshot(b: &[u8]) -> Option<SnapshotView> {
     Some(SnapshotView { width, height, version, pixels })
 }
 
+/// The payload of an unmasked server frame (for clients and tests).
+pub fn server_frame_payload(frame: &[u8]) -> &[u8] {
+    let hl = match frame[1] & 127 {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    &frame[hl..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,14 +302,4 @@ mod tests {
         assert_eq!((s.width, s.height, s.version), (3, 1, 7));
         assert_eq!(s.pixels, vec![1, 2, 3]);
     }
-}
-
-/// The payload of an unmasked server frame (for clients and tests).
-pub fn server_frame_payload(frame: &[u8]) -> &[u8] {
-    let hl = match frame[1] & 127 {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    &frame[hl..]
 }

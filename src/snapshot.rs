@@ -73,7 +73,7 @@ impl Snapshot {
                 continue;
             }
             // Rows of the binary form are not byte-aligned when the width is odd; PNG's are.
-            let nib = |i: usize| if i % 2 == 0 { data[i / 2] >> 4 } else { data[i / 2] & 15 };
+            let nib = |i: usize| if i.is_multiple_of(2) { data[i / 2] >> 4 } else { data[i / 2] & 15 };
             let base = y * w;
             for x in (0..w).step_by(2) {
                 let hi = nib(base + x);

@@ -106,8 +106,8 @@ fn catch_up_with_since_has_no_gap_and_no_duplicate() {
         // Start from the canvas at `since`: replay it from a since=0 client's view is not needed,
         // because edits 1..=since only touch row 0 pixels 0..since, set again below.
         let mut canvas = vec![0u8; W];
-        for i in 0..*since as usize {
-            canvas[i] = (i % 16) as u8;
+        for (i, px) in canvas.iter_mut().enumerate().take(*since as usize) {
+            *px = (i % 16) as u8;
         }
         let at = c.follow_until(*since, last, &mut canvas);
         assert_eq!(at, last);

@@ -5,6 +5,7 @@
 //! - `append` resolves to `Ok(version)` only once the edit is durable;
 //! - `tail(after, sink)` delivers every durable edit with version > `after`, in order, each
 //!   exactly once, with contiguous versions, and keeps delivering new ones.
+//!
 //! The applier is the only tailer in a process; placements on every shard append.
 
 pub mod file;

@@ -289,7 +289,7 @@ pub fn one_per_shard(server: &Server, query: &str) -> (Ws, Ws) {
             1 if b.is_none() => b = Some(w),
             _ => {}
         }
-        if a.is_some() && b.is_some() {
+        if let (Some(_), Some(_)) = (&a, &b) {
             return (a.unwrap(), b.unwrap());
         }
     }
