@@ -23,7 +23,7 @@ impl Metrics {
         let c = match e.status() {
             429 => &self.rejected_cooldown,
             401 => &self.rejected_auth,
-            503 => &self.rejected_log,
+            503 | 504 => &self.rejected_log,
             _ => &self.rejected_invalid,
         };
         c.fetch_add(1, Ordering::Relaxed);

@@ -12,6 +12,7 @@ use crate::edit_log::{AppendAck, Edit, LogError};
 use crate::limiter::Permit;
 use crate::server::Shared;
 use crate::token::TokenError;
+use futures_channel::oneshot;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub enum PlaceError {
     LogUnavailable(LogError),
     #[error("too many placements from this connection are still in flight")]
     TooManyInFlight,
+    #[error("your edit is in the log at version {version}, but this node has not applied it within {waited_ms} ms; it appears on the canvas if it was valid (do not place it again)")]
+    VerdictPending { version: u64, waited_ms: u64 },
 }
 
 impl PlaceError {
@@ -52,6 +55,7 @@ impl PlaceError {
             PlaceError::MissingToken | PlaceError::Token(_) => 401,
             PlaceError::Cooldown { .. } | PlaceError::TooManyInFlight => 429,
             PlaceError::LogUnavailable(_) => 503,
+            PlaceError::VerdictPending { .. } => 504,
         }
     }
 
@@ -66,6 +70,7 @@ impl PlaceError {
             PlaceError::Cooldown { .. } => "cooldown",
             PlaceError::LogUnavailable(_) => "log_unavailable",
             PlaceError::TooManyInFlight => "too_many_in_flight",
+            PlaceError::VerdictPending { .. } => "verdict_pending",
         }
     }
 
@@ -140,6 +145,20 @@ fn begin_inner(shared: &Arc<Shared>, user: Option<u64>, body: &PlaceBody) -> Res
     }
 }
 
+/// Waits for the applier's verdict on `version`, bounded: if this node's tail stalls after the
+/// broker took the edit, the placement answers `verdict_pending` instead of hanging.
+async fn verdict(
+    shared: &Shared,
+    verdicts: &crate::verdict::Verdicts,
+    version: u64,
+) -> Result<Result<crate::verdict::Verdict, oneshot::Canceled>, PlaceError> {
+    let wait = verdicts.wait(version);
+    let limit = std::time::Duration::from_millis(2 * shared.config.args.kafka_timeout_ms);
+    glommio::timer::timeout(limit, async { Ok(wait.await) })
+        .await
+        .map_err(|_| PlaceError::VerdictPending { version, waited_ms: limit.as_millis() as u64 })
+}
+
 impl Pending {
     /// Waits until the edit is durable (or refused).
     pub async fn finish(self) -> Result<Placed, PlaceError> {
@@ -152,16 +171,17 @@ impl Pending {
         };
         // On a shared log the edit is valid only if the log-order rule says so (see `verdict`).
         let result = match (result, &self.shared.verdicts) {
-            (Ok(p), Some(verdicts)) => match verdicts.wait(p.version).await {
-                Ok(Ok(())) => Ok(p),
-                Ok(Err(next_at_ms)) => {
+            (Ok(p), Some(verdicts)) => match verdict(&self.shared, verdicts, p.version).await {
+                Err(e) => Err(e),
+                Ok(Ok(Ok(()))) => Ok(p),
+                Ok(Ok(Err(next_at_ms))) => {
                     // The user's valid edit is already in the limiter (learned from the log), so
                     // the permit is kept: the user is cooling down either way.
                     let retry_after_ms = next_at_ms.saturating_sub(crate::now_ms()).max(1);
                     self.shared.metrics.place_rejected(&PlaceError::Cooldown { retry_after_ms });
                     return Err(PlaceError::Cooldown { retry_after_ms });
                 }
-                Err(_) => Err(PlaceError::LogUnavailable(LogError::Closed)),
+                Ok(Err(_)) => Err(PlaceError::LogUnavailable(LogError::Closed)),
             },
             (r, _) => r,
         };
