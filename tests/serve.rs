@@ -13,7 +13,18 @@ const W: usize = 1000 * 1000;
 
 #[test]
 fn a_placement_reaches_every_client_in_a_batch() {
-    let s = Server::start(&["--cooldown", "0"]);
+    placement_reaches_every_client(&[]);
+}
+
+#[test]
+fn the_one_send_per_socket_path_delivers_too() {
+    placement_reaches_every_client(&["--send-mode", "syscall"]);
+}
+
+fn placement_reaches_every_client(mode: &[&str]) {
+    let mut args = vec!["--cooldown", "0"];
+    args.extend_from_slice(mode);
+    let s = Server::start(&args);
     let (mut a, mut b) = one_per_shard(&s, "");
     let mut more: Vec<Ws> = (0..4).map(|_| s.ws("")).collect();
     let t = s.session();
@@ -275,7 +286,16 @@ fn one_user_on_two_cores_gets_exactly_one_acceptance() {
 
 #[test]
 fn a_client_that_stops_reading_is_closed_while_others_keep_up() {
-    let s = Arc::new(Server::start(&[
+    slow_client_is_closed(&[]);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_on_the_one_send_per_socket_path_too() {
+    slow_client_is_closed(&["--send-mode", "syscall"]);
+}
+
+fn slow_client_is_closed(mode: &[&str]) {
+    let mut args = vec![
         "--cooldown",
         "0",
         "--batch-ms",
@@ -287,7 +307,9 @@ fn a_client_that_stops_reading_is_closed_while_others_keep_up() {
         "--edit-stride",
         "64",
         "--no-fsync",
-    ]));
+    ];
+    args.extend_from_slice(mode);
+    let s = Arc::new(Server::start(&args));
     // The slow client has a tiny receive buffer and never reads.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(2048).unwrap();
