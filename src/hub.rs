@@ -437,26 +437,27 @@ impl Hub {
             tracing::error!(error = %e, "io_uring submit failed");
         }
         add(&self.stats().send_syscalls, 1);
-        let mut done = 0;
-        let mut sent = 0u64;
-        let results: Vec<(usize, i32)> = uring.completion().map(|c| (c.user_data() as usize, c.result())).collect();
-        for (slot, res) in results {
+        let (mut done, mut frames, mut bytes) = (0usize, 0u64, 0u64);
+        // `uring` is out of `self` while a slice is in flight, so completions can be booked
+        // straight from the queue, with no per-slice buffer.
+        for cqe in uring.completion() {
             done += 1;
-            sent += self.after_send(slot, seq, frame, res);
+            let sent = self.after_send(cqe.user_data() as usize, seq, frame, cqe.result());
+            bytes += sent;
+            frames += (sent == frame.len() as u64) as u64;
         }
         assert_eq!(done, n, "every submitted send completes before the batch moves on");
-        add(&self.stats().bytes_sent, sent);
+        // Counted once per slice, not once per socket.
+        add(&self.stats().frames_sent, frames);
+        add(&self.stats().bytes_sent, bytes);
     }
 
     /// Books one bulk send's result. Returns the bytes written.
     fn after_send(&mut self, slot: usize, seq: u64, frame: &Bytes, res: i32) -> u64 {
-        let len = frame.len();
         let c = &mut self.conns[slot];
         if res >= 0 {
             c.next_seq = seq + 1;
-            if res as usize == len {
-                add(&self.shared.shard_stats[self.stats_idx].frames_sent, 1);
-            } else {
+            if res as usize != frame.len() {
                 c.out = Some(frame.clone());
                 c.out_off = res as u32;
                 self.mark_blocked(slot);

@@ -30,22 +30,7 @@ unsafe impl Sync for SendTable {}
 impl SendTable {
     /// A table private to this process (and its threads).
     pub fn anonymous(slots: usize) -> io::Result<Self> {
-        let bytes = slots * 16;
-        // SAFETY: anonymous shared mapping, checked for failure below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(SendTable { ptr: p as *mut AtomicU64, slots, bytes, owned_path: None })
+        Self::mmap(slots, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)
     }
 
     /// Creates the file-backed table at `path` (removed again when this value is dropped).
@@ -68,18 +53,15 @@ impl SendTable {
     }
 
     fn map(f: &std::fs::File, slots: usize) -> io::Result<Self> {
+        Self::mmap(slots, libc::MAP_SHARED, f.as_raw_fd())
+    }
+
+    /// A shared read-write mapping of `slots` entries: anonymous (`fd` -1) or of a file of
+    /// exactly that size.
+    fn mmap(slots: usize, flags: i32, fd: i32) -> io::Result<Self> {
         let bytes = slots * 16;
-        // SAFETY: shared mapping of a file of exactly `bytes` bytes, checked for failure.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
+        // SAFETY: a fresh shared mapping, checked for failure below.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ | libc::PROT_WRITE, flags, fd, 0) };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
