@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, skipping what is already there:
-# Debian's chromium (browser tests), the npm packages of tests/web, and tansu (the Kafka-protocol
-# broker the Kafka tests start on loopback; about 11 minutes to build once).
+# Debian's chromium (browser tests), haproxy (the load balancer tests/edge.rs puts in front of
+# the nodes), systemd-analyze (tests/systemd_unit.rs checks the unit), the npm packages of
+# tests/web, and tansu (the Kafka-protocol broker the Kafka tests start on loopback; about 11
+# minutes to build once).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
@@ -9,6 +11,15 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq chromium >/dev/null
+fi
+apt_missing=()
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || apt_missing+=(haproxy)
+command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "installing ${apt_missing[*]} (apt-get)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${apt_missing[@]}" >/dev/null
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   echo "installing nodejs and npm (apt-get)" >&2

@@ -115,6 +115,8 @@ pub struct ApplierStats {
     pub shard_backlog: Box<[AtomicU64]>,
     /// Cuts postponed because a shard was still writing the previous batch.
     pub cuts_deferred: AtomicU64,
+    /// Wall-clock ms of the applier loop's last turn (readiness and the systemd watchdog).
+    pub heartbeat_ms: AtomicU64,
 }
 
 impl ApplierStats {
@@ -319,6 +321,7 @@ impl Applier {
         let mut next_checkpoint = every.map(|e| Instant::now() + e);
         let mut recheck: Option<Instant> = None;
         loop {
+            self.stats.heartbeat_ms.store(crate::now_ms(), Ordering::Relaxed);
             let wait = recheck.unwrap_or(next_cut).saturating_duration_since(Instant::now());
             select! {
                 recv(edits) -> c => match c {

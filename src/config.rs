@@ -5,6 +5,9 @@
 //! the setting at fault.
 
 use crate::canvas::{parse_color, Geometry, GeometryError, RPLACE_2017_PALETTE};
+use crate::client_addr::Cidr;
+use crate::pow::SessionMode;
+use crate::proxy_header::ProxyMode;
 use clap::{parser::ValueSource, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +26,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the appliance: HTTP API, WebSocket fan-out, placements, snapshots.
     Serve(ServeArgs),
+    /// Print the configuration `serve` would run with (each value's source, secrets masked) and
+    /// every problem with it; exits non-zero if there is any.
+    CheckConfig(ServeArgs),
     /// Mint a user token with the configured secret (what an operator's sign-in service does).
     MintToken {
         /// The user id: 1-64 characters of [A-Za-z0-9_-].
@@ -30,7 +36,7 @@ pub enum Command {
         /// Lifetime in seconds; 0 never expires.
         #[arg(long, default_value_t = 0)]
         ttl: u64,
-        /// The token secret (at least 16 bytes).
+        /// The token secret (at least 32 bytes).
         #[arg(long, env = "PLACECAST_SECRET", hide_env_values = true)]
         secret: String,
     },
@@ -46,7 +52,7 @@ pub enum SendMode {
 }
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(next_help_heading = "Serve")]
+#[command(next_help_heading = "Serve", args_override_self = true)]
 pub struct ServeArgs {
     /// TOML file with any of the settings below (keys as the long flags, with - or _).
     /// Flags and environment variables override it.
@@ -87,12 +93,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PLACECAST_PALETTE", value_delimiter = ',')]
     pub palette: Vec<String>,
 
-    /// HMAC secret for user tokens (at least 16 bytes). Without it a random secret is created
-    /// once and kept in DATA_DIR/secret.
+    /// HMAC secret for user tokens (at least 32 bytes; `openssl rand -hex 32`). Without it a
+    /// random secret is created once and kept in DATA_DIR/secret (single node only: a cluster
+    /// node must be given the one secret every node shares).
     #[arg(long, env = "PLACECAST_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
-    /// Bearer token for /api/v1/admin/* (without it the admin API is off).
+    /// Bearer token for /api/v1/admin/* (at least 32 bytes; without it the admin API is off).
     #[arg(long, env = "PLACECAST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -154,6 +161,66 @@ pub struct ServeArgs {
     /// is also written on SIGTERM/SIGINT. A restart replays only the log after it.
     #[arg(long, env = "PLACECAST_CHECKPOINT_SECS", default_value_t = 30)]
     pub checkpoint_secs: u64,
+
+    /// PROXY protocol on the listener (behind a layer-4 load balancer): off, v1, v2 or any.
+    /// When on, connections from --trusted-proxies must start with a header and others must not.
+    #[arg(long, env = "PLACECAST_PROXY_PROTOCOL", value_enum, default_value_t = ProxyMode::Off)]
+    pub proxy_protocol: ProxyMode,
+
+    /// Sources allowed (and then required) to send a PROXY header, as CIDR blocks or addresses.
+    #[arg(long, env = "PLACECAST_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
+
+    /// Concurrent connections (HTTP and WebSocket) per client address (IPv6: per /64); 0 = no
+    /// cap. Live: POST /api/v1/admin/limits.
+    #[arg(long, env = "PLACECAST_MAX_CONNS_PER_ADDR", default_value_t = 64)]
+    pub max_conns_per_addr: u32,
+
+    /// Anonymous sessions one address may create per minute (burst of as many); 0 = no cap.
+    #[arg(long, env = "PLACECAST_SESSIONS_PER_MIN", default_value_t = 20)]
+    pub sessions_per_min: u32,
+
+    /// Placements per minute summed over every user from one address (burst of as many); 0 = no
+    /// cap. Sized for a shared address (a school, a carrier NAT) of many users at one per cooldown.
+    #[arg(long, env = "PLACECAST_PLACEMENTS_PER_ADDR_PER_MIN", default_value_t = 60)]
+    pub placements_per_addr_per_min: u32,
+
+    /// Anonymous sessions: on, off (a sign-in service mints every token), or proof (a proof of
+    /// work per session).
+    #[arg(long, env = "PLACECAST_ANONYMOUS_SESSIONS", value_enum, default_value_t = SessionMode::On)]
+    pub anonymous_sessions: SessionMode,
+
+    /// Leading zero bits a session's proof of work needs (8 to 32; each bit doubles the work).
+    #[arg(long, env = "PLACECAST_POW_DIFFICULTY", default_value_t = 20)]
+    pub pow_difficulty: u8,
+
+    /// Descriptors kept for /healthz, /readyz, /metrics and the admin API when every other slot
+    /// is taken.
+    #[arg(long, env = "PLACECAST_FD_RESERVE", default_value_t = 256)]
+    pub fd_reserve: usize,
+
+    /// Milliseconds an idle keep-alive HTTP connection stays open.
+    #[arg(long, env = "PLACECAST_IDLE_TIMEOUT_MS", default_value_t = 15_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Milliseconds an HTTP answer may take to be written before the connection is closed.
+    #[arg(long, env = "PLACECAST_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub write_timeout_ms: u64,
+
+    /// A WebSocket silent for this many seconds is pinged; silent for as long again, it is
+    /// closed with 4002.
+    #[arg(long, env = "PLACECAST_WS_PING_SECS", default_value_t = 30)]
+    pub ws_ping_secs: u64,
+
+    /// Milliseconds between the start of a drain (SIGTERM, POST /api/v1/admin/drain) and the
+    /// first client close: /readyz is 503 meanwhile, so the balancer stops sending new clients.
+    #[arg(long, env = "PLACECAST_DRAIN_GRACE_MS", default_value_t = 5_000)]
+    pub drain_grace_ms: u64,
+
+    /// Seconds over which a drain closes the clients (1012 with a reconnect hint), evenly, so the
+    /// nodes that take them over see at most clients/spread new connections per second.
+    #[arg(long, env = "PLACECAST_DRAIN_SPREAD_S", default_value_t = 10)]
+    pub drain_spread_s: u64,
 }
 
 #[derive(Debug, Error)]
@@ -178,8 +245,14 @@ pub enum ConfigError {
     Window(usize),
     #[error("--max-lag-batches must be between 2 and 100000, got {0}")]
     MaxLag(usize),
-    #[error("--secret must be at least 16 bytes")]
-    ShortSecret,
+    #[error("{0}")]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error("--pow-difficulty must be between 8 and 32, got {0}")]
+    PowDifficulty(u8),
+    #[error("--proxy-protocol {0:?} (any version) needs --trusted-proxies: the addresses of the load balancers allowed to send the header")]
+    NoTrustedProxies(ProxyMode),
+    #[error("--{name} must be between {min} and {max}, got {got}")]
+    Range { name: &'static str, min: u64, max: u64, got: u64 },
     #[error("--kafka-brokers needs a placecast built with Kafka support (cargo build --features kafka)")]
     NoKafka,
     #[error("--kafka-timeout-ms must be between 1000 and 300000, got {0}")]
@@ -198,44 +271,89 @@ pub struct Config {
 }
 
 impl Config {
+    /// The validated configuration, or the first problem with it.
     pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
-        let palette = if args.palette.is_empty() {
-            RPLACE_2017_PALETTE.to_vec()
-        } else {
-            args.palette.iter().map(|c| parse_color(c)).collect::<Result<Vec<_>, _>>()?
-        };
-        let geometry = Geometry::new(args.width, args.height, palette)?;
-        if args.batch_ms == 0 || args.batch_ms > 10_000 {
-            return Err(ConfigError::BatchMs(args.batch_ms));
+        let (geometry, mut problems) = check(&args);
+        match (geometry, problems.is_empty()) {
+            (Some(geometry), true) => Ok(Config { args, geometry }),
+            _ => Err(problems.remove(0)),
         }
-        if !(4..=64).contains(&args.edit_stride) {
-            return Err(ConfigError::Stride(args.edit_stride));
-        }
-        if args.window == 0 {
-            return Err(ConfigError::Window(args.window));
-        }
-        if !(2..=100_000).contains(&args.max_lag_batches) {
-            return Err(ConfigError::MaxLag(args.max_lag_batches));
-        }
-        if args.secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(ConfigError::ShortSecret);
-        }
-        if args.kafka_brokers.is_some() {
-            if !cfg!(feature = "kafka") {
-                return Err(ConfigError::NoKafka);
-            }
-            if !(1000..=300_000).contains(&args.kafka_timeout_ms) {
-                return Err(ConfigError::KafkaTimeout(args.kafka_timeout_ms));
-            }
-            if !(1..=86_400).contains(&args.checkpoint_secs) {
-                return Err(ConfigError::CheckpointSecs(args.checkpoint_secs));
-            }
-            if args.kafka_topic.trim().is_empty() {
-                return Err(ConfigError::KafkaTopic);
-            }
-        }
-        Ok(Config { args, geometry })
     }
+}
+
+/// Every problem with `args` (not just the first), and the canvas geometry when it is valid.
+pub fn check(args: &ServeArgs) -> (Option<Geometry>, Vec<ConfigError>) {
+    let mut p: Vec<ConfigError> = Vec::new();
+    let geometry = palette(args).and_then(|pal| Ok(Geometry::new(args.width, args.height, pal)?));
+    let geometry = geometry.map_err(|e| p.push(e)).ok();
+    if args.batch_ms == 0 || args.batch_ms > 10_000 {
+        p.push(ConfigError::BatchMs(args.batch_ms));
+    }
+    if !(4..=64).contains(&args.edit_stride) {
+        p.push(ConfigError::Stride(args.edit_stride));
+    }
+    if args.window == 0 {
+        p.push(ConfigError::Window(args.window));
+    }
+    if !(2..=100_000).contains(&args.max_lag_batches) {
+        p.push(ConfigError::MaxLag(args.max_lag_batches));
+    }
+    if let Some(Err(e)) = args.secret.as_deref().map(|s| crate::secrets::check("--secret", s)) {
+        p.push(e.into());
+    }
+    if let Some(Err(e)) = args.admin_token.as_deref().map(|t| crate::secrets::check("--admin-token", t)) {
+        p.push(e.into());
+    }
+    if args.kafka_brokers.is_some() && args.secret.is_none() {
+        p.push(crate::secrets::SecretError::ClusterNeedsSecret.into());
+    }
+    if !(crate::pow::MIN_DIFFICULTY..=crate::pow::MAX_DIFFICULTY).contains(&args.pow_difficulty) {
+        p.push(ConfigError::PowDifficulty(args.pow_difficulty));
+    }
+    if args.proxy_protocol != ProxyMode::Off && args.trusted_proxies.is_empty() {
+        p.push(ConfigError::NoTrustedProxies(args.proxy_protocol));
+    }
+    for (name, min, max, got) in [
+        ("idle-timeout-ms", 100, 3_600_000, args.idle_timeout_ms),
+        ("write-timeout-ms", 100, 600_000, args.write_timeout_ms),
+        ("ws-ping-secs", 1, 3600, args.ws_ping_secs),
+        ("drain-grace-ms", 0, 600_000, args.drain_grace_ms),
+        ("drain-spread-s", 0, 3600, args.drain_spread_s),
+        ("fd-reserve", 16, 100_000, args.fd_reserve as u64),
+    ] {
+        if !(min..=max).contains(&got) {
+            p.push(ConfigError::Range { name, min, max, got });
+        }
+    }
+    if args.kafka_brokers.is_some() {
+        if !cfg!(feature = "kafka") {
+            p.push(ConfigError::NoKafka);
+        }
+        if !(1000..=300_000).contains(&args.kafka_timeout_ms) {
+            p.push(ConfigError::KafkaTimeout(args.kafka_timeout_ms));
+        }
+        if !(1..=86_400).contains(&args.checkpoint_secs) {
+            p.push(ConfigError::CheckpointSecs(args.checkpoint_secs));
+        }
+        if args.kafka_topic.trim().is_empty() {
+            p.push(ConfigError::KafkaTopic);
+        }
+    }
+    (geometry, p)
+}
+
+fn palette(args: &ServeArgs) -> Result<Vec<u32>, ConfigError> {
+    if args.palette.is_empty() {
+        return Ok(RPLACE_2017_PALETTE.to_vec());
+    }
+    Ok(args.palette.iter().map(|c| parse_color(c)).collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Where each setting of a parsed `serve`/`check-config` came from.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// (setting id, rendered value, source) in the command's argument order.
+    pub values: Vec<(String, String, &'static str)>,
 }
 
 /// Parses the command line, then fills settings neither given as flags nor as environment
@@ -245,28 +363,42 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    parse_cli_with_sources(argv).map(|(cli, _)| cli)
+}
+
+/// `parse_cli`, and where each setting came from (for `check-config`).
+pub fn parse_cli_with_sources<I, T>(argv: I) -> Result<(Cli, Sources), ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
     let matches = Cli::command().try_get_matches_from(&argv)?;
     let cli = Cli::from_arg_matches(&matches)?;
-    let Command::Serve(ref serve) = cli.command else { return Ok(cli) };
-    let Some(path) = serve.config.clone() else { return Ok(cli) };
-    let sub = matches.subcommand_matches("serve").expect("serve matched");
+    let (name, serve) = match &cli.command {
+        Command::Serve(a) => ("serve", a),
+        Command::CheckConfig(a) => ("check-config", a),
+        _ => return Ok((cli, Sources::default())),
+    };
+    let sub = matches.subcommand_matches(name).expect("subcommand matched");
+    let Some(path) = serve.config.clone() else { return Ok((cli, sources(name, sub, &[]))) };
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
     let table: toml::Table =
         toml::from_str(&text).map_err(|source| ConfigError::Toml { path: path.clone(), source })?;
     let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    let mut from_file: Vec<String> = Vec::new();
     for (key, value) in table {
         let id = key.replace('-', "_");
         // Known settings are the serve command's arguments (matches list only those with a value).
-        let known = Cli::command()
-            .find_subcommand("serve")
-            .is_some_and(|c| c.get_arguments().any(|a| a.get_id().as_str() == id));
+        let known =
+            Cli::command().find_subcommand(name).is_some_and(|c| c.get_arguments().any(|a| a.get_id().as_str() == id));
         if !known || id == "config" {
             return Err(ConfigError::UnknownKey { path, key });
         }
         if sub.value_source(&id) != Some(ValueSource::DefaultValue) && sub.value_source(&id).is_some() {
             continue; // a flag or environment variable wins over the file
         }
+        from_file.push(id.clone());
         let flag = format!("--{}", id.replace('_', "-"));
         let rendered = match value {
             toml::Value::String(s) => s,
@@ -288,11 +420,41 @@ where
         extra.push(format!("{flag}={rendered}").into());
     }
     // The file's settings go right after the subcommand, before the user's own arguments.
-    let pos = argv.iter().position(|a| a == "serve").expect("serve given") + 1;
+    let pos = argv.iter().position(|a| a == name).expect("subcommand given") + 1;
     let mut full = argv.clone();
     full.splice(pos..pos, extra);
     let matches = Cli::command().try_get_matches_from(&full)?;
-    Ok(Cli::from_arg_matches(&matches)?)
+    let sub = matches.subcommand_matches(name).expect("subcommand matched");
+    let sources = sources(name, sub, &from_file);
+    Ok((Cli::from_arg_matches(&matches)?, sources))
+}
+
+/// Every setting of subcommand `name` with its value and source; secrets masked.
+fn sources(name: &str, sub: &clap::ArgMatches, from_file: &[String]) -> Sources {
+    let cmd = Cli::command();
+    let Some(c) = cmd.find_subcommand(name) else { return Sources::default() };
+    let mut values = Vec::new();
+    for arg in c.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "help" || id == "version" {
+            continue;
+        }
+        let raw: Vec<String> =
+            sub.get_raw(id).map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        let mut value = raw.join(",");
+        if matches!(id, "secret" | "admin_token") && !value.is_empty() {
+            value = crate::secrets::mask(&value);
+        }
+        let source = match sub.value_source(id) {
+            _ if from_file.iter().any(|f| f == id) => "config file",
+            Some(ValueSource::CommandLine) => "command line",
+            Some(ValueSource::EnvVariable) => "environment",
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        values.push((id.to_string(), value, source));
+    }
+    Sources { values }
 }
 
 #[cfg(test)]
@@ -335,6 +497,37 @@ mod tests {
         std::fs::write(&f, "widht = 4\n").unwrap();
         let e = serve(&["--config", f.to_str().unwrap()]).unwrap_err().to_string();
         assert!(e.contains("widht"), "{e}");
+    }
+
+    #[test]
+    fn check_lists_every_problem_and_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("p.toml");
+        std::fs::write(&f, "cooldown = 7\n").unwrap();
+        let argv = [
+            "placecast",
+            "check-config",
+            "--config",
+            f.to_str().unwrap(),
+            "--batch-ms",
+            "0",
+            "--secret",
+            "change-me-please-change-me-please-0000",
+            "--admin-token",
+            "short",
+        ];
+        let (cli, src) = parse_cli_with_sources(argv).unwrap();
+        let Command::CheckConfig(a) = cli.command else { panic!() };
+        let (_, problems) = check(&a);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(problems.len(), 3, "{text:?}");
+        assert!(text[0].contains("--batch-ms") && text[1].contains("--secret") && text[2].contains("--admin-token"));
+        let find = |id: &str| src.values.iter().find(|v| v.0 == id).cloned().unwrap();
+        assert_eq!(find("cooldown"), ("cooldown".into(), "7".into(), "config file"));
+        assert_eq!(find("batch_ms").2, "command line");
+        assert_eq!(find("width").2, "default");
+        let secret = find("secret").1;
+        assert!(!secret.contains("please") && secret.contains("masked"), "{secret}");
     }
 
     #[test]

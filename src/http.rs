@@ -1,15 +1,26 @@
 //! HTTP/1.1 on a shard: reading requests with a deadline (httparse), routing the API, answering
 //! with JSON errors, and handing a finished WebSocket handshake to the shard's `hub`.
 //!
+//! Before the first request: who the client is (a PROXY header from a trusted balancer, else the
+//! socket's peer), the descriptor budget, and the client address's connection cap.
+//!
 //! Invariants: a request head larger than 16 KiB, a body larger than 4 KiB, or a client that has
-//! not sent a complete request within the handshake timeout gets a clear error and a close; an
-//! HTTP connection holds its buffer only while it lives (WebSocket connections keep none).
+//! not sent a complete request within the handshake timeout gets a clear error and a close; a
+//! keep-alive connection idle for `--idle-timeout-ms` is closed; an answer not written within
+//! `--write-timeout-ms` is abandoned with the connection; an HTTP connection holds its buffer
+//! only while it lives (WebSocket connections keep none). Past the descriptor budget only the
+//! operator's routes (health, readiness, metrics, admin) are served, from the `--fd-reserve`
+//! descriptors kept for them.
 
+use crate::admission::AdmissionError;
+use crate::client_addr::{AddrKey, ClientAddr};
 use crate::hub::Hub;
+use crate::lifecycle::DrainPhase;
 use crate::place::{self, error_json, PlaceError};
+use crate::proxy_header::{Inspected, ProxyError};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
-use crate::token::{anonymous_user, User};
+use crate::token::User;
 use crate::ws::accept_key;
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -69,7 +80,7 @@ impl Response {
         r
     }
 
-    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
@@ -192,7 +203,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn bearer(req: &Req) -> Option<&str> {
+pub fn bearer(req: &Req) -> Option<&str> {
     let v = req.authorization.as_deref()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -214,14 +225,39 @@ fn place_error_response(e: &PlaceError) -> Response {
     r
 }
 
+/// A refusal by admission control: 429 (or 503) with `Retry-After`.
+pub fn admission_response(e: &AdmissionError) -> Response {
+    let ms = e.retry_after_ms();
+    let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string(), "retry_after_ms": ms}});
+    Response::json(e.status(), body.to_string()).header("Retry-After", ms.div_ceil(1000).max(1).to_string())
+}
+
 /// What a request turns into.
 pub enum Outcome {
     Respond(Response),
     Upgrade { key: String, user: Option<User>, since: Option<u64> },
 }
 
-pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCell<Hub>>) -> Outcome {
+/// The routes served from the descriptor reserve when the budget is spent: the operator's.
+fn operator_route(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics") || path.starts_with("/api/v1/admin/")
+}
+
+/// The connection a request came on, as the routes need it.
+pub struct ConnCtx {
+    pub client: ClientAddr,
+    /// Past the descriptor budget: only `operator_route`s are served.
+    pub reserve_only: bool,
+}
+
+pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCell<Hub>>, ctx: &ConnCtx) -> Outcome {
     let m = req.method.as_str();
+    if ctx.reserve_only && !operator_route(&req.path) {
+        return Outcome::Respond(
+            Response::error(503, "server_busy", "this server is out of connections; try again shortly")
+                .header("Retry-After", "5"),
+        );
+    }
     let r = match (m, req.path.as_str()) {
         ("GET" | "HEAD", "/") | ("GET" | "HEAD", "/index.html") => {
             Response::static_file("text/html; charset=utf-8", INDEX_HTML)
@@ -229,13 +265,18 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("GET" | "HEAD", "/app.js") => Response::static_file("text/javascript; charset=utf-8", APP_JS),
         ("GET" | "HEAD", "/style.css") => Response::static_file("text/css; charset=utf-8", STYLE_CSS),
         ("GET" | "HEAD", "/healthz") => health(shared),
+        ("GET" | "HEAD", "/readyz") => ready(shared),
         ("GET" | "HEAD", "/metrics") => metrics(shared),
         ("GET" | "HEAD", "/api/v1/canvas/info") => info(shared),
         ("GET" | "HEAD", "/api/v1/canvas") => canvas(req, shared, false).await,
         ("GET" | "HEAD", "/api/v1/canvas.png") => canvas(req, shared, true).await,
-        ("POST", "/api/v1/session") => session(shared),
-        ("POST", "/api/v1/place") => place_http(req, body, shared).await,
-        ("POST", "/api/v1/admin/cooldown") => admin_cooldown(req, body, shared),
+        ("POST", "/api/v1/session") => crate::session::create(shared, &ctx.client, body),
+        ("GET", "/api/v1/session/challenge") => crate::session::challenge(shared),
+        ("POST", "/api/v1/place") => place_http(req, body, shared, ctx.client.key).await,
+        ("POST", "/api/v1/admin/cooldown") => crate::admin::cooldown(req, body, shared),
+        ("GET", "/api/v1/admin/limits") => crate::admin::get_limits(req, shared),
+        ("POST", "/api/v1/admin/limits") => crate::admin::set_limits(req, body, shared),
+        ("POST", "/api/v1/admin/drain") => crate::admin::drain(req, shared),
         ("GET", "/ws") => return upgrade(req, shared, hub),
         (
             _,
@@ -244,13 +285,17 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
             | "/app.js"
             | "/style.css"
             | "/healthz"
+            | "/readyz"
             | "/metrics"
             | "/api/v1/canvas/info"
             | "/api/v1/canvas"
             | "/api/v1/canvas.png"
             | "/api/v1/session"
+            | "/api/v1/session/challenge"
             | "/api/v1/place"
             | "/api/v1/admin/cooldown"
+            | "/api/v1/admin/limits"
+            | "/api/v1/admin/drain"
             | "/ws",
         ) => Response::error(405, "method_not_allowed", &format!("{m} is not allowed on {}", req.path)),
         _ => Response::error(404, "not_found", &format!("no such resource: {}", req.path)),
@@ -261,6 +306,20 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
 fn health(shared: &Shared) -> Response {
     let v = shared.applier.version.load(Ordering::Acquire);
     Response::json(200, serde_json::json!({"status": "ok", "version": v, "log": shared.log.describe()}).to_string())
+}
+
+/// `/readyz`: whether a balancer should send this node traffic (see `lifecycle`).
+fn ready(shared: &Shared) -> Response {
+    let now = crate::now_ms();
+    let applier_beat = shared.applier.heartbeat_ms.load(Ordering::Relaxed);
+    match shared.lifecycle.not_ready(now, applier_beat, shared.log.writable()) {
+        None => {
+            let v = shared.applier.version.load(Ordering::Acquire);
+            Response::json(200, serde_json::json!({"status": "ready", "version": v}).to_string())
+                .header("Cache-Control", "no-store")
+        }
+        Some(why) => Response::error(503, why.code(), &why.message()).header("Cache-Control", "no-store"),
+    }
 }
 
 fn metrics(shared: &Shared) -> Response {
@@ -366,19 +425,7 @@ async fn canvas(req: &Req, shared: &Arc<Shared>, png: bool) -> Response {
     base(200, "image/png", bytes)
 }
 
-fn session(shared: &Shared) -> Response {
-    let user = anonymous_user();
-    let ttl = shared.config.args.session_ttl;
-    let expires = if ttl == 0 { 0 } else { crate::now_ms() / 1000 + ttl };
-    match shared.signer.mint(&user, expires) {
-        Ok(token) => {
-            Response::json(200, serde_json::json!({"token": token, "user": user, "expires_at": expires}).to_string())
-        }
-        Err(e) => Response::error(500, "internal", &e.to_string()),
-    }
-}
-
-async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>) -> Response {
+async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>, addr: AddrKey) -> Response {
     let token = bearer(req);
     if req.authorization.is_some() && token.is_none() {
         return place_error_response(&PlaceError::Token(crate::token::TokenError::Malformed));
@@ -397,7 +444,7 @@ async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>) -> Response {
             return place_error_response(&e);
         }
     };
-    let pending = match place::begin(shared, user.map(|u| u.id), &parsed) {
+    let pending = match place::begin(shared, user.map(|u| u.id), addr, &parsed) {
         Ok(p) => p,
         Err(e) => return place_error_response(&e),
     };
@@ -408,40 +455,6 @@ async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>) -> Response {
                 .to_string(),
         ),
         Err(e) => place_error_response(&e),
-    }
-}
-
-/// Constant-time comparison, so the admin token cannot be guessed byte by byte from timing.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn admin_cooldown(req: &Req, body: &[u8], shared: &Shared) -> Response {
-    let Some(admin) = shared.config.args.admin_token.as_deref() else {
-        return Response::error(403, "admin_disabled", "the admin API is off: start the server with --admin-token");
-    };
-    if !bearer(req).is_some_and(|t| same_secret(t.as_bytes(), admin.as_bytes())) {
-        return Response::error(401, "bad_token", "the admin API needs Authorization: Bearer <admin token>");
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        seconds: u64,
-    }
-    if shared.verdicts.is_some() {
-        return Response::error(
-            409,
-            "cooldown_fixed",
-            "on a shared Kafka log the cooldown is part of the rule every node applies in log order: set the same --cooldown on every node and restart them",
-        );
-    }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(b) if b.seconds <= 365 * 24 * 3600 => {
-            shared.limiter.set_cooldown_ms(b.seconds * 1000);
-            tracing::info!(seconds = b.seconds, "cooldown changed");
-            Response::json(200, serde_json::json!({"cooldown_ms": b.seconds * 1000}).to_string())
-        }
-        Ok(_) => Response::error(400, "bad_body", "seconds must be at most one year"),
-        Err(e) => Response::error(400, "bad_json", &format!("expected {{\"seconds\": N}}: {e}")),
     }
 }
 
@@ -473,6 +486,11 @@ fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
         Ok(u) => u,
         Err(e) => return Outcome::Respond(place_error_response(&e)),
     };
+    if matches!(shared.lifecycle.phase(crate::now_ms()), DrainPhase::Closing { .. }) {
+        return Outcome::Respond(
+            Response::error(503, "draining", "this node is draining; connect to another").header("Retry-After", "1"),
+        );
+    }
     if !hub.borrow().has_room() {
         return Outcome::Respond(
             Response::error(503, "too_many_connections", "this server is full; try again shortly")
@@ -533,8 +551,9 @@ async fn send(stream: &mut TcpStream, r: &Response, keep_alive: bool, head_only:
 /// Answers with an error and closes without a reset: the client may still be sending (an
 /// oversized head, a body we refused), and closing with unread data would make the kernel send
 /// RST and discard our answer. So: answer, half-close, drain briefly, then close.
-async fn refuse(stream: &mut TcpStream, r: &Response) {
-    if send(stream, r, false, false).await.is_err() {
+async fn refuse(stream: &mut TcpStream, r: &Response, shared: &Shared) {
+    let write_limit = Duration::from_millis(shared.config.args.write_timeout_ms);
+    if !send_timed(stream, r, false, false, write_limit, shared).await {
         return;
     }
     let _ = stream.shutdown(std::net::Shutdown::Write).await;
@@ -594,25 +613,127 @@ async fn read_body(stream: &mut TcpStream, buf: &mut Vec<u8>, need: usize) -> gl
     Ok(true)
 }
 
+/// What a connection holds of the process's shared budgets: one descriptor of the connection
+/// budget and, once admitted, one connection of its address's cap. Given back on drop, or handed
+/// to the hub with the socket on upgrade (the hub gives them back when it closes the socket).
+struct Holds {
+    shared: Arc<Shared>,
+    addr: Option<AddrKey>,
+    handed: bool,
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        if self.handed {
+            return;
+        }
+        self.shared.open_conns.fetch_sub(1, Ordering::AcqRel);
+        if let Some(k) = self.addr {
+            self.shared.admission.disconnect(k);
+        }
+    }
+}
+
+/// Reads the PROXY header, if the policy wants one from this peer; the header's bytes leave
+/// `buf`, the rest (the start of the HTTP request) stays. `None`: the peer closed first.
+async fn read_client(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    shared: &Shared,
+    peer: std::net::IpAddr,
+) -> glommio::Result<Option<Result<ClientAddr, ProxyError>>, ()> {
+    loop {
+        match shared.proxy.inspect(peer, buf) {
+            Ok(Inspected::Client { client, consumed }) => {
+                buf.drain(..consumed);
+                return Ok(Some(Ok(ClientAddr::new(client))));
+            }
+            Err(e) => return Ok(Some(Err(e))),
+            Ok(Inspected::NeedMore) if buf.len() >= crate::proxy_header::MAX_HEADER => {
+                return Ok(Some(Err(ProxyError::TooLong)))
+            }
+            Ok(Inspected::NeedMore) => {}
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Writes an answer within `--write-timeout-ms`; false when the connection should be dropped.
+async fn send_timed(
+    stream: &mut TcpStream,
+    r: &Response,
+    keep_alive: bool,
+    head_only: bool,
+    limit: Duration,
+    shared: &Shared,
+) -> bool {
+    let write = async { send(stream, r, keep_alive, head_only).await.map_err(glommio::GlommioError::from) };
+    match glommio::timer::timeout(limit, write).await {
+        Ok(()) => true,
+        Err(glommio::GlommioError::TimedOut(_)) => {
+            shared.metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 /// Serves one accepted TCP connection until it closes or becomes a WebSocket.
 pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     let shard = hub.borrow().shard();
+    let open = shared.open_conns.fetch_add(1, Ordering::AcqRel) + 1;
+    let mut holds = Holds { shared: shared.clone(), addr: None, handed: false };
+    if open > shared.budget.hard {
+        // Not even the reserve is left: close at once, before reading, to give the descriptor back.
+        shared.metrics.refused_fd_budget.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let reserve_only = open > shared.budget.soft;
     let _ = stream.set_nodelay(true);
-    let timeout = Duration::from_millis(shared.config.args.handshake_timeout_ms);
+    let args = &shared.config.args;
+    let handshake = Duration::from_millis(args.handshake_timeout_ms);
+    let idle = Duration::from_millis(args.idle_timeout_ms);
+    let write_limit = Duration::from_millis(args.write_timeout_ms);
     let mut buf: Vec<u8> = Vec::new();
+    let peer = stream.peer_addr().map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let client = match glommio::timer::timeout(handshake, read_client(&mut stream, &mut buf, &shared, peer)).await {
+        Ok(Some(Ok(c))) => c,
+        Ok(Some(Err(e))) => {
+            shared.metrics.refused_proxy.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "refused a connection's PROXY header");
+            refuse(&mut stream, &Response::error(400, e.code(), &e.to_string()), &shared).await;
+            return;
+        }
+        _ => return,
+    };
+    if let Err(e) = shared.admission.connect(client.key) {
+        shared.metrics.admission_refused(&e);
+        tracing::debug!(%client, error = %e, "refused a connection");
+        refuse(&mut stream, &admission_response(&e), &shared).await;
+        return;
+    }
+    holds.addr = Some(client.key);
+    let ctx = ConnCtx { client, reserve_only };
+    let mut first = true;
     loop {
-        let (req, head_len) = match glommio::timer::timeout(timeout, read_head(&mut stream, &mut buf)).await {
+        // The first request gets the handshake timeout; a kept-alive connection waits for its
+        // next one at most the idle timeout.
+        let limit = if first { handshake } else { idle };
+        first = false;
+        let (req, head_len) = match glommio::timer::timeout(limit, read_head(&mut stream, &mut buf)).await {
             Ok(Read::Head(req, n)) => (req, n),
             Ok(Read::Eof) => return,
             Ok(Read::Bad(status, code, msg)) => {
                 shared.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
-                refuse(&mut stream, &Response::error(status, code, &msg)).await;
+                refuse(&mut stream, &Response::error(status, code, &msg), &shared).await;
                 return;
             }
             Err(glommio::GlommioError::TimedOut(_)) => {
                 if !buf.is_empty() {
                     let r = Response::error(408, "timeout", "the request did not arrive in time");
-                    refuse(&mut stream, &r).await;
+                    refuse(&mut stream, &r, &shared).await;
                 }
                 return;
             }
@@ -621,27 +742,31 @@ pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Ar
         shared.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
         if req.chunked {
             let r = Response::error(411, "length_required", "chunked bodies are not supported: send Content-Length");
-            refuse(&mut stream, &r).await;
+            refuse(&mut stream, &r, &shared).await;
             return;
         }
         if req.content_length > MAX_BODY {
             let r = Response::error(413, "body_too_large", &format!("bodies are limited to {MAX_BODY} bytes"));
-            refuse(&mut stream, &r).await;
+            refuse(&mut stream, &r, &shared).await;
             return;
         }
         let total = head_len + req.content_length;
-        match glommio::timer::timeout(timeout, read_body(&mut stream, &mut buf, total)).await {
+        match glommio::timer::timeout(handshake, read_body(&mut stream, &mut buf, total)).await {
             Ok(true) => {}
             _ => return,
         }
-        let outcome = route(&req, &buf[head_len..total], &shared, &hub).await;
+        let outcome = route(&req, &buf[head_len..total], &shared, &hub, &ctx).await;
         match outcome {
             Outcome::Respond(r) => {
                 let r = r.header("X-Placecast-Shard", shard.to_string());
                 if r.status >= 400 {
                     shared.metrics.http_errors.fetch_add(1, Ordering::Relaxed);
                 }
-                if send(&mut stream, &r, req.keep_alive, req.method == "HEAD").await.is_err() || !req.keep_alive {
+                // A draining node asks clients to reconnect (to another node) after this answer.
+                let keep_alive = req.keep_alive && !shared.lifecycle.draining();
+                if !send_timed(&mut stream, &r, keep_alive, req.method == "HEAD", write_limit, &shared).await
+                    || !keep_alive
+                {
                     return;
                 }
                 buf.drain(..total);
@@ -651,17 +776,20 @@ pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Ar
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
                     accept_key(&key)
                 );
-                if stream.write_all(head.as_bytes()).await.is_err() {
+                let write = async { stream.write_all(head.as_bytes()).await.map_err(glommio::GlommioError::from) };
+                if glommio::timer::timeout(write_limit, write).await.is_err() {
                     return;
                 }
                 // The hub owns the socket from here; glommio's stream only closes its own fd.
+                // SAFETY: dup of a descriptor we own; the result is checked below.
                 let fd = unsafe { libc::dup(stream.as_raw_fd()) };
                 drop(stream);
                 if fd < 0 {
                     tracing::warn!(error = %std::io::Error::last_os_error(), "dup failed; dropping the WebSocket");
                     return;
                 }
-                hub.borrow_mut().adopt(fd, user, since, &buf[total..]);
+                holds.handed = true;
+                hub.borrow_mut().adopt(fd, user, since, &buf[total..], client.key);
                 return;
             }
         }

@@ -13,13 +13,20 @@
 //!   `max_lag` batches behind is closed with 4000, so a client that stops reading costs at most one
 //!   frame reference plus its kernel socket buffer, and never stalls the shard (all I/O is
 //!   non-blocking: `MSG_DONTWAIT`).
-//! - With no new batch, nothing iterates the connections.
+//! - With no new batch, nothing iterates the connections, except the ping sweep once per
+//!   `--ws-ping-secs` (one pass over the table, a 2-byte shared ping frame to each silent
+//!   connection: no per-connection memory beyond two flag bits in `Conn`'s spare byte).
+//! - A connection's client address (`addrs`, a column beside the table: 4 B) is counted in
+//!   `admission` from adoption to `drop_conn`, and so is its descriptor in `Shared::open_conns`.
+//! - A drain closes the connections of its start evenly over the spread window, each with a
+//!   `reconnect` hint and 1012.
 
 use crate::applier::{CatchUpReply, CatchUpReq, ConnId, ShardMsg};
+use crate::client_addr::AddrKey;
 use crate::config::SendMode;
 use crate::metrics::{add, ShardStats};
 use crate::place::{self, PlaceBody, PlaceError};
-use crate::protocol::{close, close_frame, pong_frame, text_frame, MAX_CLIENT_MESSAGE};
+use crate::protocol::{close, close_frame, pong_frame, text_frame, MAX_CLIENT_MESSAGE, PING_FRAME};
 use crate::server::Shared;
 use crate::token::User;
 use crate::ws::{self, reason, CloseReason, Kind};
@@ -62,6 +69,8 @@ struct Conn {
     state: State,
     blocked: bool,
     in_flight: u8,
+    /// `HEARD` and `PINGED` (the ping sweep's state); fits the byte the layout leaves spare.
+    flags: u8,
     out_off: u32,
     /// Shard sequence number of the next batch this connection needs.
     next_seq: u64,
@@ -72,6 +81,14 @@ struct Conn {
     /// Rarely needed state, allocated only while needed.
     extra: Option<Box<Extra>>,
 }
+
+/// Something arrived from the client since the last ping sweep.
+const HEARD: u8 = 1;
+/// The last sweep pinged this connection; the next closes it unless `HEARD` is set by then.
+const PINGED: u8 = 2;
+
+// The table's entry is the per-connection memory: keep it at 72 bytes.
+const _: () = assert!(std::mem::size_of::<Conn>() == 72);
 
 #[derive(Default)]
 struct Extra {
@@ -91,6 +108,7 @@ impl Conn {
             state: State::Free,
             blocked: false,
             in_flight: 0,
+            flags: 0,
             out_off: 0,
             next_seq: 0,
             user: 0,
@@ -138,6 +156,8 @@ pub struct Hub {
     cursor: Option<Cursor>,
     shared: Arc<Shared>,
     conns: Vec<Conn>,
+    /// Client address of each slot (meaningful while the slot is in use).
+    addrs: Vec<AddrKey>,
     free: Vec<u32>,
     live: usize,
     max_conns: usize,
@@ -154,6 +174,15 @@ pub struct Hub {
     rx: Receiver<ShardMsg>,
     pub jobs: Vec<PlaceJob>,
     stats_idx: usize,
+    next_ping: Instant,
+    drain: Option<Drain>,
+}
+
+/// A drain in progress on this shard: the connections it started with, how many it closed.
+struct Drain {
+    total: usize,
+    closed: usize,
+    next_slot: usize,
 }
 
 fn errno() -> i32 {
@@ -184,6 +213,9 @@ impl Hub {
             // Reserved up front (virtual memory only: pages become resident as slots are used), so
             // the table never doubles and copies itself under load.
             conns: Vec::with_capacity(shared.max_conns_per_shard.min(1 << 24)),
+            addrs: Vec::with_capacity(shared.max_conns_per_shard.min(1 << 24)),
+            next_ping: Instant::now() + Duration::from_secs(shared.config.args.ws_ping_secs),
+            drain: None,
             shared,
             free: Vec::new(),
             live: 0,
@@ -232,15 +264,19 @@ impl Hub {
     }
 
     /// Takes over a socket whose handshake is done: `fd` is owned from here on.
-    pub fn adopt(&mut self, fd: RawFd, user: Option<User>, since: Option<u64>, leftover: &[u8]) {
+    /// The client at `addr` holds one of its address's connections and one descriptor of the
+    /// budget; both are given back when the connection is dropped.
+    pub fn adopt(&mut self, fd: RawFd, user: Option<User>, since: Option<u64>, leftover: &[u8], addr: AddrKey) {
         configure_socket(fd, self.shared.config.args.ws_sndbuf);
         let slot = match self.free.pop() {
             Some(s) => s as usize,
             None => {
                 self.conns.push(Conn::free(0));
+                self.addrs.push(addr);
                 self.conns.len() - 1
             }
         };
+        self.addrs[slot] = addr;
         let gen = self.conns[slot].gen;
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -248,8 +284,10 @@ impl Hub {
         };
         if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             tracing::warn!(error = %std::io::Error::last_os_error(), "epoll_ctl ADD failed; dropping connection");
+            // SAFETY: `fd` is ours (handed over by the caller) and closed once, here.
             unsafe { libc::close(fd) };
             self.free.push(slot as u32);
+            self.release(addr);
             return;
         }
         let head = self.head_seq();
@@ -314,6 +352,11 @@ impl Hub {
         if !self.closing.is_empty() {
             did += 1;
             self.expire_closing();
+        }
+        let now = Instant::now();
+        if now >= self.next_ping {
+            self.next_ping = now + Duration::from_secs(self.shared.config.args.ws_ping_secs);
+            self.ping_sweep();
         }
         let backlog = self.cursor.map_or(0, |c| self.head_seq() - c.seq);
         self.shared.applier.shard_backlog[self.shard].store(backlog, std::sync::atomic::Ordering::Release);
@@ -638,6 +681,78 @@ impl Hub {
         self.free.push(slot as u32);
         self.live -= 1;
         self.shared.shard_stats[self.stats_idx].connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let addr = self.addrs[slot];
+        self.release(addr);
+    }
+
+    /// Gives back what an adopted connection held of the process's budgets.
+    fn release(&self, addr: AddrKey) {
+        self.shared.admission.disconnect(addr);
+        self.shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Once per `--ws-ping-secs`: pings connections silent since the last sweep and closes those
+    /// that stayed silent through a whole period after their ping (4002). A connection with a
+    /// frame already in flight is left for the next sweep (it is not idle, and the ping must not
+    /// interleave with that frame).
+    fn ping_sweep(&mut self) {
+        let ping = Bytes::from_static(PING_FRAME);
+        let mut closed = 0u64;
+        for slot in 0..self.conns.len() {
+            let c = &mut self.conns[slot];
+            if c.state != State::Live {
+                continue;
+            }
+            if c.flags & HEARD != 0 {
+                c.flags = 0;
+                continue;
+            }
+            if c.flags & PINGED != 0 {
+                closed += 1;
+                self.close_frame_then(slot, close::PING_TIMEOUT, "no answer to ping");
+                continue;
+            }
+            if c.out.is_some() || c.queued() || c.blocked {
+                continue;
+            }
+            c.flags = PINGED;
+            c.out = Some(ping.clone());
+            c.out_off = 0;
+            self.pump(slot);
+        }
+        if closed > 0 {
+            self.shared.metrics.closed_ping_timeout.fetch_add(closed, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// One step of a drain `elapsed_ms` into its `spread_ms` window: closes as many of the
+    /// connections the drain started with as are due by now (`lifecycle::closes_due`).
+    pub fn drain_step(&mut self, elapsed_ms: u64, spread_ms: u64) {
+        let live = self.live;
+        let d = self.drain.get_or_insert(Drain { total: live, closed: 0, next_slot: 0 });
+        let due = crate::lifecycle::closes_due(d.total, elapsed_ms, spread_ms);
+        if d.closed >= due {
+            return;
+        }
+        let mut want = due - d.closed;
+        let mut slot = d.next_slot;
+        let hint = serde_json::json!({"type": "reconnect", "after_ms": 0, "jitter_ms": DRAIN_JITTER_MS}).to_string();
+        let hint = text_frame(&hint);
+        let mut closed = 0usize;
+        while want > 0 && slot < self.conns.len() {
+            if matches!(self.conns[slot].state, State::Live | State::CatchingUp) {
+                self.conns[slot].extra().queue.push_back(hint.clone());
+                self.close_frame_then(slot, close::SERVICE_RESTART, "draining: reconnect with since");
+                want -= 1;
+                closed += 1;
+            }
+            slot += 1;
+        }
+        let d = self.drain.as_mut().expect("set above");
+        d.next_slot = slot;
+        // Connections that left by themselves count as closed: the schedule stays on time.
+        d.closed = if slot >= self.conns.len() { d.total } else { d.closed + closed };
+        self.shared.metrics.closed_drain.fetch_add(closed as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Handles ready sockets; returns how many events there were.
@@ -697,6 +812,7 @@ impl Hub {
                 break;
             }
             let n = n as usize;
+            self.conns[slot].flags |= HEARD;
             if self.conns[slot].state != State::Closing {
                 self.ingest(slot, &mut scratch[..n]);
             }
@@ -845,7 +961,7 @@ impl Hub {
             return self.reply_error(slot, id, &PlaceError::TooManyInFlight);
         }
         let user = Some(self.conns[slot].user).filter(|&u| u != 0);
-        match place::begin(&self.shared, user, &body) {
+        match place::begin(&self.shared, user, self.addrs[slot], &body) {
             Ok(pending) => {
                 self.conns[slot].in_flight += 1;
                 let conn = self.id(slot);
@@ -953,5 +1069,9 @@ fn configure_socket(fd: RawFd, sndbuf: usize) {
     }
 }
 
-/// The user-space size of one connection's entry (for the memory report).
-pub const CONN_BYTES: usize = std::mem::size_of::<Conn>();
+/// The user-space size of one connection: its entry and its address column (for the memory
+/// report).
+pub const CONN_BYTES: usize = std::mem::size_of::<Conn>() + std::mem::size_of::<AddrKey>();
+
+/// Clients closed by a drain reconnect within this much random delay, on top of the spread.
+pub const DRAIN_JITTER_MS: u64 = 1000;

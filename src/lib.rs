@@ -5,18 +5,26 @@
 //! catch-up window, 100 ms batches encoded once) -> every shard's `hub` (the same `Bytes`
 //! written to every socket through io_uring). See ARCHITECTURE.md.
 
+pub mod admin;
+pub mod admission;
 pub mod applier;
 pub mod canvas;
 pub mod checkpoint;
+pub mod client_addr;
 pub mod config;
 pub mod edit_log;
 pub mod http;
 pub mod hub;
+pub mod lifecycle;
 pub mod limiter;
 pub mod metrics;
 pub mod place;
+pub mod pow;
 pub mod protocol;
+pub mod proxy_header;
+pub mod secrets;
 pub mod server;
+pub mod session;
 pub mod shard;
 pub mod snapshot;
 pub mod token;

@@ -2,13 +2,13 @@
 //! as one plain sentence and exit code 2 (bad configuration) or 1 (failure while running).
 
 use mimalloc::MiMalloc;
-use placecast::config::{parse_cli, Command, Config};
+use placecast::config::{parse_cli_with_sources, Command, Config, Sources};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() {
-    let cli = match parse_cli(std::env::args_os()) {
+    let (cli, sources) = match parse_cli_with_sources(std::env::args_os()) {
         Ok(c) => c,
         Err(placecast::config::ConfigError::Clap(e)) => e.exit(),
         Err(e) => {
@@ -34,9 +34,10 @@ fn main() {
                 std::process::exit(1);
             }
         }
+        Command::CheckConfig(args) => std::process::exit(check_config(&args, &sources)),
         Command::MintToken { user, ttl, secret } => {
-            if secret.len() < 16 {
-                eprintln!("placecast: --secret must be at least 16 bytes");
+            if let Err(e) = placecast::secrets::check("--secret", &secret) {
+                eprintln!("placecast: {e}");
                 std::process::exit(2);
             }
             let expires = if ttl == 0 { 0 } else { placecast::now_ms() / 1000 + ttl };
@@ -49,4 +50,35 @@ fn main() {
             }
         }
     }
+}
+
+/// `placecast check-config`: the effective settings with their sources, then every problem.
+/// Returns the exit code: 0 when `serve` would start with this configuration, 2 otherwise.
+fn check_config(args: &placecast::config::ServeArgs, sources: &Sources) -> i32 {
+    let width = sources.values.iter().map(|v| v.0.len()).max().unwrap_or(0);
+    for (id, value, source) in &sources.values {
+        let value = if value.is_empty() { "(none)" } else { value };
+        println!("{id:width$} = {value}  [{source}]");
+    }
+    let (_, problems) = placecast::config::check(args);
+    let mut lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    if args.secret.is_none() && args.kafka_brokers.is_none() {
+        let path = placecast::secrets::path_in(&args.data_dir);
+        match std::fs::read(&path) {
+            Ok(_) => match placecast::secrets::load_or_create(&args.data_dir) {
+                Ok(_) => println!("token secret: {} (exists, well formed)", path.display()),
+                Err(e) => lines.push(e.to_string()),
+            },
+            Err(_) => println!("token secret: none yet; the first start creates {} (single node only)", path.display()),
+        }
+    }
+    if lines.is_empty() {
+        println!("configuration OK");
+        return 0;
+    }
+    for l in &lines {
+        eprintln!("problem: {l}");
+    }
+    eprintln!("{} problem(s) found", lines.len());
+    2
 }

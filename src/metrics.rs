@@ -14,13 +14,39 @@ pub struct Metrics {
     pub rejected_invalid: AtomicU64,
     pub rejected_auth: AtomicU64,
     pub rejected_log: AtomicU64,
+    pub rejected_address: AtomicU64,
     pub http_requests: AtomicU64,
     pub http_errors: AtomicU64,
+    pub sessions_created: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    /// Refusals by admission control (connection cap, session and placement rates).
+    pub refused_conn_cap: AtomicU64,
+    pub refused_session_rate: AtomicU64,
+    pub refused_place_rate: AtomicU64,
+    /// Connections refused for the descriptor budget or a bad PROXY header.
+    pub refused_fd_budget: AtomicU64,
+    pub refused_proxy: AtomicU64,
+    pub closed_ping_timeout: AtomicU64,
+    /// HTTP answers abandoned because the client did not take them within --write-timeout-ms.
+    pub write_timeouts: AtomicU64,
+    pub closed_drain: AtomicU64,
 }
 
 impl Metrics {
+    pub fn admission_refused(&self, e: &crate::admission::AdmissionError) {
+        use crate::admission::AdmissionError as A;
+        let c = match e {
+            A::TooManyConnections { .. } => &self.refused_conn_cap,
+            A::SessionRate { .. } => &self.refused_session_rate,
+            A::PlacementRate { .. } => &self.refused_place_rate,
+            A::TableFull => &self.refused_fd_budget,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn place_rejected(&self, e: &PlaceError) {
         let c = match e.status() {
+            _ if matches!(e, PlaceError::Admission(_)) => &self.rejected_address,
             429 => &self.rejected_cooldown,
             401 => &self.rejected_auth,
             503 | 504 => &self.rejected_log,
@@ -70,11 +96,42 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
         ("invalid", &m.rejected_invalid),
         ("auth", &m.rejected_auth),
         ("log", &m.rejected_log),
+        ("address", &m.rejected_address),
     ] {
         let _ = writeln!(out, "placecast_placements_rejected_total{{reason=\"{reason}\"}} {}", r(c));
     }
     counter(&mut out, "placecast_http_requests_total", "HTTP requests served.", r(&m.http_requests));
     counter(&mut out, "placecast_http_errors_total", "HTTP requests answered with an error status.", r(&m.http_errors));
+    counter(&mut out, "placecast_sessions_created_total", "Anonymous sessions minted.", r(&m.sessions_created));
+    counter(
+        &mut out,
+        "placecast_sessions_refused_total",
+        "Anonymous sessions refused (rate or proof).",
+        r(&m.sessions_refused),
+    );
+    let _ = writeln!(out, "# HELP placecast_admission_refused_total Requests refused by admission control, by rule.\n# TYPE placecast_admission_refused_total counter");
+    for (rule, c) in [
+        ("connections_per_address", &m.refused_conn_cap),
+        ("sessions_per_address", &m.refused_session_rate),
+        ("placements_per_address", &m.refused_place_rate),
+        ("descriptor_budget", &m.refused_fd_budget),
+        ("proxy_header", &m.refused_proxy),
+    ] {
+        let _ = writeln!(out, "placecast_admission_refused_total{{rule=\"{rule}\"}} {}", r(c));
+    }
+    counter(
+        &mut out,
+        "placecast_closed_ping_timeout_total",
+        "WebSockets closed for not answering a ping (4002).",
+        r(&m.closed_ping_timeout),
+    );
+    counter(
+        &mut out,
+        "placecast_http_write_timeouts_total",
+        "HTTP answers abandoned: not written within --write-timeout-ms.",
+        r(&m.write_timeouts),
+    );
+    counter(&mut out, "placecast_closed_drain_total", "WebSockets closed by a drain (1012).", r(&m.closed_drain));
     let per_shard: [PerShard; 8] = [
         ("placecast_ws_connections", "gauge", "Open WebSocket connections.", |s| &s.connections),
         ("placecast_ws_accepted_total", "counter", "WebSocket connections accepted.", |s| &s.accepted),

@@ -8,6 +8,8 @@
 //! the applier's log-order verdict on the edit's version, so a user placing through two nodes at
 //! the same instant gets one success and one 429, and every node agrees which.
 
+use crate::admission::AdmissionError;
+use crate::client_addr::AddrKey;
 use crate::edit_log::{AppendAck, Edit, LogError};
 use crate::limiter::Permit;
 use crate::server::Shared;
@@ -41,6 +43,8 @@ pub enum PlaceError {
     LogUnavailable(LogError),
     #[error("too many placements from this connection are still in flight")]
     TooManyInFlight,
+    #[error("{0}")]
+    Admission(AdmissionError),
     #[error("your edit is in the log at version {version}, but this node has not applied it within {waited_ms} ms; it appears on the canvas if it was valid (do not place it again)")]
     VerdictPending { version: u64, waited_ms: u64 },
 }
@@ -56,6 +60,7 @@ impl PlaceError {
             PlaceError::Cooldown { .. } | PlaceError::TooManyInFlight => 429,
             PlaceError::LogUnavailable(_) => 503,
             PlaceError::VerdictPending { .. } => 504,
+            PlaceError::Admission(a) => a.status(),
         }
     }
 
@@ -71,6 +76,7 @@ impl PlaceError {
             PlaceError::LogUnavailable(_) => "log_unavailable",
             PlaceError::TooManyInFlight => "too_many_in_flight",
             PlaceError::VerdictPending { .. } => "verdict_pending",
+            PlaceError::Admission(a) => a.code(),
         }
     }
 
@@ -78,6 +84,7 @@ impl PlaceError {
         match self {
             PlaceError::Cooldown { retry_after_ms } => Some(*retry_after_ms),
             PlaceError::LogUnavailable(_) | PlaceError::TooManyInFlight => Some(LOG_RETRY_MS),
+            PlaceError::Admission(a) => Some(a.retry_after_ms()),
             _ => None,
         }
     }
@@ -113,17 +120,23 @@ pub struct Pending {
     shared: Arc<Shared>,
 }
 
-/// Validates and queues a placement by `user` (its limiter key). Synchronous: no awaiting here.
-pub fn begin(shared: &Arc<Shared>, user: Option<u64>, body: &PlaceBody) -> Result<Pending, PlaceError> {
+/// Validates and queues a placement by `user` (its limiter key) from address `addr`.
+/// Synchronous: no awaiting here.
+pub fn begin(shared: &Arc<Shared>, user: Option<u64>, addr: AddrKey, body: &PlaceBody) -> Result<Pending, PlaceError> {
     let m = &shared.metrics;
-    let result = begin_inner(shared, user, body);
+    let result = begin_inner(shared, user, addr, body);
     if let Err(e) = &result {
         m.place_rejected(e);
     }
     result
 }
 
-fn begin_inner(shared: &Arc<Shared>, user: Option<u64>, body: &PlaceBody) -> Result<Pending, PlaceError> {
+fn begin_inner(
+    shared: &Arc<Shared>,
+    user: Option<u64>,
+    addr: AddrKey,
+    body: &PlaceBody,
+) -> Result<Pending, PlaceError> {
     let g = &shared.geometry;
     let user = user.ok_or(PlaceError::MissingToken)?;
     if g.index(body.x, body.y).is_none() {
@@ -135,6 +148,13 @@ fn begin_inner(shared: &Arc<Shared>, user: Option<u64>, body: &PlaceBody) -> Res
     let now = crate::now_ms();
     let permit =
         shared.limiter.try_acquire(user, now).map_err(|c| PlaceError::Cooldown { retry_after_ms: c.retry_after_ms })?;
+    // The address pays only for placements its user may make: a user cooling down does not use
+    // up the budget of everyone else behind the same address.
+    if let Err(e) = shared.admission.placement(addr, now) {
+        shared.limiter.release(permit);
+        shared.metrics.admission_refused(&e);
+        return Err(PlaceError::Admission(e));
+    }
     let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now };
     match shared.log.append(edit) {
         Ok(ack) => Ok(Pending { ack, permit, cooldown_ms: shared.limiter.cooldown_ms(), shared: shared.clone() }),

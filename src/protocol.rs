@@ -27,9 +27,18 @@ pub mod close {
     pub const BAD_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// A drain: reconnect (elsewhere) after the `reconnect` message's hint, with `since`.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// Too busy to serve this now; reconnect later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const TOO_SLOW: u16 = 4000;
     pub const RELOAD: u16 = 4001;
+    /// The client did not answer the server's ping.
+    pub const PING_TIMEOUT: u16 = 4002;
 }
+
+/// The server's ping: an empty ping frame, the same bytes for every connection.
+pub static PING_FRAME: &[u8] = &[0x89, 0x00];
 
 /// Packs a pixel index and color into the 4-byte wire edit.
 #[inline]

@@ -1,23 +1,35 @@
-//! Wiring: opens the edit log, replays it into the applier, starts the applier, the housekeeping
-//! and signal threads, and one shard per core; `Shared` is what they all hold.
+//! Wiring: opens the edit log, replays it into the applier, starts the applier, the housekeeping,
+//! supervisor and signal threads, and one shard per core; `Shared` is what they all hold.
 //!
-//! Invariant: shards start serving only after the log's history is applied, so the first
+//! Invariants: shards start serving only after the log's history is applied, so the first
 //! snapshot and every catch-up include every acknowledged edit. On a Kafka log, "history" is the
-//! topic up to its end at start, applied from the local checkpoint on.
+//! topic up to its end at start, applied from the local checkpoint on. The process ends only
+//! through `finish` (after a drain, or a second signal), which writes the checkpoint first.
+//!
+//! Descriptor budget (`Budget`): the process may hold `hard` client connections, HTTP and
+//! WebSocket together (the open-file limit less 64 + 16 per shard for the log, rings, epoll and
+//! Kafka sockets); past `soft` (= hard - `--fd-reserve`) only the operator's routes are served,
+//! so health checks, metrics and the admin API answer when every WebSocket slot is taken. At the
+//! default 20,000-descriptor cap with 2 shards: hard 19,904, soft 19,648.
 
+use crate::admission::{Admission, LimitValues};
 use crate::applier::{Applier, ApplierSetup, ApplierStats, CatchUpReq, ClusterSetup, Control, ShardMsg};
 use crate::canvas::{Canvas, Geometry};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::edit_log::{file::FileLog, EditLog, LogError};
+use crate::lifecycle::{notify, Lifecycle};
 use crate::limiter::Limiter;
 use crate::metrics::{Metrics, ShardStats};
+use crate::pow::{Proofs, SessionPolicy};
+use crate::proxy_header::ProxyPolicy;
+use crate::secrets::SecretError;
 use crate::snapshot::SnapshotStore;
 use crate::token::Signer;
 use crate::verdict::Verdicts;
 use crossbeam_channel::{bounded, unbounded, Sender};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -36,8 +48,33 @@ pub struct Shared {
     pub catchup_tx: Sender<CatchUpReq>,
     pub metrics: Metrics,
     pub shard_stats: Box<[ShardStats]>,
+    /// Set by `finish` just before the exit: shards stop accepting and close what is left.
     pub shutting_down: AtomicBool,
     pub max_conns_per_shard: usize,
+    pub admission: Admission,
+    pub proofs: Proofs,
+    pub sessions: SessionPolicy,
+    pub proxy: ProxyPolicy,
+    pub lifecycle: Lifecycle,
+    /// Client connections open now, HTTP and WebSocket (see `Budget`).
+    pub open_conns: AtomicUsize,
+    pub budget: Budget,
+    /// The applier's control channel on a shared log (checkpoint before exit).
+    pub control: Option<Sender<Control>>,
+}
+
+/// How many client connections the descriptors allow (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub soft: usize,
+    pub hard: usize,
+}
+
+impl Budget {
+    pub fn new(fd_limit: u64, shards: usize, reserve: usize) -> Self {
+        let hard = (fd_limit.saturating_sub(64 + 16 * shards as u64) as usize).max(32);
+        Budget { soft: hard.saturating_sub(reserve).max(16), hard }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -45,7 +82,7 @@ pub enum ServerError {
     #[error("edit log: {0}")]
     Log(#[from] LogError),
     #[error("token secret: {0}")]
-    Secret(String),
+    Secret(#[from] SecretError),
     #[error("{0}")]
     Shard(String),
     #[error("cannot start: {0}")]
@@ -70,33 +107,18 @@ fn open_log(args: &crate::config::ServeArgs) -> Result<(Arc<dyn EditLog>, u64), 
     Ok((Arc::new(FileLog::open(&args.data_dir, !args.no_fsync)?), 0))
 }
 
-/// The secret from configuration, or one created once and kept in the data directory.
+/// The secret from configuration, or one created once (atomically) and kept in the data
+/// directory. A cluster node never gets here without `--secret` (`Config` refuses that).
 fn load_secret(config: &Config) -> Result<Vec<u8>, ServerError> {
     if let Some(s) = &config.args.secret {
         return Ok(s.as_bytes().to_vec());
     }
-    let dir = &config.args.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| ServerError::Secret(format!("{}: {e}", dir.display())))?;
-    let path = dir.join("secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        if s.trim().len() >= 32 {
-            return Ok(s.trim().as_bytes().to_vec());
-        }
+    let (secret, created) = crate::secrets::load_or_create(&config.args.data_dir)?;
+    if created {
+        let path = crate::secrets::path_in(&config.args.data_dir);
+        tracing::warn!(path = %path.display(), "no --secret given: created a token secret for this node");
     }
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| ServerError::Secret(e.to_string()))?;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    write_private(&path, &hex).map_err(|e| ServerError::Secret(format!("{}: {e}", path.display())))?;
-    tracing::warn!(path = %path.display(), "no --secret given: created a token secret; use the same secret on every node");
-    Ok(hex.into_bytes())
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()
+    Ok(secret)
 }
 
 /// Raises the soft open-file limit to the hard one; returns the new soft limit.
@@ -139,11 +161,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let cpus = allowed_cpus();
     let shards = if args.shards == 0 { cpus.len() } else { args.shards };
     let fd_limit = raise_fd_limit();
-    let max_conns_per_shard = if args.max_conns > 0 {
-        args.max_conns.div_ceil(shards)
-    } else {
-        (fd_limit.saturating_sub(64 + 16 * shards as u64) as usize / shards).max(1)
-    };
+    let budget = Budget::new(fd_limit, shards, args.fd_reserve);
+    let max_conns_per_shard =
+        if args.max_conns > 0 { args.max_conns.div_ceil(shards) } else { (budget.soft / shards).max(1) };
     let secret = load_secret(&config)?;
     let (log, oldest_after) = open_log(&args)?;
     let shared_log = args.kafka_brokers.is_some();
@@ -185,8 +205,21 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     tracing::info!(edits = head, replayed = head - from, ms = started.elapsed().as_millis() as u64, log = %log.describe(), "history applied");
     std::thread::Builder::new().name("placecast-applier".into()).spawn(move || applier.run(edits_rx, catchup_rx))?;
 
+    let limits = LimitValues {
+        max_conns_per_addr: args.max_conns_per_addr,
+        sessions_per_min: args.sessions_per_min,
+        placements_per_addr_per_min: args.placements_per_addr_per_min,
+    };
     let shared = Arc::new(Shared {
         geometry: config.geometry.clone(),
+        admission: Admission::new(limits),
+        proofs: Proofs::new(&secret),
+        sessions: SessionPolicy::new(args.anonymous_sessions, args.pow_difficulty),
+        proxy: ProxyPolicy { mode: args.proxy_protocol, trusted: args.trusted_proxies.clone() },
+        lifecycle: Lifecycle::new(shards, args.drain_grace_ms, args.drain_spread_s * 1000),
+        open_conns: AtomicUsize::new(0),
+        budget,
+        control: shared_log.then_some(control_tx),
         config,
         limiter: limiter.clone(),
         log,
@@ -200,8 +233,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         shutting_down: AtomicBool::new(false),
         max_conns_per_shard,
     });
-    spawn_housekeeping(limiter);
-    spawn_signals(shared.clone(), shared_log.then_some(control_tx))?;
+    spawn_housekeeping(shared.clone());
+    spawn_signals(shared.clone())?;
 
     let (ready_tx, ready_rx) = unbounded();
     let mut handles = Vec::new();
@@ -216,8 +249,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             Err(_) => return Err(ServerError::Shard("a shard did not start within 10 s".into())),
         }
     }
+    shared.lifecycle.set_ready();
+    spawn_supervisor(shared.clone())?;
+    notify::ready();
     tracing::info!(
-        listen = %args.listen, shards, max_conns_per_shard, batch_ms = args.batch_ms, cooldown_s = args.cooldown,
+        listen = %args.listen, shards, max_conns_per_shard, fd_budget = budget.soft, fd_hard = budget.hard,
+        proxy_protocol = ?args.proxy_protocol, anonymous_sessions = ?args.anonymous_sessions, batch_ms = args.batch_ms, cooldown_s = args.cooldown,
         width = shared.geometry.width, height = shared.geometry.height, conn_bytes = crate::hub::CONN_BYTES,
         startup_ms = started.elapsed().as_millis() as u64, "placecast serving"
     );
@@ -227,12 +264,95 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Reclaims expired limiter entries every few seconds, off the shards.
-fn spawn_housekeeping(limiter: Arc<Limiter>) {
+/// Reclaims expired limiter, admission and proof entries every few seconds, off the shards.
+fn spawn_housekeeping(shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("placecast-sweep".into()).spawn(move || loop {
         std::thread::sleep(Duration::from_secs(5));
-        limiter.sweep(crate::now_ms());
+        let now = crate::now_ms();
+        shared.limiter.sweep(now);
+        shared.admission.sweep(now);
+        shared.proofs.sweep(now);
     });
+}
+
+/// Every `SUPERVISE_EVERY` (or a third of `WatchdogSec=`): `WATCHDOG=1` while every shard and
+/// the applier run, `STATUS=` for `systemctl status`, and the end of a drain.
+fn spawn_supervisor(shared: Arc<Shared>) -> std::io::Result<()> {
+    let watchdog = notify::watchdog_every();
+    let every = watchdog.map_or(crate::lifecycle::SUPERVISE_EVERY, |w| w.min(crate::lifecycle::SUPERVISE_EVERY));
+    std::thread::Builder::new().name("placecast-supervisor".into()).spawn(move || {
+        let mut last_status = String::new();
+        let mut warned = false;
+        loop {
+            std::thread::sleep(every);
+            let now = crate::now_ms();
+            let applier_beat = shared.applier.heartbeat_ms.load(Ordering::Relaxed);
+            let stuck = shared.lifecycle.stuck_shard(now).map(|i| format!("shard {i}")).or_else(|| {
+                (now.saturating_sub(applier_beat) > crate::lifecycle::STALL_LIMIT_MS).then(|| "the applier".to_string())
+            });
+            match (&stuck, watchdog) {
+                (None, Some(_)) => notify::watchdog(),
+                (Some(who), _) if !warned => {
+                    tracing::error!(thread = %who, "a thread has stopped running; the watchdog is no longer fed");
+                    warned = true;
+                }
+                _ => {}
+            }
+            let clients: u64 = shared.shard_stats.iter().map(|s| s.connections.load(Ordering::Relaxed)).sum();
+            let version = shared.applier.version.load(Ordering::Relaxed);
+            let state = if shared.lifecycle.draining() { "draining" } else { "serving" };
+            let status = format!("{state}: version {version}, {clients} WebSocket clients");
+            if status != last_status {
+                notify::status(&status);
+                last_status = status;
+            }
+            let Some(deadline) = shared.lifecycle.drain_deadline_ms() else { continue };
+            let closing = matches!(shared.lifecycle.phase(now), crate::lifecycle::DrainPhase::Closing { .. });
+            if (closing && clients == 0) || now >= deadline {
+                tracing::info!(clients, "drain finished");
+                finish(&shared);
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Starts a drain (SIGTERM, `POST /api/v1/admin/drain`): `/readyz` turns 503 now; the shards
+/// close their clients after the grace, spread over the window; the supervisor ends the process
+/// when the last is gone.
+pub fn start_drain(shared: &Shared, why: &str) {
+    if !shared.lifecycle.start_drain(crate::now_ms()) {
+        return;
+    }
+    notify::stopping();
+    tracing::info!(
+        why,
+        grace_ms = shared.lifecycle.grace_ms(),
+        spread_ms = shared.lifecycle.spread_ms(),
+        "draining: /readyz is 503; clients will be closed with 1012"
+    );
+}
+
+/// Ends the process: a node on a shared log writes its checkpoint first; acknowledged edits are
+/// already durable. Shards close whoever is left with 1001.
+pub fn finish(shared: &Shared) -> ! {
+    shared.shutting_down.store(true, Ordering::Release);
+    let started = Instant::now();
+    if let Some(tx) = &shared.control {
+        let (reply_tx, reply_rx) = bounded(1);
+        let answer = tx
+            .send(Control::Checkpoint(reply_tx))
+            .ok()
+            .and_then(|_| reply_rx.recv_timeout(Duration::from_secs(10)).ok());
+        match answer {
+            Some(Ok(version)) => tracing::info!(version, "checkpoint written"),
+            Some(Err(e)) => tracing::error!(error = %e, "writing the checkpoint failed"),
+            None => tracing::error!("the applier did not write the checkpoint within 10 s"),
+        }
+    }
+    // Time for the shards' 1001 close frames to leave.
+    std::thread::sleep(Duration::from_millis(300).saturating_sub(started.elapsed()));
+    std::process::exit(0);
 }
 
 /// Starts the applier from `DATA_DIR/checkpoint.bin` when it fits this log; otherwise the whole
@@ -268,31 +388,32 @@ fn restore_checkpoint(applier: &mut Applier, dir: &Path, head: u64, oldest_after
     Ok(())
 }
 
-/// SIGTERM/SIGINT: clients get a 1001 close, then the process exits. Acknowledged edits are
-/// already durable; a node on a shared log writes its checkpoint first.
-fn spawn_signals(shared: Arc<Shared>, checkpoint: Option<Sender<Control>>) -> std::io::Result<()> {
+/// SIGTERM/SIGINT start a drain; a second signal ends the process at once (after the
+/// checkpoint).
+fn spawn_signals(shared: Arc<Shared>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new().name("placecast-signals".into()).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "shutting down");
-            shared.shutting_down.store(true, Ordering::Release);
-            let started = Instant::now();
-            if let Some(tx) = &checkpoint {
-                let (reply_tx, reply_rx) = bounded(1);
-                let answer = tx
-                    .send(Control::Checkpoint(reply_tx))
-                    .ok()
-                    .and_then(|_| reply_rx.recv_timeout(Duration::from_secs(10)).ok());
-                match answer {
-                    Some(Ok(version)) => tracing::info!(version, "checkpoint written"),
-                    Some(Err(e)) => tracing::error!(error = %e, "writing the checkpoint failed"),
-                    None => tracing::error!("the applier did not write the checkpoint within 10 s"),
-                }
+        for sig in signals.forever() {
+            if shared.lifecycle.draining() {
+                tracing::info!(signal = sig, "second signal: stopping now");
+                finish(&shared);
             }
-            std::thread::sleep(Duration::from_millis(300).saturating_sub(started.elapsed()));
-            std::process::exit(0);
+            start_drain(&shared, if sig == SIGTERM { "SIGTERM" } else { "SIGINT" });
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_keeps_the_reserve() {
+        let b = Budget::new(20_000, 2, 256);
+        assert_eq!((b.hard, b.soft), (19_904, 19_648));
+        let tiny = Budget::new(100, 2, 256);
+        assert!(tiny.soft >= 16 && tiny.hard >= tiny.soft);
+    }
 }

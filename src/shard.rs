@@ -8,6 +8,7 @@
 use crate::applier::ShardMsg;
 use crate::http::serve_conn;
 use crate::hub::{Hub, Tick};
+use crate::lifecycle::DrainPhase;
 use crate::server::Shared;
 use crossbeam_channel::{Receiver, Sender};
 use glommio::net::TcpListener;
@@ -102,6 +103,11 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     loop {
         let (tick, jobs) = {
             let mut h = hub.borrow_mut();
+            let now_ms = crate::now_ms();
+            shared.lifecycle.beat(h.shard(), now_ms);
+            if let DrainPhase::Closing { elapsed_ms, spread_ms } = shared.lifecycle.phase(now_ms) {
+                h.drain_step(elapsed_ms, spread_ms);
+            }
             if shared.shutting_down.load(Ordering::Acquire) && !closed {
                 h.close_all();
                 closed = true;

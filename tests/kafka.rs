@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn three_nodes_agree_one_pixel_per_cooldown_and_a_fourth_matches() {
     let broker = Broker::start();
-    let flags = ["--cooldown", "60", "--batch-ms", "20", "--admin-token", "admin-secret-1"];
+    let flags = ["--cooldown", "60", "--batch-ms", "20", "--admin-token", "admin-secret-1-0123456789abcdefghijklmnop"];
     let nodes: Vec<Node> = (0..3).map(|_| Node::start(&broker, &flags)).collect();
     let addrs: Vec<_> = nodes.iter().map(|n| n.s().addr).collect();
 
@@ -81,7 +81,7 @@ fn three_nodes_agree_one_pixel_per_cooldown_and_a_fourth_matches() {
     let r = fourth.s().http(
         "POST",
         "/api/v1/admin/cooldown",
-        &[("Authorization", "Bearer admin-secret-1")],
+        &[("Authorization", "Bearer admin-secret-1-0123456789abcdefghijklmnop")],
         br#"{"seconds":0}"#,
     );
     assert_eq!((r.status, r.error_code().as_str()), (409, "cooldown_fixed"));
@@ -221,7 +221,15 @@ fn missing_topic_or_wrong_broker_fails_fast_with_a_clear_error() {
             ])
             .args([
                 "--secret",
-                "test-secret-0123456789",
+                "test-secret-0123456789-abcdefghijklmnop",
+                "--max-conns-per-addr",
+                "0",
+                "--sessions-per-min",
+                "0",
+                "--placements-per-addr-per-min",
+                "0",
+                "--drain-grace-ms",
+                "0",
                 "--kafka-brokers",
                 brokers,
                 "--kafka-topic",

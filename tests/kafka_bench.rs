@@ -125,7 +125,15 @@ fn time_to_serving(dir: &std::path::Path, broker: &Broker) -> (std::process::Chi
         .args(["serve", "--listen", &addr.to_string(), "--shards", "2", "--data-dir", dir.to_str().unwrap()])
         .args([
             "--secret",
-            "test-secret-0123456789",
+            "test-secret-0123456789-abcdefghijklmnop",
+            "--max-conns-per-addr",
+            "0",
+            "--sessions-per-min",
+            "0",
+            "--placements-per-addr-per-min",
+            "0",
+            "--drain-grace-ms",
+            "0",
             "--cooldown",
             "0",
             "--kafka-brokers",

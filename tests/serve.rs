@@ -80,14 +80,18 @@ fn websocket_place_answers_like_http() {
     anon.send_text(r#"{"type":"place","x":9,"y":9,"color":1,"id":1}"#);
     assert_eq!(anon.next_text("placed")["version"], 2);
     // The cooldown is live-changeable by the operator.
-    let s2 = Server::start(&["--cooldown", "300", "--admin-token", "admin-secret-1"]);
+    let s2 = Server::start(&["--cooldown", "300", "--admin-token", "admin-secret-1-0123456789abcdefghijklmnop"]);
     let t = s2.session();
     assert_eq!(s2.place(&t, 0, 0, 1).status, 200);
     assert_eq!(s2.place(&t, 0, 0, 1).status, 429);
     let r = s2.http("POST", "/api/v1/admin/cooldown", &[("Authorization", "Bearer wrong")], br#"{"seconds":0}"#);
     assert_eq!(r.status, 401);
-    let r =
-        s2.http("POST", "/api/v1/admin/cooldown", &[("Authorization", "Bearer admin-secret-1")], br#"{"seconds":0}"#);
+    let r = s2.http(
+        "POST",
+        "/api/v1/admin/cooldown",
+        &[("Authorization", "Bearer admin-secret-1-0123456789abcdefghijklmnop")],
+        br#"{"seconds":0}"#,
+    );
     assert_eq!(r.status, 200);
     assert_eq!(s2.place(&t, 0, 0, 1).status, 200);
     assert_eq!(s2.http("GET", "/api/v1/canvas/info", &[], b"").json()["cooldown_ms"], 0);

@@ -12,6 +12,7 @@
     info: 'api/v1/canvas/info',
     snapshot: 'api/v1/canvas',
     session: 'api/v1/session',
+    challenge: 'api/v1/session/challenge',
     place: 'api/v1/place',
     health: 'healthz',
     ws: 'ws',
@@ -27,6 +28,17 @@
   const PLACE_TIMEOUT_MS = 10000;
   const FETCH_TIMEOUT_MS = 15000;
   const TOKEN_ERRORS = new Set(['missing_token', 'bad_token', 'expired_token']);
+  // POST /api/v1/session answers that mean "solve a (new) proof-of-work challenge first".
+  const PROOF_ERRORS = new Set(['proof_required', 'bad_proof', 'challenge_expired', 'challenge_used']);
+  const PROOF_TRIES = 4; // challenges solved for one session before giving up
+  const SESSION_WAITS = 3; // waits on 429 session_rate_limited before giving up
+  const SESSION_WAIT_MAX_MS = 5 * 60 * 1000; // a longer retry_after_ms is reported, not waited out
+  const POW_CHUNK = 32768; // nonces per unit of proof-of-work (about 15 ms of one core)
+  const POW_MAX_WORKERS = 4;
+  // Reconnect hints: the server's {"type":"reconnect"} message (drain), else these defaults.
+  const GOING_AWAY_HINT = { afterMs: 0, jitterMs: 1000 }; // close 1001, or 1012 without a message
+  const HINT_MAX_MS = 5 * 60 * 1000;
+  const TRY_LATER_MIN_MS = 5000; // close 1013 without a usable hint in its reason
 
   const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
@@ -94,11 +106,19 @@
     userPaused: false,
     loads: 0, // snapshots loaded
     lastCloseCode: 0, // close code of the last connection the server (or the network) ended
+    closes: [], // the last few closes: {code, reason, at, hint, delayMs}
     hiddenTimer: 0,
     // session and placing
     token: null,
     user: null,
     sessionPromise: null,
+    // anonymous session: 'none' | 'verifying' (solving a proof of work) | 'waiting' (rate
+    // limited until sessionRetryAt) | 'off' (the server hands out none: sign in) | 'failed' | 'ready'
+    sessionState: 'none',
+    sessionRetryAt: 0,
+    proofNeeded: false, // the server asked for a proof of work: ask for a challenge straight away
+    proofs: 0, // proofs of work solved
+    lastProof: null, // {difficulty, nonce, hashes, ms, workers, verified}
     nextId: 1,
     pending: new Map(),
     placing: false,
@@ -711,9 +731,22 @@
       if (!document.hidden) S.cooldownTimer = setTimeout(updateCooldown, ((left - 1) % 1000) + 1);
     } else {
       S.cooldownUntil = 0;
-      el.cooldown.textContent = S.loaded ? 'Ready: pick a color, then click or tap a pixel' : '\u00a0';
-      el.cooldown.dataset.state = 'ready';
       document.body.classList.remove('cooling');
+      const wait = S.sessionRetryAt - Date.now();
+      if (S.sessionState === 'verifying') {
+        el.cooldown.textContent = "Verifying you're human…";
+        el.cooldown.dataset.state = 'verifying';
+      } else if (S.sessionState === 'waiting' && wait > 0) {
+        el.cooldown.textContent = 'Many new visitors from your network: your session starts in ' + fmtClock(wait);
+        el.cooldown.dataset.state = 'waiting';
+        if (!document.hidden) S.cooldownTimer = setTimeout(updateCooldown, ((wait - 1) % 1000) + 1);
+      } else if (S.sessionState === 'off' && !S.token) {
+        el.cooldown.textContent = 'Sign in to place pixels';
+        el.cooldown.dataset.state = 'signin';
+      } else {
+        el.cooldown.textContent = S.loaded ? 'Ready: pick a color, then click or tap a pixel' : '\u00a0';
+        el.cooldown.dataset.state = 'ready';
+      }
     }
   }
 
@@ -738,6 +771,32 @@
     } catch (_) { /* ignore */ }
   }
 
+  // A sign-in service hands the page its token in the address's fragment (never sent to a server):
+  // https://canvas.example/#token=<user>.<expires>.<sig>. It is stored like an anonymous
+  // session's and removed from the address bar.
+  function tokenFromFragment() {
+    const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+    if (!m) return;
+    let token = '';
+    try { token = decodeURIComponent(m[1]); } catch (_) { /* malformed */ }
+    const rest = location.hash.slice(1).split('&').filter((p) => !/^token=/.test(p)).join('&');
+    try {
+      history.replaceState(history.state, '', location.pathname + location.search + (rest ? '#' + rest : ''));
+    } catch (_) { /* sandboxed */ }
+    const parts = token.split('.');
+    if (parts.length !== 3 || !/^[A-Za-z0-9_-]{1,64}$/.test(parts[0]) || !/^\d{1,20}$/.test(parts[1]) || !parts[2]) {
+      console.warn('placecast: ignoring a malformed token in the address');
+      return;
+    }
+    if (S.token === token) return;
+    S.token = token;
+    S.user = parts[0];
+    S.sessionPromise = null;
+    storageSet(SESSION_KEY, JSON.stringify({ token, user: parts[0], expires_at: Number(parts[1]) }));
+    authSocket();
+    updateCooldown();
+  }
+
   function dropToken() {
     S.token = null;
     S.user = null;
@@ -749,20 +808,359 @@
     if (S.token) return Promise.resolve(S.token);
     if (!S.sessionPromise) {
       S.sessionPromise = (async () => {
-        const res = await request(URLS.session, { method: 'POST' });
-        if (!res.ok) throw await readError(res);
-        const body = await res.json();
+        const body = await createSession();
         if (!body || typeof body.token !== 'string') throw new Error('no token in the session answer');
         S.token = body.token;
         S.user = body.user || null;
         storageSet(SESSION_KEY, JSON.stringify({ token: body.token, user: body.user, expires_at: body.expires_at || 0 }));
+        setSessionState('ready');
         authSocket();
         return body.token;
       })();
-      S.sessionPromise.catch(() => { S.sessionPromise = null; });
+      S.sessionPromise.catch((err) => {
+        S.sessionPromise = null;
+        if (S.sessionState !== 'off') setSessionState('failed');
+        if (!(err instanceof HttpError) && !(err instanceof NetError)) console.warn('placecast: no session:', err);
+      });
     }
     return S.sessionPromise;
   }
+
+  // A session in the background (page load, connection up): not when the server said it hands
+  // out none, nor while waiting out its rate limit; a click on the canvas still tries.
+  function backgroundSession() {
+    if (S.token || S.sessionState === 'off') return;
+    ensureToken().catch(() => {});
+  }
+
+  function setSessionState(state) {
+    S.sessionState = state;
+    updateCooldown();
+  }
+
+  // POST /api/v1/session, with a proof of work when the server asks for one (--anonymous-sessions
+  // proof): GET a challenge, solve it in workers, POST {challenge, nonce}. A used or expired
+  // challenge gets a new one (a few times); 429 session_rate_limited is waited out (a few times,
+  // if the wait is short enough). Resolves to the session answer, or throws an HttpError/NetError.
+  async function createSession() {
+    let proof = null;
+    let solved = 0;
+    let waits = 0;
+    for (;;) {
+      if (S.proofNeeded && !proof) {
+        if (solved >= PROOF_TRIES) throw new HttpError(400, 'proof_failed', 'the proof of work was refused ' + solved + ' times');
+        solved++;
+        proof = await solveChallenge();
+      }
+      const res = await request(URLS.session, proof
+        ? { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(proof) }
+        : { method: 'POST' });
+      if (res.ok) return res.json();
+      const err = await readError(res);
+      if (PROOF_ERRORS.has(err.code)) {
+        S.proofNeeded = true;
+        proof = null; // used, expired, refused, or none sent: a new challenge
+        continue;
+      }
+      if (err.code === 'anonymous_sessions_off') {
+        setSessionState('off');
+        throw err;
+      }
+      if (res.status === 429 && waits < SESSION_WAITS) {
+        const wait = err.retryAfterMs !== undefined ? err.retryAfterMs : 5000;
+        if (wait <= SESSION_WAIT_MAX_MS) {
+          waits++;
+          S.sessionRetryAt = Date.now() + wait;
+          setSessionState('waiting');
+          await sleep(wait + Math.random() * 250);
+          S.sessionRetryAt = 0;
+          setSessionState('none');
+          // A solved challenge the server refused for the rate alone may still be good; if it
+          // expired meanwhile, the server says so and a new one is solved.
+          continue;
+        }
+      }
+      throw err;
+    }
+  }
+
+  function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+  async function solveChallenge() {
+    const res = await request(URLS.challenge, { cache: 'no-store' });
+    if (!res.ok) {
+      const err = await readError(res);
+      if (err.code === 'anonymous_sessions_off') setSessionState('off');
+      throw err;
+    }
+    const ch = await res.json();
+    if (!ch || typeof ch.challenge !== 'string' || !(ch.difficulty >= 0 && ch.difficulty <= 64)) {
+      throw new HttpError(res.status, 'bad_challenge', 'the server sent a challenge this page cannot read');
+    }
+    if (ch.algorithm && ch.algorithm !== 'sha256-leading-zero-bits') {
+      throw new HttpError(res.status, 'bad_challenge', 'unknown proof-of-work algorithm ' + ch.algorithm);
+    }
+    setSessionState('verifying');
+    try {
+      const r = await solveProof(ch.challenge, ch.difficulty);
+      S.proofs++;
+      S.lastProof = r;
+      return { challenge: ch.challenge, nonce: r.nonce };
+    } finally {
+      if (S.sessionState === 'verifying') setSessionState('none');
+    }
+  }
+
+  // BEGIN POW KERNEL
+  // Proof-of-work kernel: a small SHA-256 and the nonce search. Self-contained (no closure over
+  // the rest of this file) because its source text also runs in a Web Worker made from a Blob.
+  function powKernel() {
+    const K = new Int32Array([
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+      0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+      0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+      0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+      0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+      0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+      0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+      0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+    ]);
+    const IV = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    const W = new Int32Array(64);
+
+    // One SHA-256 block: H (8 words) updated in place from M[mo .. mo+16).
+    function compress(H, M, mo) {
+      for (let i = 0; i < 16; i++) W[i] = M[mo + i];
+      for (let i = 16; i < 64; i++) {
+        const x = W[i - 15];
+        const y = W[i - 2];
+        const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+        const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+        W[i] = (W[i - 16] + s0 + W[i - 7] + s1) | 0;
+      }
+      let a = H[0]; let b = H[1]; let c = H[2]; let d = H[3];
+      let e = H[4]; let f = H[5]; let g = H[6]; let h = H[7];
+      for (let i = 0; i < 64; i++) {
+        const s1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+        const t1 = (h + s1 + ((e & f) ^ (~e & g)) + K[i] + W[i]) | 0;
+        const s0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+        const t2 = (s0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+        h = g; g = f; f = e; e = (d + t1) | 0;
+        d = c; c = b; b = a; a = (t1 + t2) | 0;
+      }
+      H[0] = (H[0] + a) | 0; H[1] = (H[1] + b) | 0; H[2] = (H[2] + c) | 0; H[3] = (H[3] + d) | 0;
+      H[4] = (H[4] + e) | 0; H[5] = (H[5] + f) | 0; H[6] = (H[6] + g) | 0; H[7] = (H[7] + h) | 0;
+    }
+
+    function ascii(s) {
+      const out = new Uint8Array(s.length);
+      for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i) & 0xff;
+      return out;
+    }
+
+    function wordsOf(bytes, words, from, to) {
+      for (let w = from; w < to; w++) {
+        const o = w * 4;
+        words[w] = (bytes[o] << 24) | (bytes[o + 1] << 16) | (bytes[o + 2] << 8) | bytes[o + 3];
+      }
+    }
+
+    // SHA-256 of a byte array (or an ASCII string): 32 bytes.
+    function sha256(input) {
+      const msg = typeof input === 'string' ? ascii(input) : input;
+      const blocks = Math.ceil((msg.length + 9) / 64);
+      const buf = new Uint8Array(blocks * 64);
+      buf.set(msg);
+      buf[msg.length] = 0x80;
+      const bits = msg.length * 8;
+      const dv = new DataView(buf.buffer);
+      dv.setUint32(buf.length - 8, Math.floor(bits / 4294967296));
+      dv.setUint32(buf.length - 4, bits >>> 0);
+      const M = new Int32Array(blocks * 16);
+      wordsOf(buf, M, 0, M.length);
+      const H = Int32Array.from(IV);
+      for (let k = 0; k < blocks; k++) compress(H, M, k * 16);
+      const out = new Uint8Array(32);
+      const ov = new DataView(out.buffer);
+      for (let i = 0; i < 8; i++) ov.setInt32(i * 4, H[i]);
+      return out;
+    }
+
+    // Leading zero bits of a hash given as 8 big-endian words.
+    function zeroBits(H) {
+      let n = 0;
+      for (let i = 0; i < 8; i++) {
+        const w = H[i] >>> 0;
+        if (w !== 0) return n + Math.clz32(w);
+        n += 32;
+      }
+      return n;
+    }
+
+    // Finds the smallest nonce in [from, from + count) such that SHA-256(challenge "." nonce) has
+    // `bits` leading zero bits; -1 when there is none. The full 64-byte blocks of the prefix are
+    // hashed once; each nonce costs one (rarely two) compressions.
+    function search(challenge, bits, from, count) {
+      const prefix = ascii(challenge + '.');
+      const full = prefix.length - (prefix.length % 64);
+      const mid = Int32Array.from(IV);
+      if (full) {
+        const M = new Int32Array(full / 4);
+        wordsOf(prefix, M, 0, M.length);
+        for (let k = 0; k < full; k += 64) compress(mid, M, k / 4);
+      }
+      const r = prefix.length - full; // prefix bytes in the tail
+      const tail = new Uint8Array(128);
+      tail.set(prefix.subarray(full));
+      const M = new Int32Array(32);
+      const H = new Int32Array(8);
+      const digits = String(from).split('').map((ch) => ch.charCodeAt(0));
+      let d = 0; // digits laid out in `tail`
+      let blocks = 1;
+      const layout = () => {
+        d = digits.length;
+        const len = r + d;
+        blocks = len + 9 <= 64 ? 1 : 2;
+        tail.fill(0, r);
+        for (let i = 0; i < d; i++) tail[r + i] = digits[i];
+        tail[len] = 0x80;
+        const bits = (full + len) * 8;
+        const end = blocks * 64;
+        tail[end - 4] = bits >>> 24; tail[end - 3] = bits >>> 16; tail[end - 2] = bits >>> 8; tail[end - 1] = bits;
+        tail[end - 5] = Math.floor(bits / 4294967296);
+        wordsOf(tail, M, 0, blocks * 16);
+      };
+      layout();
+      for (let n = from, end = from + count; n < end; n++) {
+        H.set(mid);
+        compress(H, M, 0);
+        if (blocks === 2) compress(H, M, 16);
+        if ((bits >= 32 ? H[0] === 0 : (H[0] >>> (32 - bits)) === 0) && zeroBits(H) >= bits) return n;
+        // Next nonce: add one to the decimal digits in place.
+        let i = d - 1;
+        while (i >= 0 && digits[i] === 57) digits[i--] = 48;
+        if (i < 0) {
+          digits.unshift(49);
+          layout();
+        } else {
+          digits[i]++;
+          for (let k = i; k < d; k++) tail[r + k] = digits[k];
+          wordsOf(tail, M, (r + i) >> 2, ((r + d - 1) >> 2) + 1);
+        }
+      }
+      return -1;
+    }
+
+    return { sha256, search, zeroBits };
+  }
+  // END POW KERNEL
+
+  const pow = powKernel();
+  let powWorkerUrl = null;
+
+  function powWorker() {
+    if (typeof Worker !== 'function' || typeof Blob !== 'function' || !window.URL || !URL.createObjectURL) return null;
+    try {
+      if (!powWorkerUrl) {
+        const src = "'use strict';\nconst kernel = (" + powKernel.toString() + ")();\n" +
+          'onmessage = (e) => { const m = e.data; postMessage({ job: m.job, from: m.from, count: m.count, ' +
+          'nonce: kernel.search(m.challenge, m.bits, m.from, m.count) }); };\n';
+        powWorkerUrl = URL.createObjectURL(new Blob([src], { type: 'text/javascript' }));
+      }
+      return new Worker(powWorkerUrl);
+    } catch (err) {
+      console.warn('placecast: no Web Worker for the proof of work, solving it on the page:', err);
+      return null;
+    }
+  }
+
+  async function verifyProof(challenge, nonce, bits) {
+    const subtle = window.crypto && window.crypto.subtle;
+    if (!subtle || typeof TextEncoder !== 'function') return null; // not a secure context
+    try {
+      const h = new Uint8Array(await subtle.digest('SHA-256', new TextEncoder().encode(challenge + '.' + nonce)));
+      const H = new Int32Array(8);
+      for (let i = 0; i < 8; i++) H[i] = (h[4 * i] << 24) | (h[4 * i + 1] << 16) | (h[4 * i + 2] << 8) | h[4 * i + 3];
+      return pow.zeroBits(H) >= bits;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  // Finds the smallest decimal nonce such that SHA-256(challenge "." nonce) starts with `bits`
+  // zero bits. The nonces are cut into chunks handed to a few Web Workers (made from a Blob: the
+  // server serves no extra files); the answer is the first hit in the lowest chunk once every
+  // lower chunk came back empty. Without workers the page itself searches, yielding between
+  // chunks. The kernel is plain JavaScript: crypto.subtle.digest costs ~30x more per hash (one
+  // promise per hash), so it only double-checks the answer when the page is a secure context.
+  let powJobs = 0;
+  function solveProof(challenge, bits, workerCount) {
+    const job = ++powJobs;
+    const t0 = performance.now();
+    const cores = navigator.hardwareConcurrency || 2;
+    const want = workerCount !== undefined ? clamp(workerCount, 0, 16) : clamp(cores - 1, 1, POW_MAX_WORKERS);
+    const workers = [];
+    for (let i = 0; i < want; i++) {
+      const w = powWorker();
+      if (!w) break;
+      workers.push(w);
+    }
+    const finish = async (nonce, hashes) => {
+      const verified = await verifyProof(challenge, nonce, bits);
+      if (verified === false) console.warn('placecast: crypto.subtle disagrees with the proof of work for nonce', nonce);
+      return { difficulty: bits, nonce: String(nonce), hashes, ms: Math.round(performance.now() - t0), workers: workers.length, verified };
+    };
+    const onPage = async () => {
+      workers.length = 0;
+      for (let from = 0; ; from += POW_CHUNK) {
+        const n = pow.search(challenge, bits, from, POW_CHUNK);
+        if (n >= 0) return finish(n, n + 1);
+        await sleep(0); // let the page draw and take input
+      }
+    };
+    if (!workers.length) return onPage();
+    return new Promise((resolve) => {
+      let next = 0; // next chunk to hand out
+      let lowestDone = 0; // every chunk below this came back empty
+      const done = new Map(); // chunk -> nonce (or -1), for chunks at or above lowestDone
+      let best = -1; // lowest chunk with a hit
+      let hashes = 0;
+      let over = false;
+      const stop = () => { over = true; for (const w of workers) w.terminate(); };
+      const give = (w) => {
+        // Chunks go out in order, so once there is a hit every lower chunk is already out.
+        if (best >= 0) return;
+        const from = next++ * POW_CHUNK;
+        w.postMessage({ job, challenge, bits, from, count: POW_CHUNK });
+      };
+      for (const w of workers) {
+        w.onmessage = (e) => {
+          if (over || e.data.job !== job) return;
+          const chunk = e.data.from / POW_CHUNK;
+          hashes += e.data.nonce >= 0 ? e.data.nonce - e.data.from + 1 : e.data.count;
+          done.set(chunk, e.data.nonce);
+          if (e.data.nonce >= 0 && (best < 0 || chunk < best)) best = chunk;
+          while (done.has(lowestDone) && done.get(lowestDone) < 0) done.delete(lowestDone++);
+          if (best >= 0 && lowestDone === best) {
+            const nonce = done.get(best);
+            stop();
+            resolve(finish(nonce, hashes));
+            return;
+          }
+          give(w);
+        };
+        w.onerror = (e) => {
+          if (over) return;
+          stop();
+          // A worker that cannot start (a Content-Security-Policy without blob:, say): on the page.
+          console.warn('placecast: proof-of-work worker failed, solving on the page:', e.message || e);
+          resolve(onPage());
+        };
+        give(w);
+      }
+    });
+  }
+
 
   function authSocket() {
     const ws = S.ws;
@@ -779,13 +1177,18 @@
       return { ok: false, code: 'cooldown', retryAfterMs: left };
     }
     if (S.placing) {
-      showMessage('Your last pixel is still on its way to the server.', 'info', 3000);
+      showMessage(S.sessionState === 'verifying'
+        ? "Verifying you're human before your first pixel; it goes out right after."
+        : 'Your last pixel is still on its way to the server.', 'info', 3000);
       return { ok: false, code: 'busy' };
     }
     if (!S.palette.length) return { ok: false, code: 'not_ready' };
     S.placing = true;
     try {
       const color = S.color;
+      if (!S.token && S.sessionState === 'verifying') {
+        showMessage("Verifying you're human before your first pixel…", 'info', 10000);
+      }
       let r = await placeOnce(x, y, color);
       if (!r.ok && TOKEN_ERRORS.has(r.code)) {
         // The stored session is no longer valid: start a new one and try once more.
@@ -810,6 +1213,9 @@
       token = await ensureToken();
     } catch (err) {
       if (err instanceof NetError) return { ok: false, code: 'unreachable' };
+      if (err instanceof HttpError && (err.code === 'anonymous_sessions_off' || err.status === 429)) {
+        return { ok: false, code: err.code, message: err.message, retryAfterMs: err.retryAfterMs, status: err.status };
+      }
       return { ok: false, code: 'session_failed', message: err.message };
     }
     const ws = S.ws;
@@ -905,11 +1311,24 @@
       case 'dropped':
         showMessage('The connection dropped before the server confirmed your pixel. If it is not on the canvas, please try again.');
         break;
+      case 'anonymous_sessions_off':
+        showMessage("This canvas doesn't start anonymous sessions: sign in through the site's sign-in page to place pixels.", 'warn', 10000);
+        break;
+      case 'session_rate_limited':
+        showMessage('Too many new sessions were started from your network. Please try again' + when + '.', 'warn');
+        break;
+      case 'address_rate_limited':
+        showMessage('Too many pixels are being placed from your network right now, so yours was not placed. Please try again' + when + '.', 'warn');
+        break;
+      case 'too_many_connections_from_address':
+        showMessage('Too many connections from your network right now. Please try again' + when + '.', 'warn');
+        break;
       case 'session_failed':
         showMessage("Couldn't start a session with the server" + (r.message ? ': ' + r.message : '') + '. Please try again later.');
         break;
       default:
-        if (r.status === 503) showMessage("The server is busy and couldn't take your pixel. Please try again" + when + '.');
+        if (r.status === 429) showMessage('The server is busy. Please try again' + when + '.', 'warn');
+        else if (r.status === 503) showMessage("The server is busy and couldn't take your pixel. Please try again" + when + '.');
         else showMessage(r.message || 'Your pixel was not placed. Please try again.');
     }
   }
@@ -944,7 +1363,15 @@
       } catch (err) {
         if (gen !== S.gen) return;
         if (!(err instanceof NetError)) console.warn('placecast: loading the canvas failed:', err);
-        scheduleReconnect(true, err instanceof NetError ? 'unreachable' : err.status === 503 ? 'busy' : 'error');
+        const busy = err.status === 503 || err.status === 429;
+        if (busy && err.retryAfterMs > 0) {
+          // Busy, or too many connections from this address: come back when the server said.
+          const delay = clamp(Math.round(Math.max(err.retryAfterMs, backoffBase()) * (1 + Math.random() * 0.25)), BACKOFF_MIN_MS, HINT_MAX_MS);
+          S.attempt = Math.min(S.attempt + 1, 10);
+          scheduleReconnect(true, 'busy', delay);
+        } else {
+          scheduleReconnect(true, err instanceof NetError ? 'unreachable' : busy ? 'busy' : 'error');
+        }
         return;
       }
       if (gen !== S.gen) return;
@@ -973,7 +1400,7 @@
       if (S.ws !== ws) return;
       ws.opened = true;
       authSocket();
-      if (!S.token) ensureToken().catch(() => {});
+      backgroundSession();
     };
     ws.onmessage = (ev) => {
       if (S.ws !== ws) return;
@@ -1022,7 +1449,7 @@
           return;
         }
         setStatus('live', 'Live');
-        if (!S.token) ensureToken().catch(() => {});
+        backgroundSession();
         break;
       case 'placed':
         settlePending(msg.id, { ok: true, version: msg.version, nextAtMs: msg.next_at_ms });
@@ -1049,6 +1476,17 @@
       case 'reload':
         ws.reloadRequested = true;
         break;
+      case 'reconnect': {
+        // The server is draining (a restart or a scale-down): it closes this connection (1012)
+        // soon and asks to be reconnected after after_ms plus a random part of jitter_ms.
+        const a = Number(msg.after_ms);
+        const j = Number(msg.jitter_ms);
+        ws.hint = {
+          afterMs: Number.isFinite(a) && a > 0 ? Math.min(a, HINT_MAX_MS) : 0,
+          jitterMs: Number.isFinite(j) && j > 0 ? Math.min(j, HINT_MAX_MS) : 0,
+        };
+        break;
+      }
       default:
         break;
     }
@@ -1056,11 +1494,33 @@
 
   function onClosed(ws, ev) {
     S.lastCloseCode = ev.code;
+    const entry = { code: ev.code, reason: ev.reason || '', at: Date.now(), hint: ws.hint || null, delayMs: null };
+    S.closes.push(entry);
+    if (S.closes.length > 20) S.closes.shift();
     failPending(ws);
     if (ws.helloAt && Date.now() - ws.helloAt > LIVED_MS) S.attempt = 0;
     const gen = S.gen;
     if (ev.code === 4001 || ws.reloadRequested) {
       scheduleReconnect(true, 'reconnecting');
+    } else if (ev.code === 1012 || ev.code === 1001) {
+      // Service restart (a drain) or going away: not a failure. Wait as the server asked (or
+      // 0..1 s), then catch up with since=<version>, without reloading the snapshot; the balancer
+      // sends us to another node. Failures after that back off from the start.
+      const h = ws.hint || GOING_AWAY_HINT;
+      S.attempt = 0;
+      entry.delayMs = Math.round(h.afterMs + Math.random() * h.jitterMs);
+      scheduleReconnect(false, 'restarting', entry.delayMs);
+    } else if (ev.code === 1013) {
+      // Try again later: the server cannot serve this catch-up now. Wait at least its hint (or a
+      // few seconds), and at least the usual backoff, with jitter on top.
+      const hinted = hintFromReason(ev.reason);
+      const base = Math.max(hinted !== null ? hinted : TRY_LATER_MIN_MS, backoffBase());
+      S.attempt = Math.min(S.attempt + 1, 10);
+      entry.delayMs = Math.round(Math.min(base, HINT_MAX_MS) * (1 + Math.random() * 0.5));
+      scheduleReconnect(false, 'busy', entry.delayMs);
+    } else if (ev.code === 4002) {
+      // The server pinged and heard nothing back (a stalled network): reconnect as usual.
+      scheduleReconnect(false, 'reconnecting');
     } else if (ev.code === 4000) {
       scheduleReconnect(false, 'reconnecting');
     } else if (ev.code === 1008) {
@@ -1094,6 +1554,22 @@
     }
   }
 
+  // A wait in a close reason such as "busy; retry after 2500 ms", "retry_after_ms=2500" or
+  // "try again in 3 s": milliseconds, or null.
+  function hintFromReason(reason) {
+    const r = String(reason || '');
+    let m = /retry[_-]?after[_-]?ms\D{0,3}(\d+)/i.exec(r);
+    if (m) return Number(m[1]);
+    m = /(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?)\b/i.exec(r);
+    if (!m) return null;
+    const n = Number(m[1]);
+    return Math.round(/^m/i.test(m[2]) ? n : n * 1000);
+  }
+
+  function backoffBase() {
+    return Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, S.attempt));
+  }
+
   function clearRetry() {
     clearTimeout(S.retryTimer);
     clearTimeout(S.statusTimer);
@@ -1102,13 +1578,16 @@
     S.retryFull = false;
   }
 
-  function scheduleReconnect(full, reason) {
+  // Reconnects after `delayMs` when given (a server's hint), else after the exponential backoff.
+  function scheduleReconnect(full, reason, delayMs) {
     if (S.paused) return;
     clearTimeout(S.retryTimer);
-    // Exponential backoff from 1 s up to 30 s, with +/-25 % jitter so clients spread out.
-    const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, S.attempt));
-    const delay = clamp(Math.round(base * (0.75 + Math.random() * 0.5)), BACKOFF_MIN_MS, BACKOFF_MAX_MS);
-    S.attempt = Math.min(S.attempt + 1, 10);
+    let delay = delayMs;
+    if (delay === undefined) {
+      // Exponential backoff from 1 s up to 30 s, with +/-25 % jitter so clients spread out.
+      delay = clamp(Math.round(backoffBase() * (0.75 + Math.random() * 0.5)), BACKOFF_MIN_MS, BACKOFF_MAX_MS);
+      S.attempt = Math.min(S.attempt + 1, 10);
+    }
     S.retryFull = S.retryFull || full;
     S.retryReason = reason;
     S.retryAt = Date.now() + delay;
@@ -1179,6 +1658,7 @@
     const stored = Number(storageGet(COLOR_KEY));
     if (Number.isInteger(stored) && stored >= 0 && stored < 32) S.color = stored;
     loadStoredSession();
+    tokenFromFragment();
 
     el.view.addEventListener('pointerdown', onPointerDown);
     el.view.addEventListener('pointermove', onPointerMove);
@@ -1194,6 +1674,7 @@
     el.zoomFit.addEventListener('click', fitView);
     el.message.addEventListener('click', hideMessage);
     document.addEventListener('visibilitychange', onVisibility);
+    window.addEventListener('hashchange', tokenFromFragment);
     window.addEventListener('online', retryNow);
     window.addEventListener('offline', () => { if (S.retryTimer) retryStatus(); });
     window.addEventListener('resize', layout);
@@ -1201,7 +1682,7 @@
 
     layout();
     updateCooldown();
-    if (!S.token) ensureToken().catch(() => {}); // anonymous session on first visit
+    backgroundSession(); // anonymous session on first visit (with a proof of work if asked)
     sync(true);
   }
 
@@ -1219,6 +1700,20 @@
     get frames() { return S.frames; },
     get snapshotLoads() { return S.loads; },
     get lastCloseCode() { return S.lastCloseCode; },
+    /** The last few closes, oldest first: {code, reason, at, hint: {afterMs, jitterMs}|null, delayMs}. */
+    get closes() { return S.closes.map((c) => Object.assign({}, c, { hint: c.hint && Object.assign({}, c.hint) })); },
+    /** 'none' | 'verifying' | 'waiting' | 'off' | 'failed' | 'ready' (the page's session). */
+    get sessionState() { return S.token ? 'ready' : S.sessionState; },
+    /** Proofs of work solved, and the last one: {difficulty, nonce, hashes, ms, workers, verified}. */
+    get proofs() { return S.proofs; },
+    get lastProof() { return S.lastProof && Object.assign({}, S.lastProof); },
+    /**
+     * Solves a proof-of-work challenge as a session would (nothing is sent), with `workers` Web
+     * Workers (default: cores - 1, at most 4; 0 = on the page). Resolves as lastProof.
+     */
+    solveProof(challenge, difficulty, workers) {
+      return solveProof(String(challenge), Number(difficulty), workers === undefined ? undefined : Number(workers));
+    },
     get cooldownRemainingMs() { return Math.max(0, S.cooldownUntil - Date.now()); },
     /** Palette index of pixel (x, y) in the page's copy of the canvas, or -1 outside it. */
     pixel(x, y) {

@@ -33,6 +33,8 @@ pub struct FileLog {
     tx: Sender<Msg>,
     head: Arc<AtomicU64>,
     path: PathBuf,
+    /// The last group's write failed (cleared by the next that succeeds): `/readyz` says so.
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub fn encode(version: u64, e: &Edit, out: &mut [u8]) {
@@ -113,12 +115,21 @@ impl FileLog {
         let count = recover(&mut file, &path)?;
         let head = Arc::new(AtomicU64::new(count));
         let (tx, rx) = bounded(QUEUE);
-        let writer = Writer { file, path: path.clone(), head: head.clone(), fsync, sink: None, buf: Vec::new() };
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = Writer {
+            file,
+            path: path.clone(),
+            head: head.clone(),
+            fsync,
+            sink: None,
+            buf: Vec::new(),
+            failing: failing.clone(),
+        };
         std::thread::Builder::new()
             .name("placecast-log".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| LogError::Io(e.to_string()))?;
-        Ok(FileLog { tx, head, path })
+        Ok(FileLog { tx, head, path, failing })
     }
 }
 
@@ -143,6 +154,13 @@ impl EditLog for FileLog {
     fn describe(&self) -> String {
         format!("embedded log {}", self.path.display())
     }
+
+    fn writable(&self) -> Result<(), String> {
+        match self.failing.load(Ordering::Acquire) {
+            true => Err(format!("the last write to {} failed", self.path.display())),
+            false => Ok(()),
+        }
+    }
 }
 
 struct Writer {
@@ -152,6 +170,7 @@ struct Writer {
     fsync: bool,
     sink: Option<Sender<Committed>>,
     buf: Vec<u8>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -220,12 +239,14 @@ impl Writer {
             if let Err(e2) = self.file.set_len(head * RECORD as u64) {
                 tracing::error!(error = %e2, "cannot cut the failed write from the edit log");
             }
+            self.failing.store(true, Ordering::Release);
             let err = LogError::Io(e.to_string());
             for (_, tx) in group.drain(..) {
                 let _ = tx.send(Err(err.clone()));
             }
             return;
         }
+        self.failing.store(false, Ordering::Release);
         self.head.store(head + group.len() as u64, Ordering::Release);
         for (i, (edit, tx)) in group.drain(..).enumerate() {
             let version = head + 1 + i as u64;

@@ -61,4 +61,8 @@ pub trait EditLog: Send + Sync + 'static {
     fn head(&self) -> u64;
     /// One line for logs and /healthz.
     fn describe(&self) -> String;
+    /// Whether the log takes edits now (`/readyz`); the error says why not.
+    fn writable(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -3,6 +3,7 @@
 //! the test ends.
 #![allow(dead_code)]
 
+pub mod haproxy;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 
@@ -19,7 +20,7 @@ pub struct Server {
     pub child: Child,
     pub dir: PathBuf,
     pub args: Vec<String>,
-    _tmp: Option<tempfile::TempDir>,
+    pub _tmp: Option<tempfile::TempDir>,
 }
 
 pub fn free_port() -> u16 {
@@ -47,7 +48,19 @@ impl Server {
             "--data-dir".into(),
             dir.to_str().unwrap().into(),
             "--secret".into(),
-            "test-secret-0123456789".into(),
+            "test-secret-0123456789-abcdefghijklmnop".into(),
+            // Every test client is 127.0.0.1: per-address limits are off unless a test is about
+            // them (a later flag wins). A short drain keeps SIGTERM-based tests quick.
+            "--max-conns-per-addr".into(),
+            "0".into(),
+            "--sessions-per-min".into(),
+            "0".into(),
+            "--placements-per-addr-per-min".into(),
+            "0".into(),
+            "--drain-grace-ms".into(),
+            "100".into(),
+            "--drain-spread-s".into(),
+            "1".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(env!("CARGO_BIN_EXE_placecast"))

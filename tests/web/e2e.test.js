@@ -2,13 +2,16 @@
 //
 //   cd tests/web && npm ci && npm test
 //
-// Env: PLACECAST_BIN (default ../../target/debug/placecast), CHROMIUM (default /usr/bin/chromium).
+// Env: PLACECAST_BIN (default ../../target/debug/placecast), CHROMIUM (default /usr/bin/chromium),
+// PLACECAST_WEB_FROM_DISK=1 (the pages get web/app.js and web/style.css from this checkout instead
+// of the copies embedded in the binary: for working on the client without rebuilding the server).
 // Screenshots and logs land in tests/web/artifacts/.
 'use strict';
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
+const { spawn, execFileSync } = require('node:child_process');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const net = require('node:net');
 const os = require('node:os');
@@ -20,13 +23,23 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const COOLDOWN_S = 60;
 const WINDOW = 8; // --window: edits kept for catch-up, small so the tests can fall out of it
-const ADMIN_TOKEN = 'e2e-admin-' + Math.random().toString(36).slice(2);
+// The server refuses secrets and admin tokens under 32 bytes.
+const ADMIN_TOKEN = 'e2e-admin-' + crypto.randomBytes(24).toString('hex');
+const SECRET = 'e2e-secret-' + crypto.randomBytes(24).toString('hex');
 const ZOOM = 16; // screen pixels per canvas pixel in the tests: the grid is on, pixel centers are clean
+const WEB_DIR = path.resolve(__dirname, '../../web');
+const WEB_FROM_DISK = process.env.PLACECAST_WEB_FROM_DISK === '1';
+const WEB_FILES = { '/': 'index.html', '/index.html': 'index.html', '/app.js': 'app.js', '/style.css': 'style.css' };
+// Every loopback client shares 127.0.0.1: the per-address limits are off unless a test is about
+// them. Drains are short so that a stop (SIGTERM drains too) takes about a second.
+const SERVER_FLAGS = ['--max-conns-per-addr', '0', '--sessions-per-min', '0', '--placements-per-addr-per-min', '0',
+  '--drain-grace-ms', '200', '--drain-spread-s', '1'];
 
-let server = null; // { proc, log }
+let server = null; // the main server: { proc, log, port, base, dataDir, name }
 let port = 0;
 let base = '';
 let dataDir = '';
+const extraServers = []; // servers started by single tests, stopped in after() if still running
 let browser = null;
 const contexts = [];
 const pageErrors = [];
@@ -55,15 +68,15 @@ async function fetchTimeout(url, opts = {}, ms = 5000) {
   }
 }
 
-async function waitHealthy(ms) {
+async function waitHealthy(srv, ms) {
   const deadline = Date.now() + ms;
   let last = '';
   while (Date.now() < deadline) {
-    if (server && server.proc.exitCode !== null) {
-      throw new Error(`server exited with ${server.proc.exitCode} before it was healthy:\n${server.log.join('')}`);
+    if (srv.proc.exitCode !== null) {
+      throw new Error(`server ${srv.name} exited with ${srv.proc.exitCode} before it was healthy:\n${srv.log.join('')}`);
     }
     try {
-      const res = await fetchTimeout(base + '/healthz', {}, 1000);
+      const res = await fetchTimeout(srv.base + '/healthz', {}, 1000);
       if (res.ok) return await res.json();
       last = 'HTTP ' + res.status;
     } catch (err) {
@@ -71,37 +84,62 @@ async function waitHealthy(ms) {
     }
     await sleep(100);
   }
-  throw new Error(`server not healthy after ${ms} ms (${last}):\n${server ? server.log.join('') : ''}`);
+  throw new Error(`server ${srv.name} not healthy after ${ms} ms (${last}):\n${srv.log.join('')}`);
 }
 
-async function startServer() {
-  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--shards', '2', '--data-dir', dataDir,
-    '--cooldown', String(COOLDOWN_S), '--window', String(WINDOW), '--admin-token', ADMIN_TOKEN];
+function exited(proc) {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => proc.once('exit', () => r()));
+}
+
+// Starts a server process and waits until it is healthy. The log goes to artifacts/server.log.
+async function launch({ name, port: p, dataDir: dir, extra = [] }) {
+  const args = ['serve', '--listen', `127.0.0.1:${p}`, '--shards', '2', '--data-dir', dir,
+    '--cooldown', String(COOLDOWN_S), '--window', String(WINDOW), '--admin-token', ADMIN_TOKEN, '--secret', SECRET,
+    ...SERVER_FLAGS, ...extra];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
   const log = [];
   const logFile = fs.createWriteStream(path.join(ARTIFACTS, 'server.log'), { flags: 'a' });
-  logFile.write(`--- ${new Date().toISOString()} ${BIN} ${args.join(' ')}\n`);
+  const shown = args.map((a, i) => (args[i - 1] === '--admin-token' || args[i - 1] === '--secret' ? '<redacted>' : a));
+  logFile.write(`--- ${new Date().toISOString()} [${name}] ${BIN} ${shown.join(' ')}\n`);
   for (const stream of [proc.stdout, proc.stderr]) {
     stream.on('data', (d) => { log.push(String(d)); if (log.length > 200) log.shift(); logFile.write(d); });
   }
-  proc.on('exit', () => logFile.end());
-  server = { proc, log };
-  return waitHealthy(30000);
+  proc.on('exit', (code, sig) => logFile.end(`--- [${name}] exited: ${code === null ? sig : code}\n`));
+  const srv = { proc, log, name, port: p, base: `http://127.0.0.1:${p}`, dataDir: dir };
+  try {
+    await waitHealthy(srv, 30000);
+  } catch (err) {
+    await stop(srv);
+    throw err;
+  }
+  return srv;
 }
 
-// Stops the server this test started (only its PID): SIGTERM, then SIGKILL after 10 s.
-async function stopServer() {
-  if (!server) return;
-  const { proc } = server;
-  server = null;
+async function startServer() {
+  server = await launch({ name: 'main', port, dataDir });
+  return server;
+}
+
+// Stops a server a test started (only its PID): SIGTERM (a drain, ~1 s with SERVER_FLAGS), then
+// SIGKILL after 15 s.
+async function stop(srv) {
+  const { proc } = srv;
   if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = new Promise((r) => proc.once('exit', r));
+  const gone = exited(proc);
   proc.kill('SIGTERM');
-  const done = await Promise.race([exited.then(() => true), sleep(10000).then(() => false)]);
+  const done = await Promise.race([gone.then(() => true), sleep(15000).then(() => false)]);
   if (!done) {
     proc.kill('SIGKILL');
-    await Promise.race([exited, sleep(5000)]);
+    await Promise.race([gone, sleep(5000)]);
   }
+}
+
+async function stopServer() {
+  if (!server) return;
+  const srv = server;
+  server = null;
+  await stop(srv);
 }
 
 function decodeSnapshot(buf) {
@@ -118,8 +156,8 @@ function decodeSnapshot(buf) {
   return { width, height, version, px };
 }
 
-async function serverSnapshot() {
-  const res = await fetchTimeout(base + '/api/v1/canvas', { cache: 'no-store' });
+async function serverSnapshot(b = base) {
+  const res = await fetchTimeout(b + '/api/v1/canvas', { cache: 'no-store' });
   assert.equal(res.status, 200);
   const snap = decodeSnapshot(Buffer.from(await res.arrayBuffer()));
   assert.equal(String(snap.version), res.headers.get('x-canvas-version'), 'X-Canvas-Version matches the header');
@@ -143,6 +181,18 @@ async function placeHttp(token, x, y, color) {
   return body;
 }
 
+async function admin(b, method, p, body) {
+  const res = await fetchTimeout(b + p, {
+    method,
+    headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + ADMIN_TOKEN },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch (_) { /* not JSON */ }
+  return { status: res.status, body: json, text };
+}
+
 async function setCooldown(seconds) {
   const res = await fetchTimeout(base + '/api/v1/admin/cooldown', {
     method: 'POST',
@@ -152,16 +202,37 @@ async function setCooldown(seconds) {
   assert.equal(res.status, 200, await res.text());
 }
 
-async function openPage(name, options = {}) {
+async function newContext(options = {}) {
   const context = await browser.newContext({ viewport: { width: 1024, height: 720 }, ...options });
   contexts.push(context);
   context.setDefaultTimeout(10000);
-  const page = await context.newPage();
+  if (WEB_FROM_DISK) {
+    // Only the subresources: a document fulfilled by the test has no loopback address space, and
+    // Chromium's local network access checks would then block its requests to 127.0.0.1.
+    await context.route((url) => url.hostname === '127.0.0.1' && /\.(js|css)$/.test(url.pathname) && Object.hasOwn(WEB_FILES, url.pathname), (route) => {
+      const file = WEB_FILES[new URL(route.request().url()).pathname];
+      const type = file.endsWith('.js') ? 'text/javascript' : file.endsWith('.css') ? 'text/css' : 'text/html';
+      return route.fulfill({ status: 200, contentType: type + '; charset=utf-8', body: fs.readFileSync(path.join(WEB_DIR, file)) });
+    });
+  }
+  return context;
+}
+
+function watchPage(page, name) {
   const consoleLog = fs.createWriteStream(path.join(ARTIFACTS, `console-${name}.log`));
   page.on('console', (m) => consoleLog.write(`[${m.type()}] ${m.text()}\n`));
   page.on('pageerror', (err) => { pageErrors.push(`${name}: ${err.stack || err}`); consoleLog.write(`[pageerror] ${err.stack || err}\n`); });
   page.on('close', () => consoleLog.end());
-  await page.goto(base + '/', { timeout: 15000 });
+}
+
+// `init`: a script run in the page before its own; `setup(page)`: before the page loads (routes).
+async function openPage(name, options = {}, { url = base + '/', init = null, setup = null } = {}) {
+  const context = await newContext(options);
+  if (init) await context.addInitScript(init);
+  const page = await context.newPage();
+  watchPage(page, name);
+  if (setup) await setup(page);
+  await page.goto(url, { timeout: 15000 });
   await waitLive(page);
   return page;
 }
@@ -221,8 +292,8 @@ async function assertPageMatchesServer(page, name) {
 
 // A pixel whose current color differs from `color` on the server, away from the others used.
 let nextPixel = 3;
-async function freshPixel(color) {
-  const snap = await serverSnapshot();
+async function freshPixel(color, b = base) {
+  const snap = await serverSnapshot(b);
   for (;;) {
     const i = nextPixel;
     nextPixel += 7;
@@ -240,14 +311,49 @@ async function clickPixel(page, x, y, { touch = false } = {}) {
   else await page.mouse.click(p.x, p.y);
 }
 
+// Records every state and text the bottom line (#cooldown) shows, in window.__bottomLine, from
+// before the page's script runs: states that last only a moment are caught too.
+function recordBottomLine() {
+  window.__bottomLine = [];
+  const rec = () => {
+    const el = document.getElementById('cooldown');
+    if (!el) return;
+    const s = el.dataset.state + ': ' + el.textContent;
+    if (window.__bottomLine[window.__bottomLine.length - 1] !== s) window.__bottomLine.push(s);
+  };
+  new MutationObserver(rec).observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+}
+
+function zeroBits(buf) {
+  let n = 0;
+  for (const b of buf) {
+    if (b) return n + Math.clz32(b) - 24;
+    n += 8;
+  }
+  return n;
+}
+
+// Waits until fn() is truthy (polling), returning its value.
+async function until(what, fn, timeout = 10000, every = 50) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await sleep(every);
+  }
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: path.join(ARTIFACTS, name + '.png'), timeout: 10000 });
 }
 
 // ------------------------------------------------------------------ set-up and clean-up
 function killOnExit() {
-  if (server && server.proc.exitCode === null) {
-    try { server.proc.kill('SIGKILL'); } catch (_) { /* gone */ }
+  for (const srv of [server, ...extraServers]) {
+    if (srv && srv.proc.exitCode === null && srv.proc.signalCode === null) {
+      try { srv.proc.kill('SIGKILL'); } catch (_) { /* gone */ }
+    }
   }
 }
 
@@ -275,6 +381,10 @@ after(async () => {
   for (const c of contexts) await c.close().catch(() => {});
   if (browser) await browser.close().catch(() => {});
   await stopServer();
+  for (const srv of extraServers) {
+    await stop(srv);
+    fs.rmSync(srv.dataDir, { recursive: true, force: true });
+  }
   if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
 });
 
@@ -282,12 +392,18 @@ after(async () => {
 let pageA = null;
 let pageB = null;
 
-test('the server serves the client files with the right content types', async () => {
+test('the server serves the client files with the right content types', async (t) => {
   for (const [p, type] of [['/', 'text/html'], ['/app.js', 'javascript'], ['/style.css', 'text/css']]) {
     const res = await fetchTimeout(base + p);
     assert.equal(res.status, 200, p);
     assert.match(res.headers.get('content-type') || '', new RegExp(type), `${p} content type`);
-    await res.arrayBuffer();
+    const served = Buffer.from(await res.arrayBuffer());
+    const disk = fs.readFileSync(path.join(WEB_DIR, WEB_FILES[p]));
+    if (WEB_FROM_DISK) {
+      if (!served.equals(disk)) t.diagnostic(`${p}: the binary's embedded copy differs from web/; the pages get web/ (PLACECAST_WEB_FROM_DISK=1)`);
+    } else {
+      assert.ok(served.equals(disk), `${p}: the binary serves this checkout's web/${WEB_FILES[p]} (the files are embedded: rebuild the server)`);
+    }
   }
 });
 
@@ -402,9 +518,7 @@ test('a phone-sized page with touch: tap places, one finger pans, two fingers zo
 });
 
 test('a bad stored token is replaced by a new session and the placement goes through', async () => {
-  const context = await browser.newContext({ viewport: { width: 800, height: 600 } });
-  contexts.push(context);
-  context.setDefaultTimeout(10000);
+  const context = await newContext({ viewport: { width: 800, height: 600 } });
   await context.addInitScript(() => {
     if (!sessionStorage.getItem('seeded')) {
       sessionStorage.setItem('seeded', '1');
@@ -485,6 +599,146 @@ test('a page that missed more than the catch-up window reloads the snapshot (clo
   assert.equal(await pageB.evaluate(() => window.placecast.lastCloseCode), 4001, 'the server closed with 4001');
 });
 
+test('proof-of-work sessions: the page solves the challenge in a worker and places a pixel', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'placecast-web-e2e-proof-'));
+  const srv = await launch({ name: 'proof', port: await freePort(), dataDir: dir,
+    extra: ['--anonymous-sessions', 'proof', '--pow-difficulty', '12'] });
+  extraServers.push(srv);
+  const opened = [];
+  try {
+    // The server's side of the contract.
+    let res = await fetchTimeout(srv.base + '/api/v1/session', { method: 'POST' });
+    assert.equal(res.status, 400);
+    assert.equal((await res.json()).error.code, 'proof_required');
+    const ch = await (await fetchTimeout(srv.base + '/api/v1/session/challenge')).json();
+    assert.equal(ch.difficulty, 12);
+    assert.equal(ch.algorithm, 'sha256-leading-zero-bits');
+
+    // A first visit: POST (refused), GET a challenge, solve it in a worker, POST the proof.
+    const calls = [];
+    const page = await openPage('proof', {}, {
+      url: srv.base + '/',
+      init: recordBottomLine,
+      setup: (p) => p.on('request', (r) => {
+        const u = new URL(r.url());
+        if (u.pathname.startsWith('/api/v1/session')) calls.push({ method: r.method(), path: u.pathname, body: r.postData() });
+      }),
+    });
+    opened.push(page);
+    await page.waitForFunction(() => window.placecast.sessionState === 'ready', null, { timeout: 30000, polling: 50 });
+    const proof = await page.evaluate(() => window.placecast.lastProof);
+    t.diagnostic('proof: ' + JSON.stringify(proof));
+    assert.equal(proof.difficulty, 12);
+    assert.ok(proof.workers >= 1, 'solved in a Web Worker');
+    assert.equal(proof.verified, true, 'crypto.subtle (127.0.0.1 is a secure context) agrees');
+    assert.ok(calls.some((c) => c.method === 'GET' && c.path === '/api/v1/session/challenge'), 'a challenge was fetched');
+    const sent = calls.filter((c) => c.method === 'POST' && c.body).map((c) => JSON.parse(c.body));
+    assert.equal(sent.length, 1, 'one proof sent: ' + JSON.stringify(calls));
+    assert.match(sent[0].nonce, /^(0|[1-9]\d{0,19})$/, 'a canonical decimal nonce');
+    assert.ok(zeroBits(crypto.createHash('sha256').update(sent[0].challenge + '.' + sent[0].nonce).digest()) >= 12,
+      'the proof has 12 leading zero bits');
+    const line = await page.evaluate(() => window.__bottomLine);
+    assert.ok(line.some((l) => /^verifying: Verifying you're human/.test(l)), 'the page said it was verifying: ' + JSON.stringify(line));
+    assert.equal(await page.locator('#cooldown').getAttribute('data-state'), 'ready');
+
+    // The solver finds the smallest nonce (known answer), and so it does with several workers
+    // racing over chunks (an answer past the first chunks) and with none (on the page).
+    const known = await page.evaluate(() => window.placecast.solveProof('placecast-test', 12));
+    assert.equal(known.nonce, '7100');
+    assert.equal(known.verified, true);
+    let far = null;
+    for (let k = 0; !far; k++) {
+      const c = 'placecast-order-' + k;
+      for (let n = 0; ; n++) {
+        if (zeroBits(crypto.createHash('sha256').update(c + '.' + n).digest()) >= 16) {
+          if (n > 3 * 32768) far = { c, n };
+          break;
+        }
+      }
+    }
+    for (const workers of [3, 0]) {
+      const r = await page.evaluate(([c, w]) => window.placecast.solveProof(c, 16, w), [far.c, workers]);
+      assert.equal(r.nonce, String(far.n), `${far.c} with ${workers} workers`);
+      assert.equal(r.workers, workers);
+    }
+
+    // The session places a pixel.
+    const { x, y } = await freshPixel(6, srv.base);
+    await page.locator('#palette .swatch[data-index="6"]').click();
+    await clickPixel(page, x, y);
+    await until('the pixel on the proof server', async () => {
+      const snap = await serverSnapshot(srv.base);
+      return snap.px[y * snap.width + x] === 6;
+    });
+    await page.waitForFunction(([x, y]) => window.placecast.pixel(x, y) === 6, [x, y], { timeout: 5000, polling: 20 });
+    await page.waitForFunction(() => document.getElementById('cooldown').dataset.state === 'cooling', null, { timeout: 5000 });
+    await shot(page, 'proof-placed');
+
+    // A refused proof (409 challenge_used) gets a new challenge, and 429 session_rate_limited is
+    // waited out with its retry time shown. (The refusals are injected; the rest is the server.)
+    const calls2 = [];
+    let posts = 0;
+    const retry = await openPage('proof-retry', {}, {
+      url: srv.base + '/',
+      init: recordBottomLine,
+      setup: async (p) => {
+        p.on('request', (r) => { if (new URL(r.url()).pathname === '/api/v1/session/challenge') calls2.push(r.url()); });
+        await p.route((u) => u.pathname === '/api/v1/session', (route) => {
+          if (route.request().method() !== 'POST' || !route.request().postData()) return route.continue();
+          posts++;
+          const json = (status, code, extra = {}) => route.fulfill({ status, contentType: 'application/json',
+            headers: extra.retry_after_ms ? { 'Retry-After': String(Math.ceil(extra.retry_after_ms / 1000)) } : {},
+            body: JSON.stringify({ error: { code, message: 'injected by the test', ...extra } }) });
+          if (posts === 1) return json(429, 'session_rate_limited', { retry_after_ms: 2500 });
+          if (posts === 2) return json(409, 'challenge_used');
+          return route.continue();
+        });
+      },
+    });
+    opened.push(retry);
+    await retry.waitForFunction(() => window.placecast.sessionState === 'ready', null, { timeout: 30000, polling: 50 });
+    assert.equal(posts, 3, 'proof, proof again after the wait, a new proof after challenge_used');
+    assert.equal(calls2.length, 2, 'a new challenge after challenge_used (not after the rate limit)');
+    const line2 = await retry.evaluate(() => window.__bottomLine);
+    assert.ok(line2.some((l) => /^waiting: .*your session starts in \d s$/.test(l)), 'the wait was shown: ' + JSON.stringify(line2));
+    assert.equal(await retry.evaluate(() => window.placecast.proofs), 2);
+
+    // Anonymous sessions off: the page says to sign in; a sign-in service's token in the address
+    // fragment is taken (and removed from the address bar), and places pixels.
+    const limits = await admin(srv.base, 'POST', '/api/v1/admin/limits', { anonymous_sessions: 'off' });
+    assert.equal(limits.status, 200, limits.text);
+    assert.equal(limits.body.anonymous_sessions, 'off');
+    const off = await openPage('sessions-off', {}, { url: srv.base + '/' });
+    opened.push(off);
+    await off.waitForFunction(() => document.getElementById('cooldown').dataset.state === 'signin', null, { timeout: 10000, polling: 50 });
+    assert.equal(await off.locator('#cooldown').textContent(), 'Sign in to place pixels');
+    const p2 = await freshPixel(8, srv.base);
+    await off.locator('#palette .swatch[data-index="8"]').click();
+    await clickPixel(off, p2.x, p2.y);
+    const msg = off.locator('#message');
+    await msg.waitFor({ state: 'visible', timeout: 5000 });
+    assert.match(await msg.textContent(), /doesn't start anonymous sessions: sign in/);
+    const token = execFileSync(BIN, ['mint-token', 'e2e-signed-in', '--secret', SECRET], { encoding: 'utf8' }).trim();
+    // A same-page navigation (hashchange) here; a sign-in service's redirect loads the page anew.
+    await off.goto(srv.base + '/#token=' + encodeURIComponent(token), { timeout: 15000 });
+    await off.waitForFunction(() => window.placecast.user === 'e2e-signed-in', null, { timeout: 5000, polling: 20 });
+    await waitLive(off);
+    assert.equal(await off.evaluate(() => location.hash), '', 'the token is removed from the address');
+    assert.equal(await off.evaluate(() => window.placecast.user), 'e2e-signed-in');
+    await off.locator('#palette .swatch[data-index="8"]').click();
+    await clickPixel(off, p2.x, p2.y);
+    await off.waitForFunction(() => document.getElementById('cooldown').dataset.state === 'cooling', null, { timeout: 5000 });
+    await until('the signed-in pixel on the server', async () => {
+      const snap = await serverSnapshot(srv.base);
+      return snap.px[p2.y * snap.width + p2.x] === 8;
+    });
+    await off.waitForFunction(([x, y]) => window.placecast.pixel(x, y) === 8, [p2.x, p2.y], { timeout: 5000, polling: 20 });
+  } finally {
+    for (const p of opened) await p.context().close().catch(() => {});
+    await stop(srv);
+  }
+});
+
 test('the server restarts: both pages reconnect and end with the server snapshot', async (t) => {
   const v0 = (await serverSnapshot()).version;
   await stopServer();
@@ -508,7 +762,8 @@ test('the server restarts: both pages reconnect and end with the server snapshot
   await startServer();
   for (const page of [pageA, pageB]) await waitLive(page, 45000);
   for (const page of [pageA, pageB]) assert.equal(await page.locator('#banner').isVisible(), false, 'banner gone once live');
-  t.diagnostic('close codes seen: ' + JSON.stringify(await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.placecast.lastCloseCode)))));
+  t.diagnostic('closes seen (SIGTERM drains: 1012, then failed attempts while down): ' + JSON.stringify(
+    await Promise.all([pageA, pageB].map((p) => p.evaluate(() => window.placecast.closes.slice(-6).map((c) => c.code))))));
   const v1 = (await serverSnapshot()).version;
   assert.ok(v1 >= v0, `the restarted server kept its edits (version ${v0} -> ${v1})`);
 
@@ -525,6 +780,70 @@ test('the server restarts: both pages reconnect and end with the server snapshot
   assert.equal(await pageA.locator('#status-text').textContent(), 'Live');
   await shot(pageA, 'after-restart-page-A');
   await shot(pageB, 'after-restart-page-B');
+});
+
+test('a drained server: the pages get the reconnect hint and 1012, and come back with since', async (t) => {
+  const pages = [['A', pageA], ['B', pageB]];
+  await Promise.all(pages.map(([, p]) => waitLive(p)));
+  const opens = new Map(pages.map(([n]) => [n, []]));
+  const listeners = pages.map(([n, p]) => {
+    const f = (ws) => opens.get(n).push({ url: ws.url(), at: Date.now() });
+    p.on('websocket', f);
+    return () => p.off('websocket', f);
+  });
+  try {
+    const closes0 = new Map(await Promise.all(pages.map(async ([n, p]) => [n, (await p.evaluate(() => window.placecast.closes)).length])));
+    const v0 = (await serverSnapshot()).version;
+    const proc = server.proc;
+    const gone = exited(proc);
+
+    const res = await admin(base, 'POST', '/api/v1/admin/drain');
+    assert.equal(res.status, 202, res.text);
+    assert.equal(res.body.draining, true);
+    t.diagnostic('drain: ' + res.text);
+
+    // Each page is told to reconnect, then closed with 1012, and waits as it was told.
+    const drained = {};
+    for (const [n, p] of pages) {
+      drained[n] = await until(`${n}: a 1012 close`, async () => {
+        const cs = (await p.evaluate(() => window.placecast.closes)).slice(closes0.get(n));
+        return cs.find((c) => c.code === 1012);
+      }, 20000);
+      const c = drained[n];
+      assert.ok(c.hint, `${n}: the reconnect message came before the close`);
+      assert.ok(c.delayMs >= c.hint.afterMs && c.delayMs <= c.hint.afterMs + c.hint.jitterMs,
+        `${n}: waited ${c.delayMs} ms for a hint of ${JSON.stringify(c.hint)}`);
+    }
+    t.diagnostic('closes: ' + JSON.stringify(drained));
+
+    // The drained process exits once its clients are gone (or after grace + spread + 5 s).
+    await Promise.race([gone, sleep(30000).then(() => { throw new Error('the drained server did not exit:\n' + server.log.join('')); })]);
+    t.diagnostic(`the drained server exited with ${proc.exitCode === null ? proc.signalCode : proc.exitCode}`);
+    server = null;
+
+    // A new process on the same data dir and port: the pages come back live.
+    await startServer();
+    for (const [, p] of pages) await waitLive(p, 45000);
+    for (const [n] of pages) {
+      const c = drained[n];
+      const next = opens.get(n).find((o) => o.at >= c.at);
+      assert.ok(next, `${n}: reconnected after the 1012`);
+      assert.match(next.url, new RegExp(`/ws\\?since=${v0}$`), `${n}: the reconnection catches up with since=<its version>`);
+      assert.ok(next.at >= c.at + c.delayMs - 5, `${n}: reconnected ${next.at - c.at} ms after the close, asked to wait ${c.delayMs} ms`);
+    }
+
+    // Edits after the restart reach both pages, which converge with the server.
+    const { x, y } = await freshPixel(11);
+    const placed = await placeHttp(await newSession(), x, y, 11);
+    for (const [, p] of pages) {
+      await p.waitForFunction(([x, y, v]) => window.placecast.pixel(x, y) === 11 && window.placecast.version >= v,
+        [x, y, placed.version], { timeout: 5000, polling: 20 });
+    }
+    for (const [n, p] of pages) await assertPageMatchesServer(p, n);
+    for (const [n, p] of pages) assert.equal(await p.locator('#status-text').textContent(), 'Live', n);
+  } finally {
+    for (const off of listeners) off();
+  }
 });
 
 test('no uncaught errors in the pages', () => {
