@@ -457,3 +457,55 @@ fn check_config_prints_sources_masks_secrets_and_lists_every_problem() {
     assert!(text.contains("3 problem(s)"), "{text}");
     assert!(text.contains("--batch-ms") && text.contains("--secret") && text.contains("--trusted-proxies"), "{text}");
 }
+
+/// The systemd notify protocol, as systemd would see it: a datagram socket in NOTIFY_SOCKET.
+#[test]
+fn systemd_hears_ready_status_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let port = common::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_placecast"))
+        .args(["serve", "--listen", &addr.to_string(), "--shards", "2", "--data-dir", data.to_str().unwrap()])
+        .args([
+            "--secret",
+            "test-secret-0123456789-abcdefghijklmnop",
+            "--drain-grace-ms",
+            "100",
+            "--drain-spread-s",
+            "0",
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        // A 3 s watchdog: the server feeds it at least every second.
+        .env("WATCHDOG_USEC", "3000000")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let mut heard: Vec<String> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut listen_until = |heard: &mut Vec<String>, what: &str, want: &dyn Fn(&[String]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !want(heard) {
+            assert!(Instant::now() < deadline, "systemd never heard {what}; heard {heard:?}");
+            if let Ok(n) = sock.recv(&mut buf) {
+                heard.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string));
+            }
+        }
+    };
+    listen_until(&mut heard, "READY=1", &|h| h.iter().any(|l| l == "READY=1"));
+    // Ready only once serving: the node answers at once.
+    assert_eq!(try_http(addr, "GET", "/readyz", &[], b"").unwrap().status, 200);
+    listen_until(&mut heard, "STATUS and two WATCHDOG=1", &|h| {
+        h.iter().any(|l| l.starts_with("STATUS=serving: version 0"))
+            && h.iter().filter(|l| *l == "WATCHDOG=1").count() >= 2
+    });
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    listen_until(&mut heard, "STOPPING=1", &|h| h.iter().any(|l| l == "STOPPING=1"));
+    let status = wait_for(30, "the exit", || child.try_wait().unwrap());
+    assert!(status.success());
+}
