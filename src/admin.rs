@@ -62,6 +62,7 @@ fn limits_json(shared: &Shared) -> serde_json::Value {
         "max_conns_per_addr": v.max_conns_per_addr,
         "sessions_per_min": v.sessions_per_min,
         "placements_per_addr_per_min": v.placements_per_addr_per_min,
+        "catchups_per_addr_per_min": v.catchups_per_addr_per_min,
         "anonymous_sessions": shared.sessions.mode(),
         "pow_difficulty": shared.sessions.difficulty(),
     })
@@ -86,6 +87,7 @@ pub fn set_limits(req: &Req, body: &[u8], shared: &Shared) -> Response {
         max_conns_per_addr: Option<u32>,
         sessions_per_min: Option<u32>,
         placements_per_addr_per_min: Option<u32>,
+        catchups_per_addr_per_min: Option<u32>,
         anonymous_sessions: Option<SessionMode>,
         pow_difficulty: Option<u8>,
     }
@@ -106,6 +108,7 @@ pub fn set_limits(req: &Req, body: &[u8], shared: &Shared) -> Response {
         max_conns_per_addr: b.max_conns_per_addr.unwrap_or(old.max_conns_per_addr),
         sessions_per_min: b.sessions_per_min.unwrap_or(old.sessions_per_min),
         placements_per_addr_per_min: b.placements_per_addr_per_min.unwrap_or(old.placements_per_addr_per_min),
+        catchups_per_addr_per_min: b.catchups_per_addr_per_min.unwrap_or(old.catchups_per_addr_per_min),
     });
     shared.sessions.set(b.anonymous_sessions.unwrap_or_else(|| shared.sessions.mode()), difficulty);
     let now = limits_json(shared);

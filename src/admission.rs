@@ -1,6 +1,6 @@
 //! Admission control per client address (`client_addr::AddrKey`): concurrent connections, the
-//! rate of anonymous session creations, and the rate of placements summed over every user from
-//! that address. Sharded mutexes keyed by address, like the cooldown limiter.
+//! rate of anonymous session creations, the rate of placements summed over every user from
+//! that address, and the rate of catch-ups (`/ws?since=`: each costs the applier a frame build). Sharded mutexes keyed by address, like the cooldown limiter.
 //!
 //! Rates are GCRA (the "virtual scheduling" form of a token bucket): per address and kind one
 //! theoretical arrival time (TAT); with `n` per minute the emission interval is `T = 60000/n` ms
@@ -23,9 +23,7 @@ use std::sync::Mutex;
 use thiserror::Error;
 
 const SHARDS: usize = 64;
-/// A million addresses: far more than one node's 20,000 descriptors could hold connections for,
-/// so only an address scan (or a huge IPv6 spread) fills it, and then new addresses wait.
-pub const MAX_ADDRESSES: usize = 1 << 20;
+pub use crate::bounds::MAX_ADDRESSES;
 
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum AdmissionError {
@@ -35,6 +33,8 @@ pub enum AdmissionError {
     SessionRate { retry_after_ms: u64 },
     #[error("too many placements from your address; try again in {} s", retry_after_ms.div_ceil(1000))]
     PlacementRate { retry_after_ms: u64 },
+    #[error("too many catch-ups from your address; try again in {} s", retry_after_ms.div_ceil(1000))]
+    CatchUpRate { retry_after_ms: u64 },
     #[error("the server is tracking too many client addresses; try again shortly")]
     TableFull,
 }
@@ -52,15 +52,16 @@ impl AdmissionError {
             AdmissionError::TooManyConnections { .. } => "too_many_connections_from_address",
             AdmissionError::SessionRate { .. } => "session_rate_limited",
             AdmissionError::PlacementRate { .. } => "address_rate_limited",
+            AdmissionError::CatchUpRate { .. } => "catch_up_rate_limited",
             AdmissionError::TableFull => "server_busy",
         }
     }
 
     pub fn retry_after_ms(&self) -> u64 {
         match self {
-            AdmissionError::SessionRate { retry_after_ms } | AdmissionError::PlacementRate { retry_after_ms } => {
-                *retry_after_ms
-            }
+            AdmissionError::SessionRate { retry_after_ms }
+            | AdmissionError::PlacementRate { retry_after_ms }
+            | AdmissionError::CatchUpRate { retry_after_ms } => *retry_after_ms,
             AdmissionError::TooManyConnections { .. } => 5000,
             AdmissionError::TableFull => 1000,
         }
@@ -73,6 +74,7 @@ pub struct Limits {
     pub max_conns_per_addr: AtomicU32,
     pub sessions_per_min: AtomicU32,
     pub placements_per_addr_per_min: AtomicU32,
+    pub catchups_per_addr_per_min: AtomicU32,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -80,6 +82,7 @@ pub struct LimitValues {
     pub max_conns_per_addr: u32,
     pub sessions_per_min: u32,
     pub placements_per_addr_per_min: u32,
+    pub catchups_per_addr_per_min: u32,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -87,11 +90,12 @@ struct Entry {
     conns: u32,
     session_tat: u64,
     place_tat: u64,
+    catch_up_tat: u64,
 }
 
 impl Entry {
     fn idle(&self, now_ms: u64) -> bool {
-        self.conns == 0 && self.session_tat <= now_ms && self.place_tat <= now_ms
+        self.conns == 0 && self.session_tat <= now_ms && self.place_tat <= now_ms && self.catch_up_tat <= now_ms
     }
 }
 
@@ -135,6 +139,7 @@ impl Admission {
             max_conns_per_addr: l.max_conns_per_addr.load(Ordering::Relaxed),
             sessions_per_min: l.sessions_per_min.load(Ordering::Relaxed),
             placements_per_addr_per_min: l.placements_per_addr_per_min.load(Ordering::Relaxed),
+            catchups_per_addr_per_min: l.catchups_per_addr_per_min.load(Ordering::Relaxed),
         }
     }
 
@@ -143,6 +148,7 @@ impl Admission {
         l.max_conns_per_addr.store(v.max_conns_per_addr, Ordering::Relaxed);
         l.sessions_per_min.store(v.sessions_per_min, Ordering::Relaxed);
         l.placements_per_addr_per_min.store(v.placements_per_addr_per_min, Ordering::Relaxed);
+        l.catchups_per_addr_per_min.store(v.catchups_per_addr_per_min, Ordering::Relaxed);
     }
 
     /// Addresses tracked now (for /metrics).
@@ -191,34 +197,58 @@ impl Admission {
         e.conns = e.conns.saturating_sub(1);
     }
 
-    /// One anonymous session creation from `key` at `now_ms`.
-    pub fn session(&self, key: AddrKey, now_ms: u64) -> Result<(), AdmissionError> {
-        let n = self.limits.sessions_per_min.load(Ordering::Relaxed);
+    /// One rate-limited event of `kind` from `key` at `now_ms` at `n` per minute (0: no limit).
+    fn rate(
+        &self,
+        key: AddrKey,
+        now_ms: u64,
+        n: u32,
+        tat: fn(&mut Entry) -> &mut u64,
+        refuse: fn(u64) -> AdmissionError,
+    ) -> Result<(), AdmissionError> {
         if n == 0 {
             return Ok(());
         }
-        self.with_entry(key, |e| match gcra(e.session_tat, now_ms, n) {
-            Ok(tat) => {
-                e.session_tat = tat;
-                Ok(())
-            }
-            Err(retry_after_ms) => Err(AdmissionError::SessionRate { retry_after_ms }),
+        self.with_entry(key, |e| {
+            let t = tat(e);
+            gcra(*t, now_ms, n).map(|next| *t = next).map_err(refuse)
         })?
+    }
+
+    /// One anonymous session creation from `key` at `now_ms`.
+    pub fn session(&self, key: AddrKey, now_ms: u64) -> Result<(), AdmissionError> {
+        let n = self.limits.sessions_per_min.load(Ordering::Relaxed);
+        self.rate(
+            key,
+            now_ms,
+            n,
+            |e| &mut e.session_tat,
+            |retry_after_ms| AdmissionError::SessionRate { retry_after_ms },
+        )
     }
 
     /// One accepted placement from `key` at `now_ms` (any user).
     pub fn placement(&self, key: AddrKey, now_ms: u64) -> Result<(), AdmissionError> {
         let n = self.limits.placements_per_addr_per_min.load(Ordering::Relaxed);
-        if n == 0 {
-            return Ok(());
-        }
-        self.with_entry(key, |e| match gcra(e.place_tat, now_ms, n) {
-            Ok(tat) => {
-                e.place_tat = tat;
-                Ok(())
-            }
-            Err(retry_after_ms) => Err(AdmissionError::PlacementRate { retry_after_ms }),
-        })?
+        self.rate(
+            key,
+            now_ms,
+            n,
+            |e| &mut e.place_tat,
+            |retry_after_ms| AdmissionError::PlacementRate { retry_after_ms },
+        )
+    }
+
+    /// One catch-up (`/ws?since=`) from `key` at `now_ms`.
+    pub fn catch_up(&self, key: AddrKey, now_ms: u64) -> Result<(), AdmissionError> {
+        let n = self.limits.catchups_per_addr_per_min.load(Ordering::Relaxed);
+        self.rate(
+            key,
+            now_ms,
+            n,
+            |e| &mut e.catch_up_tat,
+            |retry_after_ms| AdmissionError::CatchUpRate { retry_after_ms },
+        )
     }
 
     /// Drops entries equivalent to no entry; returns how many remain.
@@ -238,7 +268,12 @@ mod tests {
     use super::*;
 
     fn limits(c: u32, s: u32, p: u32) -> LimitValues {
-        LimitValues { max_conns_per_addr: c, sessions_per_min: s, placements_per_addr_per_min: p }
+        LimitValues {
+            max_conns_per_addr: c,
+            sessions_per_min: s,
+            placements_per_addr_per_min: p,
+            catchups_per_addr_per_min: 2,
+        }
     }
 
     #[test]
@@ -279,6 +314,9 @@ mod tests {
         assert_eq!(ok, 60 + 599);
         // Kinds are independent of each other and addresses of each other.
         a.placement(AddrKey(2), t0).unwrap();
+        a.catch_up(k, t0).unwrap();
+        a.catch_up(k, t0).unwrap();
+        assert!(matches!(a.catch_up(k, t0), Err(AdmissionError::CatchUpRate { retry_after_ms: 30_000 })));
     }
 
     #[test]

@@ -30,12 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Versions per shared catch-up chunk: clients catching up far share these frames.
-pub const CHUNK: u64 = 65_536;
-/// Longest a cut waits for a busy shard: progress is guaranteed even if a shard stalls.
-const MAX_DEFER: Duration = Duration::from_secs(1);
-/// How often a deferred cut looks again.
-const DEFER_STEP: Duration = Duration::from_millis(2);
+pub use crate::bounds::{CHUNK, MAX_SUBS, SUB};
+use crate::bounds::{DEFER_STEP, MAX_DEFER};
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
 /// The validity rule forgets a user whose last valid edit is this much older than the newest
@@ -139,6 +135,10 @@ pub struct Applier {
     window_base: u64,
     window_cap: usize,
     chunks: HashMap<u64, Bytes>,
+    subs: FxHashMap<u64, Bytes>,
+    /// The last private tail built, `(from, to, frame)`: every catch-up between two cuts ends
+    /// with the same one.
+    tail: Option<(u64, u64, Bytes)>,
     stride: u8,
     batch: Duration,
     shards: Vec<Sender<ShardMsg>>,
@@ -182,6 +182,8 @@ impl Applier {
             window_base: 0,
             window_cap: s.window,
             chunks: HashMap::new(),
+            subs: FxHashMap::default(),
+            tail: None,
             stride: s.stride,
             batch: s.batch,
             shards: s.shards,
@@ -430,6 +432,9 @@ impl Applier {
             if self.window_base.is_multiple_of(CHUNK) {
                 self.chunks.remove(&(self.window_base / CHUNK - 1));
             }
+            if self.window_base.is_multiple_of(SUB) {
+                self.subs.remove(&(self.window_base / SUB - 1));
+            }
         }
         self.stats.edits.fetch_add(1, Ordering::Relaxed);
     }
@@ -497,36 +502,59 @@ impl Applier {
         }
     }
 
-    /// Frames covering `(since, cut_version]`: a private head up to a chunk boundary, shared
-    /// whole chunks, and a private tail.
+    /// Frames covering `(since, cut_version]`: a private head up to a sub-chunk boundary,
+    /// shared sub-chunks up to a chunk boundary, shared whole chunks, shared sub-chunks, and a
+    /// tail shared by every catch-up until the next cut.
     fn catch_up_frames(&mut self, since: u64) -> Vec<Bytes> {
         let end = self.cut_version;
         let mut frames = Vec::new();
         let mut at = since;
         while at < end {
-            let chunk = at / CHUNK;
-            let chunk_end = (chunk + 1) * CHUNK;
-            if at == chunk * CHUNK && chunk_end <= end && at >= self.window_base {
-                let f = match self.chunks.get(&chunk) {
-                    Some(f) => f.clone(),
-                    None => {
-                        let f = self.encode_range(at, chunk_end);
-                        self.chunks.insert(chunk, f.clone());
-                        f
-                    }
-                };
-                frames.push(f);
-                at = chunk_end;
-            } else {
-                let to = chunk_end.min(end);
-                frames.push(self.encode_range(at, to));
-                at = to;
-            }
+            let (f, next) = self.next_frame(at, end);
+            frames.push(f);
+            at = next;
         }
         if frames.is_empty() {
             frames.push(encode_batch(since, since, &[], self.stride));
         }
         frames
+    }
+
+    /// The frame starting at `at` (at most up to `end`) and where the next one starts.
+    fn next_frame(&mut self, at: u64, end: u64) -> (Bytes, u64) {
+        let chunk_end = (at / CHUNK + 1) * CHUNK;
+        if at.is_multiple_of(CHUNK) && chunk_end <= end && at >= self.window_base {
+            if let Some(f) = self.chunks.get(&(at / CHUNK)) {
+                return (f.clone(), chunk_end);
+            }
+            let f = self.encode_range(at, chunk_end);
+            self.chunks.insert(at / CHUNK, f.clone());
+            return (f, chunk_end);
+        }
+        let sub_end = (at / SUB + 1) * SUB;
+        if at.is_multiple_of(SUB) && sub_end <= end && at >= self.window_base {
+            if let Some(f) = self.subs.get(&(at / SUB)) {
+                return (f.clone(), sub_end);
+            }
+            if self.subs.len() >= MAX_SUBS {
+                let victim = *self.subs.keys().next().expect("full, so not empty");
+                self.subs.remove(&victim);
+            }
+            let f = self.encode_range(at, sub_end);
+            self.subs.insert(at / SUB, f.clone());
+            return (f, sub_end);
+        }
+        let to = sub_end.min(end);
+        if let Some((from, t, f)) = &self.tail {
+            if (*from, *t) == (at, to) {
+                return (f.clone(), to);
+            }
+        }
+        let f = self.encode_range(at, to);
+        if to == end {
+            self.tail = Some((at, to, f.clone()));
+        }
+        (f, to)
     }
 
     fn encode_range(&self, from: u64, to: u64) -> Bytes {
@@ -687,9 +715,19 @@ mod tests {
             assert_eq!(w[0].1, w[1].0, "contiguous");
         }
         assert_eq!(r.iter().map(|x| x.2 as u64).sum::<u64>(), n - 50_000);
-        // The whole chunks are shared between requests.
+        // The whole chunks are shared between requests, and so is all but a sub-chunk's head.
         let again = a.catch_up_frames(60_000);
         assert!(frames.iter().any(|f| again.iter().any(|g| g.as_ptr() == f.as_ptr())));
+        let private = |mine: &[Bytes], theirs: &[Bytes]| -> usize {
+            mine.iter().filter(|f| !theirs.iter().any(|g| g.as_ptr() == f.as_ptr())).map(|f| f.len()).sum()
+        };
+        let near = a.catch_up_frames(50_001);
+        assert!(private(&near, &frames) <= (SUB as usize) * 4 + 64, "private bytes {}", private(&near, &frames));
+        let r = ranges(&near);
+        for w in r.windows(2) {
+            assert_eq!(w[0].1, w[1].0, "contiguous");
+        }
+        assert_eq!((r[0].0, r.last().unwrap().1), (50_001, n));
         // Older than the window: reload.
         a.catch_up(CatchUpReq { shard: 0, conn: ConnId { slot: 0, gen: 0 }, since: 0 });
         match rx.try_recv().unwrap() {

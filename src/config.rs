@@ -40,6 +40,10 @@ pub enum Command {
         #[arg(long, env = "PLACECAST_SECRET", hide_env_values = true)]
         secret: String,
     },
+    /// Inspect or repair the embedded edit log (`log verify`, `log repair --truncate-after V`);
+    /// run them with the server stopped.
+    #[command(subcommand)]
+    Log(crate::edit_log::tool::LogCommand),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -120,9 +124,24 @@ pub struct ServeArgs {
     #[arg(long, env = "PLACECAST_MAX_LAG_BATCHES", default_value_t = 50)]
     pub max_lag_batches: usize,
 
-    /// SO_SNDBUF for WebSocket sockets in bytes (0 = kernel autotuning). A small value bounds
-    /// kernel memory per slow client.
-    #[arg(long, env = "PLACECAST_WS_SNDBUF", default_value_t = 0)]
+    /// Milliseconds a client has to take its whole catch-up before it is closed (4000). A far
+    /// catch-up is at most the window (2M edits: 8 MB: 64 s at 1 Mbit/s); a client that is
+    /// closed resumes with `since` from where it got to, and one that stopped reading frees its
+    /// frames.
+    #[arg(long, env = "PLACECAST_CATCH_UP_DRAIN_MS", default_value_t = 30_000)]
+    pub catch_up_drain_ms: u64,
+
+    /// Origins (scheme://host[:port]) whose pages may open the WebSocket, e.g.
+    /// https://place.example.com; empty = any origin (the API is public and tokens are not
+    /// cookies, so a foreign page gains nothing a script could not do anyway).
+    #[arg(long, env = "PLACECAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// SO_SNDBUF for WebSocket sockets in bytes (0 = kernel autotuning). Bounds the kernel
+    /// memory a client that stops reading holds (Linux doubles it: 128 KiB at the default), and
+    /// makes --max-lag-batches bite: with autotuning the kernel absorbs megabytes per slow client
+    /// before the lag bound ever sees one.
+    #[arg(long, env = "PLACECAST_WS_SNDBUF", default_value_t = 65_536)]
     pub ws_sndbuf: usize,
 
     /// How batch frames are written to sockets.
@@ -184,6 +203,11 @@ pub struct ServeArgs {
     /// cap. Sized for a shared address (a school, a carrier NAT) of many users at one per cooldown.
     #[arg(long, env = "PLACECAST_PLACEMENTS_PER_ADDR_PER_MIN", default_value_t = 60)]
     pub placements_per_addr_per_min: u32,
+
+    /// Catch-ups (`/ws?since=`) per minute from one address (burst of as many); 0 = no cap.
+    /// Each costs the applier a frame build; a reconnecting NAT of a hundred users fits.
+    #[arg(long, env = "PLACECAST_CATCHUPS_PER_ADDR_PER_MIN", default_value_t = 120)]
+    pub catchups_per_addr_per_min: u32,
 
     /// Anonymous sessions: on, off (a sign-in service mints every token), or proof (a proof of
     /// work per session).
@@ -320,6 +344,7 @@ pub fn check(args: &ServeArgs) -> (Option<Geometry>, Vec<ConfigError>) {
         ("drain-grace-ms", 0, 600_000, args.drain_grace_ms),
         ("drain-spread-s", 0, 3600, args.drain_spread_s),
         ("fd-reserve", 16, 100_000, args.fd_reserve as u64),
+        ("catch-up-drain-ms", 100, 600_000, args.catch_up_drain_ms),
     ] {
         if !(min..=max).contains(&got) {
             p.push(ConfigError::Range { name, min, max, got });

@@ -32,9 +32,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const MAX_HEAD: usize = 16 * 1024;
-const MAX_BODY: usize = 4 * 1024;
-const MAX_HEADERS: usize = 48;
+use crate::bounds::{MAX_BODY, MAX_HEAD, MAX_HEADERS, MAX_PROXY_HEADER};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
@@ -55,6 +53,7 @@ pub struct Req {
     pub connection_upgrade: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    pub origin: Option<String>,
 }
 
 pub struct Response {
@@ -101,6 +100,7 @@ fn reason_phrase(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         426 => "Upgrade Required",
+        501 => "Not Implemented",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -141,15 +141,35 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
         keep_alive: r.version == Some(1),
         ..Default::default()
     };
+    let (mut seen_length, mut seen_encoding) = (false, false);
     for h in r.headers.iter() {
         let v = String::from_utf8_lossy(h.value).trim().to_string();
         let lower = v.to_ascii_lowercase();
         match h.name.to_ascii_lowercase().as_str() {
-            "content-length" => match v.parse() {
-                Ok(n) => req.content_length = n,
-                Err(_) => return Parsed::Bad(400, "bad_request", "Content-Length is not a number".into()),
+            // Two lengths, or a length and an encoding, are how requests are smuggled past a
+            // proxy that reads them differently: refuse, never pick one.
+            "content-length" if seen_length => {
+                return Parsed::Bad(400, "bad_request", "more than one Content-Length header".into())
+            }
+            "content-length" => match crate::token::canonical_u64(&v) {
+                Some(n) => {
+                    seen_length = true;
+                    req.content_length = usize::try_from(n).unwrap_or(usize::MAX);
+                }
+                None => return Parsed::Bad(400, "bad_request", "Content-Length must be plain decimal digits".into()),
             },
-            "transfer-encoding" => req.chunked = lower.contains("chunked"),
+            "transfer-encoding" if seen_encoding || lower != "chunked" => {
+                return Parsed::Bad(
+                    501,
+                    "transfer_encoding_unsupported",
+                    format!("Transfer-Encoding {v:?} is not supported: send Content-Length"),
+                )
+            }
+            "transfer-encoding" => {
+                seen_encoding = true;
+                req.chunked = true;
+            }
+            "origin" => req.origin = Some(v),
             "connection" => {
                 if lower.contains("close") {
                     req.keep_alive = false;
@@ -166,6 +186,9 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
             "sec-websocket-version" => req.ws_version = Some(v),
             _ => {}
         }
+    }
+    if seen_length && seen_encoding {
+        return Parsed::Bad(400, "bad_request", "both Content-Length and Transfer-Encoding".into());
     }
     Parsed::Head(req, len)
 }
@@ -472,6 +495,11 @@ fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
         return fail(426, "bad_websocket_version", "only Sec-WebSocket-Version: 13 is supported")
             .map_header("Sec-WebSocket-Version", "13");
     }
+    let allowed = &shared.config.args.allowed_origins;
+    if !allowed.is_empty() && !req.origin.as_deref().is_some_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
+    {
+        return fail(403, "origin_not_allowed", "this page's origin may not open the WebSocket (--allowed-origins)");
+    }
     let Some(key) = req.ws_key.clone().filter(|k| k.len() >= 16) else {
         return fail(400, "bad_websocket_key", "missing or malformed Sec-WebSocket-Key");
     };
@@ -649,9 +677,7 @@ async fn read_client(
                 return Ok(Some(Ok(ClientAddr::new(client))));
             }
             Err(e) => return Ok(Some(Err(e))),
-            Ok(Inspected::NeedMore) if buf.len() >= crate::proxy_header::MAX_HEADER => {
-                return Ok(Some(Err(ProxyError::TooLong)))
-            }
+            Ok(Inspected::NeedMore) if buf.len() >= MAX_PROXY_HEADER => return Ok(Some(Err(ProxyError::TooLong))),
             Ok(Inspected::NeedMore) => {}
         }
         if read_more(stream, buf).await? == 0 {
@@ -781,13 +807,15 @@ pub async fn serve_conn(mut stream: TcpStream, hub: Rc<RefCell<Hub>>, shared: Ar
                     return;
                 }
                 // The hub owns the socket from here; glommio's stream only closes its own fd.
-                // SAFETY: dup of a descriptor we own; the result is checked below.
-                let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+                let fd = crate::sys::dup(stream.as_raw_fd());
                 drop(stream);
-                if fd < 0 {
-                    tracing::warn!(error = %std::io::Error::last_os_error(), "dup failed; dropping the WebSocket");
-                    return;
-                }
+                let fd = match fd {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dup failed; dropping the WebSocket");
+                        return;
+                    }
+                };
                 holds.handed = true;
                 hub.borrow_mut().adopt(fd, user, since, &buf[total..], client.key);
                 return;
@@ -821,6 +849,25 @@ mod tests {
         big.extend(std::iter::repeat_n(b'a', MAX_HEAD));
         assert!(matches!(parse_head(&big), Parsed::Bad(431, ..)));
         assert!(matches!(parse_head(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"), Parsed::Bad(400, ..)));
+    }
+
+    #[test]
+    fn lengths_and_encodings_have_one_reading() {
+        let bad = |raw: &[u8]| match parse_head(raw) {
+            Parsed::Bad(status, ..) => status,
+            other => panic!("accepted {:?}: {other:?}", String::from_utf8_lossy(raw)),
+        };
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"), 400);
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"), 400);
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"), 400);
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nContent-Length: 05\r\n\r\n"), 400);
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"), 501);
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"), 501);
+        assert_eq!(bad(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"), 400);
+        let Parsed::Head(r, _) = parse_head(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n") else { panic!() };
+        assert_eq!(r.content_length, 0);
+        let Parsed::Head(r, _) = parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n") else { panic!() };
+        assert!(r.chunked);
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //! - With no new batch, nothing iterates the connections, except the ping sweep once per
 //!   `--ws-ping-secs` (one pass over the table, a 2-byte shared ping frame to each silent
 //!   connection: no per-connection memory beyond two flag bits in `Conn`'s spare byte).
-//! - A connection's client address (`addrs`, a column beside the table: 4 B) is counted in
-//!   `admission` from adoption to `drop_conn`, and so is its descriptor in `Shared::open_conns`.
+//! - A connection's client address and token expiry (`meta`, a column beside the table: 8 B)
+//!   are what admission and placements check: the address is counted in `admission` from
+//!   adoption to `drop_conn` (and the descriptor in `Shared::open_conns`); a token that expires
+//!   while the socket is open cannot place (`expired_token`; the client may `auth` again).
 //! - A drain closes the connections of its start evenly over the spread window, each with a
 //!   `reconnect` hint and 1012.
 
@@ -28,6 +30,7 @@ use crate::metrics::{add, ShardStats};
 use crate::place::{self, PlaceBody, PlaceError};
 use crate::protocol::{close, close_frame, pong_frame, text_frame, MAX_CLIENT_MESSAGE, PING_FRAME};
 use crate::server::Shared;
+use crate::sys::{self, set_opt, Epoll};
 use crate::token::User;
 use crate::ws::{self, reason, CloseReason, Kind};
 use bytes::Bytes;
@@ -38,18 +41,10 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SCRATCH: usize = 64 * 1024;
-const EVENTS: usize = 1024;
-/// Frames queued for one connection besides batches (answers, catch-up) before it is closed.
-const MAX_QUEUED: usize = 64;
-const MAX_IN_FLIGHT: u8 = 16;
-/// How long a closing connection may take to drain its close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Sends per broadcast slice: between slices the shard's other tasks run, so a batch to tens of
-/// thousands of sockets does not hold placements and handshakes back for its whole duration.
-const SLICE: usize = 1024;
-/// Reads per readiness event before yielding to other connections.
-const READS_PER_EVENT: usize = 4;
+use crate::bounds::{
+    CATCH_UP_BUSY_RETRY_MS, CATCH_UP_CHECK, CLOSE_GRACE, DRAIN_JITTER_MS, EVENTS, MAX_IN_FLIGHT, MAX_QUEUED,
+    READS_PER_EVENT, SCRATCH, SLICE,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -156,15 +151,15 @@ pub struct Hub {
     cursor: Option<Cursor>,
     shared: Arc<Shared>,
     conns: Vec<Conn>,
-    /// Client address of each slot (meaningful while the slot is in use).
-    addrs: Vec<AddrKey>,
+    /// Client address and token expiry of each slot (meaningful while the slot is in use).
+    meta: Vec<Meta>,
     free: Vec<u32>,
     live: usize,
     max_conns: usize,
     ring: VecDeque<Bytes>,
     first_seq: u64,
     max_lag: usize,
-    epfd: RawFd,
+    epoll: Epoll,
     uring: Option<IoUring>,
     scratch: Vec<u8>,
     events: Vec<libc::epoll_event>,
@@ -176,6 +171,28 @@ pub struct Hub {
     stats_idx: usize,
     next_ping: Instant,
     drain: Option<Drain>,
+    /// Connections with catch-up frames queued, and when they must have taken them.
+    catching_up: Vec<(ConnId, Instant)>,
+    next_catch_up_check: Instant,
+}
+
+/// What admission and placements need of a connection, beside its `Conn`.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    addr: AddrKey,
+    /// Unix seconds when the connection's token expires; 0 = never (or no token).
+    expires_s: u32,
+}
+
+impl Meta {
+    fn new(addr: AddrKey, user: Option<&User>) -> Self {
+        Meta { addr, expires_s: user.map_or(0, |u| expires_u32(u.expires)) }
+    }
+}
+
+/// Token expiries past 2106 are "never" to a u32, as they are to anyone alive.
+fn expires_u32(expires: u64) -> u32 {
+    u32::try_from(expires).unwrap_or(0)
 }
 
 /// A drain in progress on this shard: the connections it started with, how many it closed.
@@ -185,20 +202,13 @@ struct Drain {
     next_slot: usize,
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
 fn key(id: ConnId) -> u64 {
     id.slot as u64 | (id.gen as u64) << 32
 }
 
 impl Hub {
     pub fn new(shard: usize, shared: Arc<Shared>, rx: Receiver<ShardMsg>) -> std::io::Result<Self> {
-        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epfd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let epoll = Epoll::new()?;
         let uring = match shared.config.args.send_mode {
             SendMode::Uring => {
                 Some(IoUring::builder().setup_single_issuer().build(4096).or_else(|_| IoUring::new(4096))?)
@@ -213,15 +223,17 @@ impl Hub {
             // Reserved up front (virtual memory only: pages become resident as slots are used), so
             // the table never doubles and copies itself under load.
             conns: Vec::with_capacity(shared.max_conns_per_shard.min(1 << 24)),
-            addrs: Vec::with_capacity(shared.max_conns_per_shard.min(1 << 24)),
+            meta: Vec::with_capacity(shared.max_conns_per_shard.min(1 << 24)),
             next_ping: Instant::now() + Duration::from_secs(shared.config.args.ws_ping_secs),
             drain: None,
+            catching_up: Vec::new(),
+            next_catch_up_check: Instant::now(),
             shared,
             free: Vec::new(),
             live: 0,
             ring: VecDeque::new(),
             first_seq: 0,
-            epfd,
+            epoll,
             uring,
             scratch: vec![0; SCRATCH],
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS],
@@ -272,20 +284,16 @@ impl Hub {
             Some(s) => s as usize,
             None => {
                 self.conns.push(Conn::free(0));
-                self.addrs.push(addr);
+                self.meta.push(Meta::new(addr, None));
                 self.conns.len() - 1
             }
         };
-        self.addrs[slot] = addr;
+        self.meta[slot] = Meta::new(addr, user.as_ref());
         let gen = self.conns[slot].gen;
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: key(ConnId { slot: slot as u32, gen }),
-        };
-        if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "epoll_ctl ADD failed; dropping connection");
-            // SAFETY: `fd` is ours (handed over by the caller) and closed once, here.
-            unsafe { libc::close(fd) };
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        if let Err(e) = self.epoll.add(fd, events, key(ConnId { slot: slot as u32, gen })) {
+            tracing::warn!(error = %e, "epoll_ctl ADD failed; dropping connection");
+            sys::close(fd);
             self.free.push(slot as u32);
             self.release(addr);
             return;
@@ -309,9 +317,7 @@ impl Hub {
         self.conns[slot].extra().queue.push_back(text_frame(&hello.to_string()));
         let id = self.id(slot);
         if let Some(since) = since {
-            let req = CatchUpReq { shard: self.shard, conn: id, since };
-            if self.shared.catchup_tx.send(req).is_err() {
-                self.close_with(slot, reason(close::GOING_AWAY, "server shutting down"));
+            if !self.request_catch_up(slot, since, addr) {
                 return;
             }
         }
@@ -319,6 +325,51 @@ impl Hub {
         if !leftover.is_empty() && self.get(id).is_some() {
             let mut buf = leftover.to_vec();
             self.ingest(slot, &mut buf);
+        }
+    }
+
+    /// Asks the applier for a catch-up, or closes with 1013 and a hint: the address is over its
+    /// catch-up rate, or the applier's queue is full. A shard never blocks on the applier.
+    fn request_catch_up(&mut self, slot: usize, since: u64, addr: AddrKey) -> bool {
+        use crossbeam_channel::TrySendError;
+        if let Err(e) = self.shared.admission.catch_up(addr, crate::now_ms()) {
+            self.shared.metrics.admission_refused(&e);
+            let why = format!("too many catch-ups from your address; retry_after_ms={}", e.retry_after_ms());
+            self.close_frame_then(slot, close::TRY_AGAIN_LATER, &why);
+            return false;
+        }
+        let req = CatchUpReq { shard: self.shard, conn: self.id(slot), since };
+        match self.shared.catchup_tx.try_send(req) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.shared.metrics.refused_catch_up_busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let why = format!("busy catching others up; retry_after_ms={CATCH_UP_BUSY_RETRY_MS}");
+                self.close_frame_then(slot, close::TRY_AGAIN_LATER, &why);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.close_with(slot, reason(close::GOING_AWAY, "server shutting down"));
+                false
+            }
+        }
+    }
+
+    /// Closes connections that have not taken their catch-up within `--catch-up-drain-ms`; forgets
+    /// those that have. Runs only while some connection is catching up.
+    fn check_catching_up(&mut self, now: Instant) {
+        let list = std::mem::take(&mut self.catching_up);
+        for (id, deadline) in list {
+            let Some(slot) = self.get(id) else { continue };
+            let c = &self.conns[slot];
+            if c.state != State::Live || (!c.queued() && c.out.is_none()) {
+                continue;
+            }
+            if now < deadline {
+                self.catching_up.push((id, deadline));
+                continue;
+            }
+            self.shared.metrics.closed_catch_up_stalled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.close_frame_then(slot, close::TOO_SLOW, "too slow taking the catch-up; reconnect with since");
         }
     }
 
@@ -354,6 +405,10 @@ impl Hub {
             self.expire_closing();
         }
         let now = Instant::now();
+        if !self.catching_up.is_empty() && now >= self.next_catch_up_check {
+            self.next_catch_up_check = now + CATCH_UP_CHECK;
+            self.check_catching_up(now);
+        }
         if now >= self.next_ping {
             self.next_ping = now + Duration::from_secs(self.shared.config.args.ws_ping_secs);
             self.ping_sweep();
@@ -379,6 +434,8 @@ impl Hub {
                 c.extra().queue.extend(frames);
                 c.state = State::Live;
                 c.next_seq = head;
+                let drain = Duration::from_millis(self.shared.config.args.catch_up_drain_ms);
+                self.catching_up.push((conn, Instant::now() + drain));
                 self.pump(slot);
             }
             CatchUpReply::Reload { oldest_since } => {
@@ -475,9 +532,17 @@ impl Hub {
 
     fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frame: &Bytes) {
         // MSG_DONTWAIT makes every send complete at once (EAGAIN instead of waiting), so this
-        // never blocks on a slow socket.
-        if let Err(e) = uring.submit_and_wait(n) {
-            tracing::error!(error = %e, "io_uring submit failed");
+        // never blocks on a slow socket. A submission interrupted or short of kernel resources
+        // is retried; any other failure leaves sends whose buffers the kernel may still read,
+        // so the process must stop (systemd restarts it) rather than go on without this shard.
+        let mut tries = 0;
+        while let Err(e) = uring.submit_and_wait(n) {
+            let transient = matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY));
+            tries += 1;
+            if !transient || tries > 1000 {
+                tracing::error!(error = %e, shard = self.shard, "io_uring_enter failed; stopping the process");
+                std::process::abort();
+            }
         }
         add(&self.stats().send_syscalls, 1);
         let (mut done, mut frames, mut bytes) = (0usize, 0u64, 0u64);
@@ -578,27 +643,25 @@ impl Hub {
             let c = &mut self.conns[slot];
             let out = c.out.as_ref().expect("set above");
             let rest = &out[c.out_off as usize..];
-            let n =
-                unsafe { libc::send(c.fd, rest.as_ptr().cast(), rest.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            let sent = sys::send_nonblocking(c.fd, rest);
             if self.uring.is_none() {
                 add(&self.shared.shard_stats[self.stats_idx].send_syscalls, 1);
             }
-            if n < 0 {
-                match errno() {
-                    libc::EINTR => continue,
-                    libc::EAGAIN => {
-                        self.mark_blocked(slot);
-                        return;
-                    }
-                    _ => {
-                        self.drop_conn(slot);
-                        return;
-                    }
+            let n = match sent {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.mark_blocked(slot);
+                    return;
                 }
-            }
+                Err(_) => {
+                    self.drop_conn(slot);
+                    return;
+                }
+            };
             let stats = &self.shared.shard_stats[self.stats_idx];
             add(&stats.bytes_sent, n as u64);
-            if n as usize == rest.len() {
+            if n == rest.len() {
                 c.out = None;
                 c.out_off = 0;
                 add(&stats.frames_sent, 1);
@@ -619,7 +682,7 @@ impl Hub {
                 let e = c.extra();
                 if !e.shut_write {
                     e.shut_write = true;
-                    unsafe { libc::shutdown(c.fd, libc::SHUT_WR) };
+                    sys::shutdown_write(c.fd);
                 }
             }
             State::Live
@@ -675,13 +738,13 @@ impl Hub {
         if c.state == State::Free {
             return;
         }
-        unsafe { libc::close(c.fd) };
+        sys::close(c.fd);
         let gen = c.gen.wrapping_add(1);
         *c = Conn::free(gen);
         self.free.push(slot as u32);
         self.live -= 1;
         self.shared.shard_stats[self.stats_idx].connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        let addr = self.addrs[slot];
+        let addr = self.meta[slot].addr;
         self.release(addr);
     }
 
@@ -764,12 +827,12 @@ impl Hub {
             }
         }
         loop {
-            let n = unsafe { libc::epoll_wait(self.epfd, self.events.as_mut_ptr(), EVENTS as i32, 0) };
-            if n <= 0 {
+            let n = self.epoll.poll(&mut self.events);
+            if n == 0 {
                 return seen;
             }
-            seen += n as usize;
-            for i in 0..n as usize {
+            seen += n;
+            for i in 0..n {
                 let ev = self.events[i];
                 let (bits, k) = (ev.events, ev.u64);
                 let id = ConnId { slot: k as u32, gen: (k >> 32) as u32 };
@@ -784,7 +847,7 @@ impl Hub {
                     self.read(slot);
                 }
             }
-            if (n as usize) < EVENTS {
+            if n < EVENTS {
                 return seen;
             }
         }
@@ -795,23 +858,20 @@ impl Hub {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut drained = false;
         for _ in 0..READS_PER_EVENT {
-            let n = unsafe {
-                libc::recv(self.conns[slot].fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT)
+            let n = match sys::recv_nonblocking(self.conns[slot].fd, &mut scratch) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Ok(0) | Err(_) => {
+                    // EOF or a socket error: the peer is gone.
+                    self.drop_conn(slot);
+                    drained = true;
+                    break;
+                }
+                Ok(n) => n,
             };
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            if n < 0 && errno() == libc::EAGAIN {
-                drained = true;
-                break;
-            }
-            if n <= 0 {
-                // EOF or a socket error: the peer is gone.
-                self.drop_conn(slot);
-                drained = true;
-                break;
-            }
-            let n = n as usize;
             self.conns[slot].flags |= HEARD;
             if self.conns[slot].state != State::Closing {
                 self.ingest(slot, &mut scratch[..n]);
@@ -872,6 +932,9 @@ impl Hub {
         match kind {
             Kind::Ping => self.enqueue(slot, pong_frame(payload)),
             Kind::Pong => Ok(()),
+            Kind::Close if !ws::valid_close(payload) => {
+                Err(reason(close::PROTOCOL_ERROR, "invalid close frame: bad code or reason"))
+            }
             Kind::Close => {
                 tracing::trace!(code = ws::close_code(payload), "client closed");
                 self.close_frame_then(slot, close::NORMAL, "bye");
@@ -937,6 +1000,7 @@ impl Hub {
         match self.shared.signer.verify(token, crate::now_ms() / 1000) {
             Ok(user) => {
                 self.conns[slot].user = user.id;
+                self.meta[slot].expires_s = expires_u32(user.expires);
                 let mut m = serde_json::json!({"type": "authed", "user": user.name});
                 if let Some(id) = id {
                     m["id"] = id.into();
@@ -960,8 +1024,14 @@ impl Hub {
         if self.conns[slot].in_flight >= MAX_IN_FLIGHT {
             return self.reply_error(slot, id, &PlaceError::TooManyInFlight);
         }
+        let meta = self.meta[slot];
+        if self.conns[slot].user != 0 && meta.expires_s != 0 && crate::now_ms() / 1000 >= meta.expires_s as u64 {
+            // Checked for the token's whole life, not only at the handshake.
+            self.conns[slot].user = 0;
+            return self.reply_error(slot, id, &PlaceError::Token(crate::token::TokenError::Expired));
+        }
         let user = Some(self.conns[slot].user).filter(|&u| u != 0);
-        match place::begin(&self.shared, user, self.addrs[slot], &body) {
+        match place::begin(&self.shared, user, meta.addr, &body) {
             Ok(pending) => {
                 self.conns[slot].in_flight += 1;
                 let conn = self.id(slot);
@@ -1028,10 +1098,9 @@ impl Drop for Hub {
     fn drop(&mut self) {
         for c in &self.conns {
             if c.state != State::Free {
-                unsafe { libc::close(c.fd) };
+                sys::close(c.fd);
             }
         }
-        unsafe { libc::close(self.epfd) };
     }
 }
 
@@ -1046,18 +1115,11 @@ fn error_frame(id: Option<&serde_json::Number>, code: &str, message: &str, retry
     text_frame(&m.to_string())
 }
 
-fn set_opt(fd: RawFd, level: i32, name: i32, value: i32) {
-    unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), std::mem::size_of::<i32>() as u32);
-    }
-}
-
 /// Non-blocking, no Nagle (batches go out at once), kernel keepalive to reap dead peers, and an
 /// optional send buffer bound.
 fn configure_socket(fd: RawFd, sndbuf: usize) {
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    if let Err(e) = sys::set_nonblocking(fd) {
+        tracing::warn!(error = %e, "cannot make a WebSocket non-blocking");
     }
     set_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
     set_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
@@ -1071,7 +1133,4 @@ fn configure_socket(fd: RawFd, sndbuf: usize) {
 
 /// The user-space size of one connection: its entry and its address column (for the memory
 /// report).
-pub const CONN_BYTES: usize = std::mem::size_of::<Conn>() + std::mem::size_of::<AddrKey>();
-
-/// Clients closed by a drain reconnect within this much random delay, on top of the spread.
-pub const DRAIN_JITTER_MS: u64 = 1000;
+pub const CONN_BYTES: usize = std::mem::size_of::<Conn>() + std::mem::size_of::<Meta>();

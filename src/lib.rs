@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod admission;
 pub mod applier;
+pub mod bounds;
 pub mod canvas;
 pub mod checkpoint;
 pub mod client_addr;
@@ -27,6 +28,7 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod snapshot;
+pub mod sys;
 pub mod token;
 pub mod verdict;
 pub mod ws;

@@ -14,12 +14,8 @@
 //! It does not close connections itself: each shard reads the drain schedule on its own tick.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-/// A thread whose loop has not run for this long counts as stuck. Shards tick every 1-10 ms and
-/// the applier at least every batch interval; a broadcast slice is bounded (1,024 sends), so 5 s
-/// of silence is a hang, not load.
-pub const STALL_LIMIT_MS: u64 = 5_000;
+pub use crate::bounds::{STALL_LIMIT_MS, SUPERVISE_EVERY};
 
 /// Where a drain stands at a given moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,9 +189,6 @@ pub mod notify {
         sd_notify::watchdog_enabled().map(|d| d / 3)
     }
 }
-
-/// The supervisor's cadence when systemd asks for no watchdog.
-pub const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,14 @@
 //! The `placecast` binary: parses configuration and runs a subcommand. Errors reach the operator
-//! as one plain sentence and exit code 2 (bad configuration) or 1 (failure while running).
+//! as one plain sentence and an exit code: 2 bad configuration, 1 failure while running, 65 a
+//! damaged edit log (`placecast log verify`), 75 a failed fdatasync (restart: recovery reads
+//! what is really on disk); `log verify`/`repair` document their own codes.
 
 use mimalloc::MiMalloc;
 use placecast::config::{parse_cli_with_sources, Command, Config, Sources};
+
+/// `serve` refused to start on a damaged edit log (EX_DATAERR); the unit's
+/// `RestartPreventExitStatus=` names it.
+const EXIT_LOG_DAMAGED: i32 = 65;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -22,6 +28,15 @@ fn main() {
         .init();
     match cli.command {
         Command::Serve(args) => {
+            // A thread that dies takes the process with it, in every build (release builds
+            // abort on panic anyway): a shard or the applier gone would leave a process that
+            // answers health checks but serves nobody.
+            let report = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                report(info);
+                eprintln!("placecast: a thread panicked; stopping the process so it restarts whole");
+                std::process::abort();
+            }));
             let config = match Config::from_args(args) {
                 Ok(c) => c,
                 Err(e) => {
@@ -31,10 +46,15 @@ fn main() {
             };
             if let Err(e) = placecast::server::run(config) {
                 eprintln!("placecast: {e}");
-                std::process::exit(1);
+                // A damaged log needs an operator (`placecast log verify`/`repair`): a distinct
+                // code so systemd does not restart into the same refusal forever.
+                let damaged =
+                    matches!(e, placecast::server::ServerError::Log(placecast::edit_log::LogError::Corrupt(_)));
+                std::process::exit(if damaged { EXIT_LOG_DAMAGED } else { 1 });
             }
         }
         Command::CheckConfig(args) => std::process::exit(check_config(&args, &sources)),
+        Command::Log(cmd) => std::process::exit(placecast::edit_log::tool::run(&cmd)),
         Command::MintToken { user, ttl, secret } => {
             if let Err(e) = placecast::secrets::check("--secret", &secret) {
                 eprintln!("placecast: {e}");

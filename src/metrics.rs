@@ -23,6 +23,11 @@ pub struct Metrics {
     pub refused_conn_cap: AtomicU64,
     pub refused_session_rate: AtomicU64,
     pub refused_place_rate: AtomicU64,
+    pub refused_catch_up_rate: AtomicU64,
+    /// Catch-ups refused because the applier's queue was full (1013).
+    pub refused_catch_up_busy: AtomicU64,
+    /// Clients closed for not draining their catch-up in time (4000).
+    pub closed_catch_up_stalled: AtomicU64,
     /// Connections refused for the descriptor budget or a bad PROXY header.
     pub refused_fd_budget: AtomicU64,
     pub refused_proxy: AtomicU64,
@@ -39,6 +44,7 @@ impl Metrics {
             A::TooManyConnections { .. } => &self.refused_conn_cap,
             A::SessionRate { .. } => &self.refused_session_rate,
             A::PlacementRate { .. } => &self.refused_place_rate,
+            A::CatchUpRate { .. } => &self.refused_catch_up_rate,
             A::TableFull => &self.refused_fd_budget,
         };
         c.fetch_add(1, Ordering::Relaxed);
@@ -114,6 +120,8 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
         ("connections_per_address", &m.refused_conn_cap),
         ("sessions_per_address", &m.refused_session_rate),
         ("placements_per_address", &m.refused_place_rate),
+        ("catch_ups_per_address", &m.refused_catch_up_rate),
+        ("catch_up_queue_full", &m.refused_catch_up_busy),
         ("descriptor_budget", &m.refused_fd_budget),
         ("proxy_header", &m.refused_proxy),
     ] {
@@ -130,6 +138,12 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
         "placecast_http_write_timeouts_total",
         "HTTP answers abandoned: not written within --write-timeout-ms.",
         r(&m.write_timeouts),
+    );
+    counter(
+        &mut out,
+        "placecast_closed_catch_up_stalled_total",
+        "Clients closed for not reading their catch-up in time (4000).",
+        r(&m.closed_catch_up_stalled),
     );
     counter(&mut out, "placecast_closed_drain_total", "WebSockets closed by a drain (1012).", r(&m.closed_drain));
     let per_shard: [PerShard; 8] = [

@@ -24,10 +24,7 @@ use thiserror::Error;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// How long a challenge stays valid.
-pub const CHALLENGE_TTL_MS: u64 = 120_000;
-/// Challenges remembered as used at once: a million (above any session rate x TTL we allow).
-pub const MAX_USED: usize = 1 << 20;
+pub use crate::bounds::{CHALLENGE_TTL_MS, MAX_USED_CHALLENGES as MAX_USED};
 pub const MIN_DIFFICULTY: u8 = 8;
 pub const MAX_DIFFICULTY: u8 = 32;
 

@@ -22,9 +22,7 @@ use thiserror::Error;
 /// The v2 signature: `\r\n\r\n\0\r\nQUIT\n`.
 const V2_SIG: &[u8; 12] = b"\r\n\r\n\x00\r\nQUIT\n";
 const V1_SIG: &[u8; 6] = b"PROXY ";
-/// v2: 16 fixed bytes, 36 of IPv6 addresses, and room for a few TLVs (HAProxy sends none by
-/// default). 536 is the v2 specification's recommended receive buffer.
-pub const MAX_HEADER: usize = 536;
+pub use crate::bounds::MAX_PROXY_HEADER as MAX_HEADER;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -14,6 +14,7 @@
 
 use crate::admission::{Admission, LimitValues};
 use crate::applier::{Applier, ApplierSetup, ApplierStats, CatchUpReq, ClusterSetup, Control, ShardMsg};
+use crate::bounds::{CATCH_UP_QUEUE, EDITS_QUEUE, SHARD_QUEUE};
 use crate::canvas::{Canvas, Geometry};
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
@@ -121,32 +122,9 @@ fn load_secret(config: &Config) -> Result<Vec<u8>, ServerError> {
     Ok(secret)
 }
 
-/// Raises the soft open-file limit to the hard one; returns the new soft limit.
-fn raise_fd_limit() -> u64 {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
-            return 1024;
-        }
-        if l.rlim_cur < l.rlim_max {
-            let want = libc::rlimit { rlim_cur: l.rlim_max, rlim_max: l.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                l.rlim_cur = l.rlim_max;
-            }
-        }
-    }
-    l.rlim_cur
-}
-
 /// CPUs this process may run on, in order.
 fn allowed_cpus() -> Vec<usize> {
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
-    let cpus: Vec<usize> = if ok {
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
-    } else {
-        Vec::new()
-    };
+    let cpus = crate::sys::allowed_cpus();
     if cpus.is_empty() {
         (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
     } else {
@@ -160,7 +138,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let args = config.args.clone();
     let cpus = allowed_cpus();
     let shards = if args.shards == 0 { cpus.len() } else { args.shards };
-    let fd_limit = raise_fd_limit();
+    let fd_limit = crate::sys::raise_fd_limit();
     let budget = Budget::new(fd_limit, shards, args.fd_reserve);
     let max_conns_per_shard =
         if args.max_conns > 0 { args.max_conns.div_ceil(shards) } else { (budget.soft / shards).max(1) };
@@ -170,9 +148,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let limiter = Arc::new(Limiter::new(args.cooldown * 1000));
     let snapshots = Arc::new(SnapshotStore::default());
     let stats = Arc::new(ApplierStats::new(shards));
-    let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| unbounded::<ShardMsg>()).unzip();
-    let (catchup_tx, catchup_rx) = bounded(65_536);
-    let (edits_tx, edits_rx) = bounded(1 << 16);
+    let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| bounded::<ShardMsg>(SHARD_QUEUE)).unzip();
+    let (catchup_tx, catchup_rx) = bounded(CATCH_UP_QUEUE);
+    let (edits_tx, edits_rx) = bounded(EDITS_QUEUE);
     let (control_tx, control_rx) = unbounded::<Control>();
     let verdicts = shared_log.then(|| Arc::new(Verdicts::new(0)));
     let cluster = verdicts.as_ref().map(|v| ClusterSetup {
@@ -209,6 +187,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         max_conns_per_addr: args.max_conns_per_addr,
         sessions_per_min: args.sessions_per_min,
         placements_per_addr_per_min: args.placements_per_addr_per_min,
+        catchups_per_addr_per_min: args.catchups_per_addr_per_min,
     };
     let shared = Arc::new(Shared {
         geometry: config.geometry.clone(),

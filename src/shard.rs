@@ -37,7 +37,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(65_535)?;
-    // SAFETY: a bound, listening socket we own.
+    // SAFETY: `into_raw_fd` hands over a bound, listening socket that nothing else owns.
     Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
 }
 

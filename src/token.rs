@@ -40,6 +40,16 @@ pub struct User {
     pub name: String,
     /// The limiter key (FNV-1a of the name, never 0).
     pub id: u64,
+    /// Unix seconds after which the token is no longer valid; 0 = never.
+    pub expires: u64,
+}
+
+/// One canonical spelling per number: decimal digits, no sign, no leading zero (but "0"), at
+/// most 20 digits. Two spellings of one token would be two tokens to every cache and log.
+pub fn canonical_u64(s: &str) -> Option<u64> {
+    let ok =
+        !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    ok.then(|| s.parse().ok()).flatten()
 }
 
 pub fn valid_user(name: &str) -> bool {
@@ -83,20 +93,20 @@ impl Signer {
     }
 
     pub fn verify(&self, token: &str, now_s: u64) -> Result<User, TokenError> {
-        let mut parts = token.trim().split('.');
+        let mut parts = token.split('.');
         let (Some(user), Some(exp), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
         if !valid_user(user) {
             return Err(TokenError::Malformed);
         }
-        let expires: u64 = exp.parse().map_err(|_| TokenError::Malformed)?;
+        let expires = canonical_u64(exp).ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
         self.sign(user, expires).verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
         if expires != 0 && expires <= now_s {
             return Err(TokenError::Expired);
         }
-        Ok(User { name: user.to_string(), id: user_key(user) })
+        Ok(User { name: user.to_string(), id: user_key(user), expires })
     }
 }
 
@@ -143,5 +153,21 @@ mod tests {
         let a = anonymous_user();
         assert!(valid_user(&a));
         assert_ne!(a, anonymous_user());
+    }
+
+    #[test]
+    fn one_spelling_per_token() {
+        let s = Signer::new(b"0123456789abcdef0123456789abcdef");
+        let t = s.mint("alice", 5_000_000_000).unwrap();
+        assert_eq!(s.verify(&t, 1).unwrap().expires, 5_000_000_000);
+        let (user, rest) = t.split_once('.').unwrap();
+        for other in [format!("{user}.+{rest}"), format!("{user}.0{rest}"), format!(" {t}"), format!("{t} ")] {
+            assert_eq!(s.verify(&other, 1), Err(TokenError::Malformed), "{other}");
+        }
+        assert_eq!(canonical_u64("0"), Some(0));
+        assert_eq!(canonical_u64("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "00", "+1", "-1", "1 ", "99999999999999999999", "1e3"] {
+            assert_eq!(canonical_u64(bad), None, "{bad:?}");
+        }
     }
 }

@@ -93,6 +93,20 @@ pub fn close_code(payload: &[u8]) -> u16 {
     }
 }
 
+/// Whether a client's close frame payload is valid (RFC 6455 7.4): empty, or a code a peer
+/// may send (1000-1003, 1007-1014, 3000-4999) and a UTF-8 reason. One byte is never valid.
+pub fn valid_close(payload: &[u8]) -> bool {
+    if payload.is_empty() {
+        return true;
+    }
+    if payload.len() < 2 {
+        return false;
+    }
+    let code = close_code(payload);
+    let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+    allowed && std::str::from_utf8(&payload[2..]).is_ok()
+}
+
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
 pub fn accept_key(key: &str) -> String {
     tungstenite::handshake::derive_accept_key(key.trim().as_bytes())
@@ -211,6 +225,24 @@ mod fuzz_smoke {
                     _ => break,
                 }
             }
+        }
+    }
+
+    #[test]
+    fn close_payloads_are_checked() {
+        assert!(valid_close(b""));
+        assert!(valid_close(&[0x03, 0xe8]));
+        assert!(valid_close(&[0x0f, 0xa0, b'o', b'k']));
+        for bad in [
+            &[0x03][..],
+            &[0x03, 0xe7],
+            &[0x03, 0xed],
+            &[0x03, 0xee],
+            &[0x0b, 0xb7],
+            &[0x13, 0x88],
+            &[0x03, 0xe8, 0xff],
+        ] {
+            assert!(!valid_close(bad), "{bad:?}");
         }
     }
 }

@@ -147,6 +147,7 @@ fn a_node_killed_mid_stream_restarts_from_its_checkpoint_and_catches_up() {
     assert!(snaps[0].pixels == snaps[1].pixels, "the restarted node matches");
     // A clean stop writes a checkpoint at the node's version; the next start uses it.
     let before = b.version();
+    // SAFETY: signalling our own child by its PID.
     unsafe { libc::kill(b.s().child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.server.as_mut().unwrap().child.try_wait().unwrap().is_none() {

@@ -117,6 +117,8 @@ fn placements_latency_and_log_to_client() {
 
 /// Starts a node and returns the milliseconds until it answers /healthz (it listens only after
 /// the log's history is applied).
+// The caller waits for the child it is handed.
+#[allow(clippy::zombie_processes)]
 fn time_to_serving(dir: &std::path::Path, broker: &Broker) -> (std::process::Child, std::net::SocketAddr, u128) {
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -233,6 +235,7 @@ fn measure_start(broker: &Broker, n: u64) {
     let v = try_http(addr, "GET", "/healthz", &[], b"").unwrap().json()["version"].as_u64().unwrap();
     assert_eq!(v, n);
     println!("BENCH cold start, no checkpoint, {n} edits: {ms} ms to serving");
+    // SAFETY: signalling our own child by its PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();
     let (mut child, _addr, ms) = time_to_serving(dir.path(), broker);

@@ -11,6 +11,7 @@
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod tool;
 
 use crossbeam_channel::Sender;
 use futures_channel::oneshot;

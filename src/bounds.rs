@@ -1,0 +1,107 @@
+//! Every bound of the server in one place: each queue, buffer, table and timeout, what happens
+//! when it is full or runs out, and the napkin math behind its size. Modules use these; the
+//! flags that tune some of them at run time (`config.rs`) say so here.
+//!
+//! Invariant: nothing in the server grows without one of these bounds; when one is reached the
+//! behaviour is a clear refusal (an HTTP status and JSON code, a WebSocket close code) or a wait
+//! that the watchdog bounds, never unbounded memory. Sizes that other code relies on are
+//! asserted at compile time below.
+//!
+//! The channels between the threads (see ARCHITECTURE.md's table):
+//! - shard → applier, catch-up requests: `CATCH_UP_QUEUE`; full → the shard closes the
+//!   connection with 1013 and a retry hint (`try_send`: a shard never blocks on the applier).
+//! - applier → each shard, batches and catch-up answers: `SHARD_QUEUE`; full → the applier
+//!   waits (a shard that stops reading for `SHARD_QUEUE` messages is stuck: the supervisor stops
+//!   feeding the watchdog after `STALL_LIMIT_MS` and systemd restarts the process).
+//! - log → applier, committed edits: `EDITS_QUEUE`; full → the log's tail waits (back-pressure
+//!   to the writer; placements then see `log_unavailable` when the log's own queue is full).
+//! - shards → log writer, appends: `edit_log::file::QUEUE`; full → 503 `log_unavailable`.
+
+use std::time::Duration;
+
+// ---- Threads and channels ----
+
+/// Catch-up requests waiting for the applier. It answers one in tens to hundreds of
+/// microseconds (its frames are shared), so 4,096 queued is under a second of wait.
+pub const CATCH_UP_QUEUE: usize = 4_096;
+/// Messages waiting for one shard: 10 batches a second plus catch-up answers, at most one per
+/// queued catch-up request; twice the catch-up queue leaves room for both.
+pub const SHARD_QUEUE: usize = 2 * CATCH_UP_QUEUE;
+/// Committed edits waiting for the applier: under a second at any placement rate we accept.
+pub const EDITS_QUEUE: usize = 1 << 16;
+/// A thread whose loop has not run for this long counts as stuck. Shards tick every 1-10 ms and
+/// the applier at least every batch interval; a broadcast slice is bounded (`SLICE` sends), so
+/// 5 s of silence is a hang, not load.
+pub const STALL_LIMIT_MS: u64 = 5_000;
+/// The supervisor's cadence (watchdog, status, end of a drain) when systemd asks for no faster.
+pub const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+// ---- The applier's catch-up frames ----
+
+/// Versions per shared catch-up chunk (256 KiB at 4 B per edit): clients catching up far share
+/// these frames; the window (2M edits) is at most 31 of them.
+pub const CHUNK: u64 = 65_536;
+/// Versions per shared sub-chunk: the parts of a catch-up between whole chunks are built from
+/// these, so what one catch-up holds privately is at most `SUB` versions (16 KiB at 4 B per
+/// edit) and a storm of catch-ups from nearby versions shares almost everything.
+pub const SUB: u64 = 4_096;
+/// Sub-chunk frames kept (at most 16 KiB each at stride 4: 4 MiB); when full, one is dropped to
+/// make room (it is rebuilt on demand).
+pub const MAX_SUBS: usize = 256;
+/// Longest a cut waits for a busy shard: progress is guaranteed even if a shard stalls.
+pub const MAX_DEFER: Duration = Duration::from_secs(1);
+/// How often a deferred cut looks again.
+pub const DEFER_STEP: Duration = Duration::from_millis(2);
+
+// ---- A shard's WebSocket connections (hub) ----
+
+/// One read buffer per shard (not per connection): a client message is at most 4 KiB.
+pub const SCRATCH: usize = 64 * 1024;
+/// epoll events taken per call; more are taken by the next call in the same tick.
+pub const EVENTS: usize = 1024;
+/// Frames queued for one connection besides batches and its catch-up (answers); one more and
+/// it is closed with 1008: it does not read its answers.
+pub const MAX_QUEUED: usize = 64;
+/// Placements of one connection waiting for the log; one more gets `too_many_in_flight`.
+pub const MAX_IN_FLIGHT: u8 = 16;
+/// How long a closing connection may take to drain its close frame before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Sends per broadcast slice: between slices the shard's other tasks run, so a batch to tens of
+/// thousands of sockets does not hold placements and handshakes back for its whole duration.
+pub const SLICE: usize = 1024;
+/// Reads per readiness event before yielding to other connections.
+pub const READS_PER_EVENT: usize = 4;
+/// How often the catch-up deadlines (`--catch-up-drain-ms`) are looked at, only while any.
+pub const CATCH_UP_CHECK: Duration = Duration::from_millis(100);
+/// The retry hint when the applier's catch-up queue is full.
+pub const CATCH_UP_BUSY_RETRY_MS: u64 = 1000;
+/// Clients closed by a drain reconnect within this much random delay, on top of the spread.
+pub const DRAIN_JITTER_MS: u64 = 1000;
+
+// ---- HTTP ----
+
+/// A request head: 16 KiB (a browser's is under 2 KiB); over it: 431.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// A request body: placements and session proofs are under 300 bytes; over it: 413.
+pub const MAX_BODY: usize = 4 * 1024;
+/// Headers per request; more: 431.
+pub const MAX_HEADERS: usize = 48;
+/// A PROXY header: v1's own limit is 107 bytes; v2 is refused beyond 536 (the specification's
+/// recommended receive buffer), decided from its length field.
+pub const MAX_PROXY_HEADER: usize = 536;
+
+// ---- Tables shared by the shards ----
+
+/// Client addresses admission tracks (~48 B each with the map: 50 MB at the cap); full → new
+/// addresses get 503 `server_busy` (failing open would let many addresses bypass every limit).
+pub const MAX_ADDRESSES: usize = 1 << 20;
+/// Proof-of-work challenges remembered as used (~64 B each: 64 MB at the cap); full → new
+/// sessions get 503 rather than accept replays.
+pub const MAX_USED_CHALLENGES: usize = 1 << 20;
+/// How long a proof-of-work challenge stays valid.
+pub const CHALLENGE_TTL_MS: u64 = 120_000;
+
+const _: () = assert!(CHUNK.is_multiple_of(SUB));
+const _: () = assert!(SLICE <= 4096, "a slice fits the shard's io_uring (4,096 entries)");
+const _: () = assert!(MAX_BODY < MAX_HEAD);
+const _: () = assert!(SHARD_QUEUE > CATCH_UP_QUEUE);
