@@ -8,7 +8,7 @@
 use crate::admission::LimitValues;
 use crate::http::{bearer, Req, Response};
 use crate::pow::{SessionMode, MAX_DIFFICULTY, MIN_DIFFICULTY};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Constant-time comparison, so the admin token cannot be guessed byte by byte from timing.
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
@@ -121,7 +121,7 @@ pub fn drain(req: &Req, shared: &Shared) -> Response {
     if let Err(r) = authorize(req, shared) {
         return r;
     }
-    crate::server::start_drain(shared, "POST /api/v1/admin/drain");
+    shared.start_drain("POST /api/v1/admin/drain");
     let l = &shared.lifecycle;
     Response::json(
         202,

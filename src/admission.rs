@@ -13,7 +13,7 @@
 //! (`TableFull`, answered 503) rather than admitted untracked: failing open would let an
 //! attacker with many addresses bypass every limit. Limits change live (admin API); 0 means
 //! "no limit" for each.
-//! Not here: the per-user cooldown (`limiter.rs`), the server-wide connection caps (`hub.rs`,
+//! Not here: the per-user cooldown (`limiter.rs`), the server-wide connection caps (`hub/`,
 //! `shard.rs`).
 
 use crate::client_addr::AddrKey;

@@ -18,7 +18,7 @@ use crate::hub::Hub;
 use crate::lifecycle::DrainPhase;
 use crate::place::{self, error_json, PlaceError};
 use crate::proxy_header::{Inspected, ProxyError};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use crate::token::User;
 use crate::ws::accept_key;

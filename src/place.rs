@@ -12,7 +12,7 @@ use crate::admission::AdmissionError;
 use crate::client_addr::AddrKey;
 use crate::edit_log::{AppendAck, Edit, LogError};
 use crate::limiter::Permit;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::token::TokenError;
 use futures_channel::oneshot;
 use serde::Deserialize;
@@ -90,7 +90,7 @@ impl PlaceError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Deserialize)]
 pub struct PlaceBody {
     pub x: i64,
     pub y: i64,

@@ -1,21 +1,15 @@
 //! Wiring: opens the edit log, replays it into the applier, starts the applier, the housekeeping,
-//! supervisor and signal threads, and one shard per core; `Shared` is what they all hold.
+//! supervisor and signal threads, and one shard per core, all holding one `shared::Shared`.
 //!
 //! Invariants: shards start serving only after the log's history is applied, so the first
 //! snapshot and every catch-up include every acknowledged edit. On a Kafka log, "history" is the
 //! topic up to its end at start, applied from the local checkpoint on. The process ends only
 //! through `finish` (after a drain, or a second signal), which writes the checkpoint first.
-//!
-//! Descriptor budget (`Budget`): the process may hold `hard` client connections, HTTP and
-//! WebSocket together (the open-file limit less 64 + 16 per shard for the log, rings, epoll and
-//! Kafka sockets); past `soft` (= hard - `--fd-reserve`) only the operator's routes are served,
-//! so health checks, metrics and the admin API answer when every WebSocket slot is taken. At the
-//! default 20,000-descriptor cap with 2 shards: hard 19,904, soft 19,648.
 
 use crate::admission::{Admission, LimitValues};
-use crate::applier::{Applier, ApplierSetup, ApplierStats, CatchUpReq, ClusterSetup, Control, ShardMsg};
+use crate::applier::{Applier, ApplierSetup, ApplierStats, ClusterSetup, Control, ShardMsg};
 use crate::bounds::{CATCH_UP_QUEUE, EDITS_QUEUE, SHARD_QUEUE};
-use crate::canvas::{Canvas, Geometry};
+use crate::canvas::Canvas;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::edit_log::{file::FileLog, EditLog, LogError};
@@ -25,58 +19,16 @@ use crate::metrics::{Metrics, ShardStats};
 use crate::pow::{Proofs, SessionPolicy};
 use crate::proxy_header::ProxyPolicy;
 use crate::secrets::SecretError;
+use crate::shared::{Budget, Shared};
 use crate::snapshot::SnapshotStore;
 use crate::token::Signer;
 use crate::verdict::Verdicts;
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, unbounded};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-
-/// State every shard and thread shares. Hot-path fields are read-mostly atomics.
-pub struct Shared {
-    pub config: Config,
-    pub geometry: Geometry,
-    pub limiter: Arc<Limiter>,
-    pub log: Arc<dyn EditLog>,
-    /// Set on a shared (Kafka) log: placements wait for the applier's log-order verdict.
-    pub verdicts: Option<Arc<Verdicts>>,
-    pub signer: Signer,
-    pub snapshots: Arc<SnapshotStore>,
-    pub applier: Arc<ApplierStats>,
-    pub catchup_tx: Sender<CatchUpReq>,
-    pub metrics: Metrics,
-    pub shard_stats: Box<[ShardStats]>,
-    /// Set by `finish` just before the exit: shards stop accepting and close what is left.
-    pub shutting_down: AtomicBool,
-    pub max_conns_per_shard: usize,
-    pub admission: Admission,
-    pub proofs: Proofs,
-    pub sessions: SessionPolicy,
-    pub proxy: ProxyPolicy,
-    pub lifecycle: Lifecycle,
-    /// Client connections open now, HTTP and WebSocket (see `Budget`).
-    pub open_conns: AtomicUsize,
-    pub budget: Budget,
-    /// The applier's control channel on a shared log (checkpoint before exit).
-    pub control: Option<Sender<Control>>,
-}
-
-/// How many client connections the descriptors allow (see the module doc).
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    pub soft: usize,
-    pub hard: usize,
-}
-
-impl Budget {
-    pub fn new(fd_limit: u64, shards: usize, reserve: usize) -> Self {
-        let hard = (fd_limit.saturating_sub(64 + 16 * shards as u64) as usize).max(32);
-        Budget { soft: hard.saturating_sub(reserve).max(16), hard }
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -296,22 +248,6 @@ fn spawn_supervisor(shared: Arc<Shared>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Starts a drain (SIGTERM, `POST /api/v1/admin/drain`): `/readyz` turns 503 now; the shards
-/// close their clients after the grace, spread over the window; the supervisor ends the process
-/// when the last is gone.
-pub fn start_drain(shared: &Shared, why: &str) {
-    if !shared.lifecycle.start_drain(crate::now_ms()) {
-        return;
-    }
-    notify::stopping();
-    tracing::info!(
-        why,
-        grace_ms = shared.lifecycle.grace_ms(),
-        spread_ms = shared.lifecycle.spread_ms(),
-        "draining: /readyz is 503; clients will be closed with 1012"
-    );
-}
-
 /// Ends the process: a node on a shared log writes its checkpoint first; acknowledged edits are
 /// already durable. Shards close whoever is left with 1001.
 pub fn finish(shared: &Shared) -> ! {
@@ -378,21 +314,8 @@ fn spawn_signals(shared: Arc<Shared>) -> std::io::Result<()> {
                 tracing::info!(signal = sig, "second signal: stopping now");
                 finish(&shared);
             }
-            start_drain(&shared, if sig == SIGTERM { "SIGTERM" } else { "SIGINT" });
+            shared.start_drain(if sig == SIGTERM { "SIGTERM" } else { "SIGINT" });
         }
     })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn budget_keeps_the_reserve() {
-        let b = Budget::new(20_000, 2, 256);
-        assert_eq!((b.hard, b.soft), (19_904, 19_648));
-        let tiny = Budget::new(100, 2, 256);
-        assert!(tiny.soft >= 16 && tiny.hard >= tiny.soft);
-    }
 }

@@ -11,7 +11,7 @@
 use crate::client_addr::ClientAddr;
 use crate::http::Response;
 use crate::pow::{ProofError, SessionMode};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::token::anonymous_user;
 
 /// `GET /api/v1/session/challenge`.

@@ -9,7 +9,7 @@ use crate::applier::ShardMsg;
 use crate::http::serve_conn;
 use crate::hub::{Hub, Tick};
 use crate::lifecycle::DrainPhase;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crossbeam_channel::{Receiver, Sender};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};

@@ -4,7 +4,7 @@
 //!
 //! Invariant: a wrapper never takes ownership of a descriptor unless it says so; `close` is the
 //! only call that ends one, and callers call it exactly once per descriptor they own.
-//! Not here: io_uring submission (`hub.rs`, through the `io-uring` crate, whose one unsafe
+//! Not here: io_uring submission (`hub/send.rs`, through the `io-uring` crate, whose one unsafe
 //! `push` keeps its own SAFETY line there: the buffer must outlive the submission).
 
 use std::io;

@@ -1,6 +1,8 @@
 //! A shard's WebSocket connections after the handshake: the connection table, the ring of recent
-//! batch frames shared by all of them, reads through one edge-triggered epoll per shard, and batch
-//! writes submitted in bulk through the shard's own io_uring (or one `send()` per socket).
+//! batch frames shared by all of them, the tick, reads through one edge-triggered epoll per
+//! shard, timers (pings, catch-up deadlines, drain). The send path (batch writes submitted in
+//! bulk through the shard's own io_uring, or one `send()` per socket) is `send.rs`; what client
+//! messages mean is `messages.rs`.
 //!
 //! Why not glommio streams here: a glommio stream and its task cost far more than the ~100 bytes
 //! an idle connection may cost, and glommio submits one `send()` per socket; this module keeps a
@@ -23,19 +25,24 @@
 //! - A drain closes the connections of its start evenly over the spread window, each with a
 //!   `reconnect` hint and 1012.
 
-use crate::applier::{CatchUpReply, CatchUpReq, ConnId, ShardMsg};
+mod messages;
+mod send;
+
+pub use messages::{assemble, parse_client_message, ClientMessage, Refusal};
+
 use crate::client_addr::AddrKey;
 use crate::config::SendMode;
+use crate::messages::{CatchUpReply, CatchUpReq, ConnId, ShardMsg};
 use crate::metrics::{add, ShardStats};
-use crate::place::{self, PlaceBody, PlaceError};
-use crate::protocol::{close, close_frame, pong_frame, text_frame, MAX_CLIENT_MESSAGE, PING_FRAME};
-use crate::server::Shared;
+use crate::place;
+use crate::protocol::{close, close_frame, text_frame, PING_FRAME};
+use crate::shared::Shared;
 use crate::sys::{self, set_opt, Epoll};
 use crate::token::User;
-use crate::ws::{self, reason, CloseReason, Kind};
+use crate::ws::{reason, CloseReason};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
-use io_uring::{opcode, types, IoUring};
+use io_uring::IoUring;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -452,248 +459,6 @@ impl Hub {
         }
     }
 
-    /// Writes batches `from_seq..head` to every live connection that is waiting for exactly them.
-    /// Writes the cursor's batch to the next `SLICE` connections waiting for exactly it; a batch
-    /// done, closes or retries the connections it left blocked and moves to the next one.
-    fn broadcast_slice(&mut self) {
-        let Some(Cursor { seq, slot }) = self.cursor else { return };
-        let frame = self.ring[(seq - self.first_seq) as usize].clone();
-        let end = match self.uring.is_some() {
-            true => self.broadcast_uring(seq, &frame, slot),
-            false => self.broadcast_syscall(seq, slot),
-        };
-        if end < self.conns.len() {
-            self.cursor = Some(Cursor { seq, slot: end });
-            return;
-        }
-        self.check_blocked();
-        self.cursor = (seq + 1 < self.head_seq()).then_some(Cursor { seq: seq + 1, slot: 0 });
-    }
-
-    /// Whether `slot` takes batch `seq` in the bulk path. A connection behind it (possible only
-    /// after the shard itself fell behind) is pumped instead, which also closes it if it lagged
-    /// out of the ring.
-    fn ready_for(&mut self, slot: usize, seq: u64) -> bool {
-        let c = &self.conns[slot];
-        if c.state != State::Live || c.blocked || c.out.is_some() || c.queued() {
-            return false;
-        }
-        if c.next_seq < seq {
-            self.pump(slot);
-            return false;
-        }
-        c.next_seq == seq
-    }
-
-    /// Returns the slot to continue from.
-    fn broadcast_syscall(&mut self, seq: u64, from: usize) -> usize {
-        let mut sent = 0;
-        for slot in from..self.conns.len() {
-            if sent == SLICE {
-                return slot;
-            }
-            if self.ready_for(slot, seq) {
-                self.pump(slot);
-                sent += 1;
-            }
-        }
-        self.conns.len()
-    }
-
-    /// All of one batch's sends for this shard, submitted to io_uring a ring-full at a time.
-    /// Submits one ring-full of sends (at most `SLICE`); returns the slot to continue from.
-    fn broadcast_uring(&mut self, seq: u64, frame: &Bytes, from: usize) -> usize {
-        let mut uring = self.uring.take().expect("uring mode");
-        let cap = (uring.params().sq_entries() as usize).min(SLICE);
-        let mut queued = 0usize;
-        let mut end = self.conns.len();
-        for slot in from..self.conns.len() {
-            if queued == cap {
-                end = slot;
-                break;
-            }
-            if !self.ready_for(slot, seq) {
-                continue;
-            }
-            let sqe = opcode::Send::new(types::Fd(self.conns[slot].fd), frame.as_ptr(), frame.len() as u32)
-                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(slot as u64);
-            // SAFETY: `frame` outlives the submission: we wait for every completion below.
-            unsafe { uring.submission().push(&sqe).expect("queue has room: at most cap entries") };
-            queued += 1;
-        }
-        if queued > 0 {
-            self.flush_uring(&mut uring, queued, seq, frame);
-        }
-        self.uring = Some(uring);
-        end
-    }
-
-    fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frame: &Bytes) {
-        // MSG_DONTWAIT makes every send complete at once (EAGAIN instead of waiting), so this
-        // never blocks on a slow socket. A submission interrupted or short of kernel resources
-        // is retried; any other failure leaves sends whose buffers the kernel may still read,
-        // so the process must stop (systemd restarts it) rather than go on without this shard.
-        let mut tries = 0;
-        while let Err(e) = uring.submit_and_wait(n) {
-            let transient = matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY));
-            tries += 1;
-            if !transient || tries > 1000 {
-                tracing::error!(error = %e, shard = self.shard, "io_uring_enter failed; stopping the process");
-                std::process::abort();
-            }
-        }
-        add(&self.stats().send_syscalls, 1);
-        let (mut done, mut frames, mut bytes) = (0usize, 0u64, 0u64);
-        // `uring` is out of `self` while a slice is in flight, so completions can be booked
-        // straight from the queue, with no per-slice buffer.
-        for cqe in uring.completion() {
-            done += 1;
-            let sent = self.after_send(cqe.user_data() as usize, seq, frame, cqe.result());
-            bytes += sent;
-            frames += (sent == frame.len() as u64) as u64;
-        }
-        assert_eq!(done, n, "every submitted send completes before the batch moves on");
-        // Counted once per slice, not once per socket.
-        add(&self.stats().frames_sent, frames);
-        add(&self.stats().bytes_sent, bytes);
-    }
-
-    /// Books one bulk send's result. Returns the bytes written.
-    fn after_send(&mut self, slot: usize, seq: u64, frame: &Bytes, res: i32) -> u64 {
-        let c = &mut self.conns[slot];
-        if res >= 0 {
-            c.next_seq = seq + 1;
-            if res as usize != frame.len() {
-                c.out = Some(frame.clone());
-                c.out_off = res as u32;
-                self.mark_blocked(slot);
-            }
-            return res as u64;
-        }
-        match -res {
-            libc::EAGAIN => self.mark_blocked(slot),
-            libc::EINTR => self.pump(slot),
-            _ => self.drop_conn(slot),
-        }
-        0
-    }
-
-    fn mark_blocked(&mut self, slot: usize) {
-        if !self.conns[slot].blocked {
-            self.conns[slot].blocked = true;
-            let id = self.id(slot);
-            self.blocked.push(id);
-        }
-    }
-
-    /// Closes blocked connections that fell out of the ring; retries the rest (cheap insurance
-    /// against a missed edge).
-    fn check_blocked(&mut self) {
-        let list = std::mem::take(&mut self.blocked);
-        for id in list {
-            let Some(slot) = self.get(id) else { continue };
-            if !self.conns[slot].blocked {
-                continue;
-            }
-            let c = &self.conns[slot];
-            if c.state == State::Live && c.next_seq < self.first_seq {
-                self.lagged(slot);
-            } else {
-                self.conns[slot].blocked = false;
-                self.pump(slot);
-            }
-        }
-    }
-
-    fn lagged(&mut self, slot: usize) {
-        add(&self.stats().closed_slow, 1);
-        let msg = format!("too slow: more than {} batches behind; reconnect with since", self.max_lag);
-        tracing::debug!(shard = self.shard, slot, "closing a client that stopped reading");
-        self.close_frame_then(slot, close::TOO_SLOW, &msg);
-    }
-
-    /// Writes what this connection has pending, in order, until done or the socket is full.
-    fn pump(&mut self, slot: usize) {
-        loop {
-            let head = self.head_seq();
-            let first = self.first_seq;
-            let c = &mut self.conns[slot];
-            if c.state == State::Free || c.blocked {
-                return;
-            }
-            if c.out.is_none() {
-                let next = c.extra.as_mut().and_then(|e| e.queue.pop_front());
-                if let Some(f) = next {
-                    c.out = Some(f);
-                    c.out_off = 0;
-                } else if c.state == State::Live && c.next_seq < head {
-                    if c.next_seq < first {
-                        self.lagged(slot);
-                        return;
-                    }
-                    c.out = Some(self.ring[(c.next_seq - first) as usize].clone());
-                    c.out_off = 0;
-                    c.next_seq += 1;
-                } else {
-                    break;
-                }
-            }
-            let c = &mut self.conns[slot];
-            let out = c.out.as_ref().expect("set above");
-            let rest = &out[c.out_off as usize..];
-            let sent = sys::send_nonblocking(c.fd, rest);
-            if self.uring.is_none() {
-                add(&self.shared.shard_stats[self.stats_idx].send_syscalls, 1);
-            }
-            let n = match sent {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.mark_blocked(slot);
-                    return;
-                }
-                Err(_) => {
-                    self.drop_conn(slot);
-                    return;
-                }
-            };
-            let stats = &self.shared.shard_stats[self.stats_idx];
-            add(&stats.bytes_sent, n as u64);
-            if n == rest.len() {
-                c.out = None;
-                c.out_off = 0;
-                add(&stats.frames_sent, 1);
-            } else {
-                c.out_off += n as u32;
-                self.mark_blocked(slot);
-                return;
-            }
-        }
-        self.after_drain(slot);
-    }
-
-    /// Everything is written: a closing connection half-closes; others drop spare state.
-    fn after_drain(&mut self, slot: usize) {
-        let c = &mut self.conns[slot];
-        match c.state {
-            State::Closing => {
-                let e = c.extra();
-                if !e.shut_write {
-                    e.shut_write = true;
-                    sys::shutdown_write(c.fd);
-                }
-            }
-            State::Live
-                if c.extra.as_ref().is_some_and(|e| e.queue.is_empty() && e.carry.is_empty() && !e.in_message) =>
-            {
-                c.extra = None;
-            }
-            _ => {}
-        }
-    }
-
     /// Queues the close frame after whatever is in flight, then stops sending batches.
     fn close_frame_then(&mut self, slot: usize, code: u16, why: &str) {
         let c = &mut self.conns[slot];
@@ -888,202 +653,6 @@ impl Hub {
         self.scratch = scratch;
     }
 
-    /// Parses client frames from `data` (plus any carry-over) and acts on them.
-    fn ingest(&mut self, slot: usize, data: &mut [u8]) {
-        let id = self.id(slot);
-        let carry = self.conns[slot].extra.as_mut().map(|e| std::mem::take(&mut e.carry)).filter(|c| !c.is_empty());
-        let mut owned;
-        let buf: &mut [u8] = match carry {
-            Some(mut c) => {
-                c.extend_from_slice(data);
-                owned = c;
-                &mut owned
-            }
-            None => data,
-        };
-        let mut pos = 0;
-        while pos < buf.len() {
-            match ws::next_frame(&mut buf[pos..]) {
-                Ok(Some(f)) => {
-                    let payload = (pos + f.payload.start)..(pos + f.payload.end);
-                    pos += f.len;
-                    if let Err(r) = self.on_frame(slot, f.kind, f.fin, &buf[payload]) {
-                        self.close_with(slot, r);
-                        return;
-                    }
-                    if self.get(id).is_none() || self.conns[slot].state == State::Closing {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(r) => {
-                    self.close_with(slot, r);
-                    return;
-                }
-            }
-        }
-        if pos < buf.len() {
-            let rest = buf[pos..].to_vec();
-            self.conns[slot].extra().carry = rest;
-        }
-    }
-
-    fn on_frame(&mut self, slot: usize, kind: Kind, fin: bool, payload: &[u8]) -> Result<(), CloseReason> {
-        match kind {
-            Kind::Ping => self.enqueue(slot, pong_frame(payload)),
-            Kind::Pong => Ok(()),
-            Kind::Close if !ws::valid_close(payload) => {
-                Err(reason(close::PROTOCOL_ERROR, "invalid close frame: bad code or reason"))
-            }
-            Kind::Close => {
-                tracing::trace!(code = ws::close_code(payload), "client closed");
-                self.close_frame_then(slot, close::NORMAL, "bye");
-                Ok(())
-            }
-            Kind::Binary => Err(reason(close::UNSUPPORTED, "binary messages are not accepted; send JSON text")),
-            Kind::Text | Kind::Continuation => self.on_data(slot, kind, fin, payload),
-        }
-    }
-
-    fn on_data(&mut self, slot: usize, kind: Kind, fin: bool, payload: &[u8]) -> Result<(), CloseReason> {
-        let in_message = self.conns[slot].extra.as_ref().is_some_and(|e| e.in_message);
-        match (kind, in_message) {
-            (Kind::Text, true) => {
-                return Err(reason(close::PROTOCOL_ERROR, "new message before the previous one ended"))
-            }
-            (Kind::Continuation, false) => return Err(reason(close::PROTOCOL_ERROR, "continuation without a message")),
-            _ => {}
-        }
-        if fin && !in_message {
-            return self.on_text(slot, payload);
-        }
-        let e = self.conns[slot].extra();
-        if e.fragments.len() + payload.len() > MAX_CLIENT_MESSAGE {
-            return Err(reason(close::TOO_BIG, "message over 4096 bytes"));
-        }
-        e.fragments.extend_from_slice(payload);
-        e.in_message = !fin;
-        if !fin {
-            return Ok(());
-        }
-        let msg = std::mem::take(&mut e.fragments);
-        self.on_text(slot, &msg)
-    }
-
-    fn on_text(&mut self, slot: usize, payload: &[u8]) -> Result<(), CloseReason> {
-        let text = std::str::from_utf8(payload).map_err(|_| reason(close::BAD_DATA, "text message is not UTF-8"))?;
-        let msg: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => return self.reply_error(slot, None, &PlaceError::BadJson(e.to_string())),
-        };
-        let id = msg.get("id").and_then(|v| v.as_number()).cloned();
-        match msg.get("type").and_then(|t| t.as_str()) {
-            Some("place") => self.on_place(slot, id, msg),
-            Some("auth") => self.on_auth(slot, id, &msg),
-            other => {
-                let text =
-                    format!("unknown message type {:?}; expected \"place\" or \"auth\"", other.unwrap_or("(none)"));
-                self.enqueue(slot, error_frame(id.as_ref(), "unknown_type", &text, None))
-            }
-        }
-    }
-
-    fn on_auth(
-        &mut self,
-        slot: usize,
-        id: Option<serde_json::Number>,
-        msg: &serde_json::Value,
-    ) -> Result<(), CloseReason> {
-        let Some(token) = msg.get("token").and_then(|t| t.as_str()) else {
-            return self.reply_error(slot, id, &PlaceError::MissingToken);
-        };
-        match self.shared.signer.verify(token, crate::now_ms() / 1000) {
-            Ok(user) => {
-                self.conns[slot].user = user.id;
-                self.meta[slot].expires_s = expires_u32(user.expires);
-                let mut m = serde_json::json!({"type": "authed", "user": user.name});
-                if let Some(id) = id {
-                    m["id"] = id.into();
-                }
-                self.enqueue(slot, text_frame(&m.to_string()))
-            }
-            Err(e) => self.reply_error(slot, id, &PlaceError::Token(e)),
-        }
-    }
-
-    fn on_place(
-        &mut self,
-        slot: usize,
-        id: Option<serde_json::Number>,
-        msg: serde_json::Value,
-    ) -> Result<(), CloseReason> {
-        let body: PlaceBody = match serde_json::from_value(msg) {
-            Ok(b) => b,
-            Err(e) => return self.reply_error(slot, id, &PlaceError::BadBody(e.to_string())),
-        };
-        if self.conns[slot].in_flight >= MAX_IN_FLIGHT {
-            return self.reply_error(slot, id, &PlaceError::TooManyInFlight);
-        }
-        let meta = self.meta[slot];
-        if self.conns[slot].user != 0 && meta.expires_s != 0 && crate::now_ms() / 1000 >= meta.expires_s as u64 {
-            // Checked for the token's whole life, not only at the handshake.
-            self.conns[slot].user = 0;
-            return self.reply_error(slot, id, &PlaceError::Token(crate::token::TokenError::Expired));
-        }
-        let user = Some(self.conns[slot].user).filter(|&u| u != 0);
-        match place::begin(&self.shared, user, meta.addr, &body) {
-            Ok(pending) => {
-                self.conns[slot].in_flight += 1;
-                let conn = self.id(slot);
-                self.jobs.push(PlaceJob { conn, id, pending });
-                Ok(())
-            }
-            Err(e) => self.reply_error(slot, id, &e),
-        }
-    }
-
-    /// Delivers a placement's answer, if the connection is still there.
-    pub fn place_done(
-        &mut self,
-        conn: ConnId,
-        id: Option<serde_json::Number>,
-        result: Result<place::Placed, PlaceError>,
-    ) {
-        let Some(slot) = self.get(conn) else { return };
-        self.conns[slot].in_flight = self.conns[slot].in_flight.saturating_sub(1);
-        let frame = match result {
-            Ok(p) => {
-                let mut m = serde_json::json!({"type": "placed", "version": p.version, "next_at_ms": p.next_at_ms});
-                if let Some(id) = id {
-                    m["id"] = id.into();
-                }
-                text_frame(&m.to_string())
-            }
-            Err(e) => error_frame(id.as_ref(), e.code(), &e.to_string(), e.retry_after_ms()),
-        };
-        if let Err(r) = self.enqueue(slot, frame) {
-            self.close_with(slot, r);
-        }
-    }
-
-    fn reply_error(&mut self, slot: usize, id: Option<serde_json::Number>, e: &PlaceError) -> Result<(), CloseReason> {
-        self.enqueue(slot, error_frame(id.as_ref(), e.code(), &e.to_string(), e.retry_after_ms()))
-    }
-
-    fn enqueue(&mut self, slot: usize, frame: Bytes) -> Result<(), CloseReason> {
-        let c = &mut self.conns[slot];
-        if c.state == State::Closing {
-            return Ok(());
-        }
-        let e = c.extra();
-        if e.queue.len() >= MAX_QUEUED {
-            return Err(reason(close::POLICY, "too many unanswered messages: read the answers"));
-        }
-        e.queue.push_back(frame);
-        self.pump(slot);
-        Ok(())
-    }
-
     /// Server shutdown: every client gets 1001.
     pub fn close_all(&mut self) {
         for slot in 0..self.conns.len() {
@@ -1102,17 +671,6 @@ impl Drop for Hub {
             }
         }
     }
-}
-
-fn error_frame(id: Option<&serde_json::Number>, code: &str, message: &str, retry_after_ms: Option<u64>) -> Bytes {
-    let mut m = serde_json::json!({"type": "error", "code": code, "message": message});
-    if let Some(id) = id {
-        m["id"] = id.clone().into();
-    }
-    if let Some(r) = retry_after_ms {
-        m["retry_after_ms"] = r.into();
-    }
-    text_frame(&m.to_string())
 }
 
 /// Non-blocking, no Nagle (batches go out at once), kernel keepalive to reap dead peers, and an

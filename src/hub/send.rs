@@ -1,0 +1,259 @@
+//! The hub's send path: a batch written to every connection waiting for it (one io_uring
+//! submission per slice of `SLICE` sockets, or one `send()` each), the per-connection pump of
+//! queued frames, and what happens to a socket that is full (blocked) or too far behind (4000).
+//!
+//! Invariants: a frame in flight is never interleaved with another (`out` finishes first); a
+//! connection gets batches in sequence order, each once; no send ever blocks (`MSG_DONTWAIT`);
+//! an io_uring slice's frame outlives its submission (completions are all reaped before the
+//! slice returns). Not here: reading, or what client messages mean (`messages.rs`).
+
+use super::{Cursor, Hub, State, SLICE};
+use crate::metrics::add;
+use crate::protocol::close;
+use crate::sys;
+use bytes::Bytes;
+use io_uring::{opcode, types, IoUring};
+
+impl Hub {
+    /// Writes batches `from_seq..head` to every live connection that is waiting for exactly them.
+    /// Writes the cursor's batch to the next `SLICE` connections waiting for exactly it; a batch
+    /// done, closes or retries the connections it left blocked and moves to the next one.
+    pub(super) fn broadcast_slice(&mut self) {
+        let Some(Cursor { seq, slot }) = self.cursor else { return };
+        let frame = self.ring[(seq - self.first_seq) as usize].clone();
+        let end = match self.uring.is_some() {
+            true => self.broadcast_uring(seq, &frame, slot),
+            false => self.broadcast_syscall(seq, slot),
+        };
+        if end < self.conns.len() {
+            self.cursor = Some(Cursor { seq, slot: end });
+            return;
+        }
+        self.check_blocked();
+        self.cursor = (seq + 1 < self.head_seq()).then_some(Cursor { seq: seq + 1, slot: 0 });
+    }
+
+    /// Whether `slot` takes batch `seq` in the bulk path. A connection behind it (possible only
+    /// after the shard itself fell behind) is pumped instead, which also closes it if it lagged
+    /// out of the ring.
+    pub(super) fn ready_for(&mut self, slot: usize, seq: u64) -> bool {
+        let c = &self.conns[slot];
+        if c.state != State::Live || c.blocked || c.out.is_some() || c.queued() {
+            return false;
+        }
+        if c.next_seq < seq {
+            self.pump(slot);
+            return false;
+        }
+        c.next_seq == seq
+    }
+
+    /// Returns the slot to continue from.
+    pub(super) fn broadcast_syscall(&mut self, seq: u64, from: usize) -> usize {
+        let mut sent = 0;
+        for slot in from..self.conns.len() {
+            if sent == SLICE {
+                return slot;
+            }
+            if self.ready_for(slot, seq) {
+                self.pump(slot);
+                sent += 1;
+            }
+        }
+        self.conns.len()
+    }
+
+    /// All of one batch's sends for this shard, submitted to io_uring a ring-full at a time.
+    /// Submits one ring-full of sends (at most `SLICE`); returns the slot to continue from.
+    pub(super) fn broadcast_uring(&mut self, seq: u64, frame: &Bytes, from: usize) -> usize {
+        let mut uring = self.uring.take().expect("uring mode");
+        let cap = (uring.params().sq_entries() as usize).min(SLICE);
+        let mut queued = 0usize;
+        let mut end = self.conns.len();
+        for slot in from..self.conns.len() {
+            if queued == cap {
+                end = slot;
+                break;
+            }
+            if !self.ready_for(slot, seq) {
+                continue;
+            }
+            let sqe = opcode::Send::new(types::Fd(self.conns[slot].fd), frame.as_ptr(), frame.len() as u32)
+                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(slot as u64);
+            // SAFETY: `frame` outlives the submission: we wait for every completion below.
+            unsafe { uring.submission().push(&sqe).expect("queue has room: at most cap entries") };
+            queued += 1;
+        }
+        if queued > 0 {
+            self.flush_uring(&mut uring, queued, seq, frame);
+        }
+        self.uring = Some(uring);
+        end
+    }
+
+    pub(super) fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frame: &Bytes) {
+        // MSG_DONTWAIT makes every send complete at once (EAGAIN instead of waiting), so this
+        // never blocks on a slow socket. A submission interrupted or short of kernel resources
+        // is retried; any other failure leaves sends whose buffers the kernel may still read,
+        // so the process must stop (systemd restarts it) rather than go on without this shard.
+        let mut tries = 0;
+        while let Err(e) = uring.submit_and_wait(n) {
+            let transient = matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY));
+            tries += 1;
+            if !transient || tries > 1000 {
+                tracing::error!(error = %e, shard = self.shard, "io_uring_enter failed; stopping the process");
+                std::process::abort();
+            }
+        }
+        add(&self.stats().send_syscalls, 1);
+        let (mut done, mut frames, mut bytes) = (0usize, 0u64, 0u64);
+        // `uring` is out of `self` while a slice is in flight, so completions can be booked
+        // straight from the queue, with no per-slice buffer.
+        for cqe in uring.completion() {
+            done += 1;
+            let sent = self.after_send(cqe.user_data() as usize, seq, frame, cqe.result());
+            bytes += sent;
+            frames += (sent == frame.len() as u64) as u64;
+        }
+        assert_eq!(done, n, "every submitted send completes before the batch moves on");
+        // Counted once per slice, not once per socket.
+        add(&self.stats().frames_sent, frames);
+        add(&self.stats().bytes_sent, bytes);
+    }
+
+    /// Books one bulk send's result. Returns the bytes written.
+    pub(super) fn after_send(&mut self, slot: usize, seq: u64, frame: &Bytes, res: i32) -> u64 {
+        let c = &mut self.conns[slot];
+        if res >= 0 {
+            c.next_seq = seq + 1;
+            if res as usize != frame.len() {
+                c.out = Some(frame.clone());
+                c.out_off = res as u32;
+                self.mark_blocked(slot);
+            }
+            return res as u64;
+        }
+        match -res {
+            libc::EAGAIN => self.mark_blocked(slot),
+            libc::EINTR => self.pump(slot),
+            _ => self.drop_conn(slot),
+        }
+        0
+    }
+
+    pub(super) fn mark_blocked(&mut self, slot: usize) {
+        if !self.conns[slot].blocked {
+            self.conns[slot].blocked = true;
+            let id = self.id(slot);
+            self.blocked.push(id);
+        }
+    }
+
+    /// Closes blocked connections that fell out of the ring; retries the rest (cheap insurance
+    /// against a missed edge).
+    pub(super) fn check_blocked(&mut self) {
+        let list = std::mem::take(&mut self.blocked);
+        for id in list {
+            let Some(slot) = self.get(id) else { continue };
+            if !self.conns[slot].blocked {
+                continue;
+            }
+            let c = &self.conns[slot];
+            if c.state == State::Live && c.next_seq < self.first_seq {
+                self.lagged(slot);
+            } else {
+                self.conns[slot].blocked = false;
+                self.pump(slot);
+            }
+        }
+    }
+
+    pub(super) fn lagged(&mut self, slot: usize) {
+        add(&self.stats().closed_slow, 1);
+        let msg = format!("too slow: more than {} batches behind; reconnect with since", self.max_lag);
+        tracing::debug!(shard = self.shard, slot, "closing a client that stopped reading");
+        self.close_frame_then(slot, close::TOO_SLOW, &msg);
+    }
+
+    /// Writes what this connection has pending, in order, until done or the socket is full.
+    pub(super) fn pump(&mut self, slot: usize) {
+        loop {
+            let head = self.head_seq();
+            let first = self.first_seq;
+            let c = &mut self.conns[slot];
+            if c.state == State::Free || c.blocked {
+                return;
+            }
+            if c.out.is_none() {
+                let next = c.extra.as_mut().and_then(|e| e.queue.pop_front());
+                if let Some(f) = next {
+                    c.out = Some(f);
+                    c.out_off = 0;
+                } else if c.state == State::Live && c.next_seq < head {
+                    if c.next_seq < first {
+                        self.lagged(slot);
+                        return;
+                    }
+                    c.out = Some(self.ring[(c.next_seq - first) as usize].clone());
+                    c.out_off = 0;
+                    c.next_seq += 1;
+                } else {
+                    break;
+                }
+            }
+            let c = &mut self.conns[slot];
+            let out = c.out.as_ref().expect("set above");
+            let rest = &out[c.out_off as usize..];
+            let sent = sys::send_nonblocking(c.fd, rest);
+            if self.uring.is_none() {
+                add(&self.shared.shard_stats[self.stats_idx].send_syscalls, 1);
+            }
+            let n = match sent {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.mark_blocked(slot);
+                    return;
+                }
+                Err(_) => {
+                    self.drop_conn(slot);
+                    return;
+                }
+            };
+            let stats = &self.shared.shard_stats[self.stats_idx];
+            add(&stats.bytes_sent, n as u64);
+            if n == rest.len() {
+                c.out = None;
+                c.out_off = 0;
+                add(&stats.frames_sent, 1);
+            } else {
+                c.out_off += n as u32;
+                self.mark_blocked(slot);
+                return;
+            }
+        }
+        self.after_drain(slot);
+    }
+
+    /// Everything is written: a closing connection half-closes; others drop spare state.
+    pub(super) fn after_drain(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        match c.state {
+            State::Closing => {
+                let e = c.extra();
+                if !e.shut_write {
+                    e.shut_write = true;
+                    sys::shutdown_write(c.fd);
+                }
+            }
+            State::Live
+                if c.extra.as_ref().is_some_and(|e| e.queue.is_empty() && e.carry.is_empty() && !e.in_message) =>
+            {
+                c.extra = None;
+            }
+            _ => {}
+        }
+    }
+}
