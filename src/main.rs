@@ -44,7 +44,13 @@ fn main() {
                     std::process::exit(2);
                 }
             };
-            if let Err(e) = placecast::server::run(config) {
+            let (stop_tx, stop_rx) = crossbeam_channel::bounded(4);
+            if let Err(e) = placecast::server::forward_signals(stop_tx) {
+                eprintln!("placecast: cannot handle signals: {e}");
+                std::process::exit(1);
+            }
+            let listen = placecast::server::Listen::Bind(config.args.listen);
+            if let Err(e) = placecast::server::run(config, listen, stop_rx) {
                 eprintln!("placecast: {e}");
                 // A damaged log needs an operator (`placecast log verify`/`repair`): a distinct
                 // code so systemd does not restart into the same refusal forever.

@@ -3,8 +3,10 @@
 //!
 //! Invariants: shards start serving only after the log's history is applied, so the first
 //! snapshot and every catch-up include every acknowledged edit. On a Kafka log, "history" is the
-//! topic up to its end at start, applied from the local checkpoint on. The process ends only
-//! through `finish` (after a drain, or a second signal), which writes the checkpoint first.
+//! topic up to its end at start, applied from the local checkpoint on. `run` returns only
+//! through `finish` (after a drain, or `Stop::Now`), which writes the checkpoint first; the
+//! caller (the binary, or a test running the server in-process) then ends the process or goes
+//! on. The applier's and the log's threads end with the process, not with `run`.
 
 use crate::admission::{Admission, LimitValues};
 use crate::applier::{Applier, ApplierSetup, ApplierStats, ClusterSetup, Control, ShardMsg};
@@ -23,7 +25,7 @@ use crate::shared::{Budget, Shared};
 use crate::snapshot::SnapshotStore;
 use crate::token::Signer;
 use crate::verdict::Verdicts;
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,12 +86,40 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// Where the shards listen.
+pub enum Listen {
+    /// Every shard binds this address itself, with SO_REUSEPORT.
+    Bind(std::net::SocketAddr),
+    /// One bound, listening socket per shard (SO_REUSEPORT on one port), in shard order: a
+    /// caller can bind port 0 first and know the port before the server starts.
+    Given(Vec<std::net::TcpListener>),
+}
+
+/// What the caller asks of a running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Drain (as `POST /api/v1/admin/drain`), naming why; `run` returns when it is over.
+    Drain(&'static str),
+    /// Stop now: checkpoint, close everyone with 1001, return.
+    Now,
+}
+
 /// Runs the appliance until SIGTERM/SIGINT.
-pub fn run(config: Config) -> Result<(), ServerError> {
+pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), ServerError> {
     let started = Instant::now();
     let args = config.args.clone();
     let cpus = allowed_cpus();
-    let shards = if args.shards == 0 { cpus.len() } else { args.shards };
+    let mut given = match listen {
+        Listen::Bind(_) => Vec::new(),
+        Listen::Given(l) if l.is_empty() => return Err(ServerError::Shard("no listeners given".into())),
+        Listen::Given(l) => l,
+    };
+    let shards = match (given.len(), args.shards) {
+        (0, 0) => cpus.len(),
+        (0, n) => n,
+        (g, n) if n == 0 || n == g => g,
+        (g, n) => return Err(ServerError::Shard(format!("--shards {n} but {g} listeners given"))),
+    };
     let fd_limit = crate::sys::raise_fd_limit();
     let budget = Budget::new(fd_limit, shards, args.fd_reserve);
     let max_conns_per_shard =
@@ -165,13 +195,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         max_conns_per_shard,
     });
     spawn_housekeeping(shared.clone());
-    spawn_signals(shared.clone())?;
+    let (done_tx, done_rx) = bounded::<()>(1);
+    spawn_stop_listener(shared.clone(), stop, done_tx.clone())?;
 
     let (ready_tx, ready_rx) = unbounded();
     let mut handles = Vec::new();
+    given.reverse();
     for (i, rx) in shard_rxs.into_iter().enumerate() {
         let cpu = (shards <= cpus.len()).then(|| cpus[i]);
-        handles.push(crate::shard::spawn(i, cpu, shared.clone(), rx, ready_tx.clone())?);
+        handles.push(crate::shard::spawn(i, cpu, shared.clone(), rx, given.pop(), ready_tx.clone())?);
     }
     for _ in 0..shards {
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
@@ -181,7 +213,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         }
     }
     shared.lifecycle.set_ready();
-    spawn_supervisor(shared.clone())?;
+    spawn_supervisor(shared.clone(), done_tx)?;
     notify::ready();
     tracing::info!(
         listen = %args.listen, shards, max_conns_per_shard, fd_budget = budget.soft, fd_hard = budget.hard,
@@ -189,9 +221,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         width = shared.geometry.width, height = shared.geometry.height, conn_bytes = crate::hub::CONN_BYTES,
         startup_ms = started.elapsed().as_millis() as u64, "placecast serving"
     );
+    // Until `finish` (or a shard ends by itself, which only a stop makes it do).
+    let _ = done_rx.recv();
     for h in handles {
         let _ = h.join();
     }
+    tracing::info!("placecast stopped");
     Ok(())
 }
 
@@ -199,6 +234,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 fn spawn_housekeeping(shared: Arc<Shared>) {
     let _ = std::thread::Builder::new().name("placecast-sweep".into()).spawn(move || loop {
         std::thread::sleep(Duration::from_secs(5));
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
         let now = crate::now_ms();
         shared.limiter.sweep(now);
         shared.admission.sweep(now);
@@ -208,7 +246,7 @@ fn spawn_housekeeping(shared: Arc<Shared>) {
 
 /// Every `SUPERVISE_EVERY` (or a third of `WatchdogSec=`): `WATCHDOG=1` while every shard and
 /// the applier run, `STATUS=` for `systemctl status`, and the end of a drain.
-fn spawn_supervisor(shared: Arc<Shared>) -> std::io::Result<()> {
+fn spawn_supervisor(shared: Arc<Shared>, done: Sender<()>) -> std::io::Result<()> {
     let watchdog = notify::watchdog_every();
     let every = watchdog.map_or(crate::lifecycle::SUPERVISE_EVERY, |w| w.min(crate::lifecycle::SUPERVISE_EVERY));
     std::thread::Builder::new().name("placecast-supervisor".into()).spawn(move || {
@@ -216,6 +254,9 @@ fn spawn_supervisor(shared: Arc<Shared>) -> std::io::Result<()> {
         let mut warned = false;
         loop {
             std::thread::sleep(every);
+            if shared.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
             let now = crate::now_ms();
             let applier_beat = shared.applier.heartbeat_ms.load(Ordering::Relaxed);
             let stuck = shared.lifecycle.stuck_shard(now).map(|i| format!("shard {i}")).or_else(|| {
@@ -241,18 +282,21 @@ fn spawn_supervisor(shared: Arc<Shared>) -> std::io::Result<()> {
             let closing = matches!(shared.lifecycle.phase(now), crate::lifecycle::DrainPhase::Closing { .. });
             if (closing && clients == 0) || now >= deadline {
                 tracing::info!(clients, "drain finished");
-                finish(&shared);
+                finish(&shared, &done);
+                return;
             }
         }
     })?;
     Ok(())
 }
 
-/// Ends the process: a node on a shared log writes its checkpoint first; acknowledged edits are
-/// already durable. Shards close whoever is left with 1001.
-pub fn finish(shared: &Shared) -> ! {
-    shared.shutting_down.store(true, Ordering::Release);
-    let started = Instant::now();
+/// Ends the server: a node on a shared log writes its checkpoint first (acknowledged edits are
+/// already durable); the shards close whoever is left with 1001 and return, and so does `run`.
+/// Only the first call does anything.
+fn finish(shared: &Shared, done: &Sender<()>) {
+    if shared.shutting_down.swap(true, Ordering::AcqRel) {
+        return;
+    }
     if let Some(tx) = &shared.control {
         let (reply_tx, reply_rx) = bounded(1);
         let answer = tx
@@ -265,9 +309,47 @@ pub fn finish(shared: &Shared) -> ! {
             None => tracing::error!("the applier did not write the checkpoint within 10 s"),
         }
     }
-    // Time for the shards' 1001 close frames to leave.
-    std::thread::sleep(Duration::from_millis(300).saturating_sub(started.elapsed()));
-    std::process::exit(0);
+    let _ = done.try_send(());
+}
+
+/// Turns the caller's `Stop` requests into a drain or the end.
+fn spawn_stop_listener(shared: Arc<Shared>, stop: Receiver<Stop>, done: Sender<()>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("placecast-stop".into()).spawn(move || {
+        while let Ok(req) = stop.recv() {
+            match req {
+                Stop::Drain(why) => shared.start_drain(why),
+                Stop::Now => {
+                    finish(&shared, &done);
+                    return;
+                }
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// SIGTERM/SIGINT ask for a drain; a second signal for the end, now (after the checkpoint).
+pub fn forward_signals(to: Sender<Stop>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new().name("placecast-signals".into()).spawn(move || {
+        let mut draining = false;
+        for sig in signals.forever() {
+            let req = match (draining, sig) {
+                (true, _) => Stop::Now,
+                (false, SIGTERM) => Stop::Drain("SIGTERM"),
+                (false, _) => Stop::Drain("SIGINT"),
+            };
+            if req == Stop::Now {
+                tracing::info!(signal = sig, "second signal: stopping now");
+            }
+            draining = true;
+            if to.send(req).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Starts the applier from `DATA_DIR/checkpoint.bin` when it fits this log; otherwise the whole
@@ -300,22 +382,5 @@ fn restore_checkpoint(applier: &mut Applier, dir: &Path, head: u64, oldest_after
             applier.version() + 1
         )));
     }
-    Ok(())
-}
-
-/// SIGTERM/SIGINT start a drain; a second signal ends the process at once (after the
-/// checkpoint).
-fn spawn_signals(shared: Arc<Shared>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    std::thread::Builder::new().name("placecast-signals".into()).spawn(move || {
-        for sig in signals.forever() {
-            if shared.lifecycle.draining() {
-                tracing::info!(signal = sig, "second signal: stopping now");
-                finish(&shared);
-            }
-            shared.start_drain(if sig == SIGTERM { "SIGTERM" } else { "SIGINT" });
-        }
-    })?;
     Ok(())
 }

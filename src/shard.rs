@@ -41,12 +41,15 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
 }
 
-/// Starts shard `id` on `cpu`; it reports its bound address (or why it failed) on `ready`.
+/// Starts shard `id` on `cpu`, listening on `given` (a bound, listening socket) or binding
+/// `--listen` itself; it reports its address (or why it failed) on `ready`. The shard returns
+/// once `Shared::shutting_down` is set and its clients had their close frames.
 pub fn spawn(
     id: usize,
     cpu: Option<usize>,
     shared: Arc<Shared>,
     rx: Receiver<ShardMsg>,
+    given: Option<std::net::TcpListener>,
     ready: Sender<Result<SocketAddr, String>>,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<()>> {
     let placement = cpu.map_or(Placement::Unbound, Placement::Fixed);
@@ -56,15 +59,31 @@ pub fn spawn(
         // usual 8 MiB memlock limit, and the shards do no file I/O through glommio.
         .io_memory(256 << 10)
         .ring_depth(256)
-        .spawn(move || run(id, shared, rx, ready))
+        .spawn(move || run(id, shared, rx, given, ready))
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-async fn run(id: usize, shared: Arc<Shared>, rx: Receiver<ShardMsg>, ready: Sender<Result<SocketAddr, String>>) {
-    let listener = match listen(shared.config.args.listen) {
+fn adopt_listener(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    // SAFETY: `into_raw_fd` hands over a bound, listening socket that nothing else owns.
+    Ok(unsafe { TcpListener::from_raw_fd(l.into_raw_fd()) })
+}
+
+/// How long a stopping shard gives its clients' close frames to leave.
+const CLOSE_LINGER: Duration = Duration::from_millis(300);
+
+async fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    rx: Receiver<ShardMsg>,
+    given: Option<std::net::TcpListener>,
+    ready: Sender<Result<SocketAddr, String>>,
+) {
+    let addr = shared.config.args.listen;
+    let listener = match given.map_or_else(|| listen(addr), adopt_listener) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(format!("shard {id}: cannot listen on {}: {e}", shared.config.args.listen)));
+            let _ = ready.send(Err(format!("shard {id}: cannot listen on {addr}: {e}")));
             return;
         }
     };
@@ -77,6 +96,21 @@ async fn run(id: usize, shared: Arc<Shared>, rx: Receiver<ShardMsg>, ready: Send
     };
     let _ = ready.send(listener.local_addr().map_err(|e| e.to_string()));
     glommio::spawn_local(tick_loop(hub.clone(), shared.clone())).detach();
+    let stopped = async {
+        while !shared.shutting_down.load(Ordering::Acquire) {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    futures_lite::future::race(accept_loop(id, listener, hub.clone(), shared.clone()), stopped).await;
+    // The tick loop sends everyone 1001; give the frames a moment, then the executor ends (and
+    // with it the hub, which closes every socket).
+    let deadline = std::time::Instant::now() + CLOSE_LINGER;
+    while hub.borrow().connections() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn accept_loop(id: usize, listener: TcpListener, hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(5);
     loop {
         match listener.accept().await {
@@ -90,9 +124,6 @@ async fn run(id: usize, shared: Arc<Shared>, rx: Receiver<ShardMsg>, ready: Send
                 glommio::timer::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-        }
-        if shared.shutting_down.load(Ordering::Acquire) {
-            break;
         }
     }
 }

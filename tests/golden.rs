@@ -18,7 +18,11 @@ fn check(name: &str, bytes: &[u8]) {
         std::fs::write(&path, bytes).unwrap();
     }
     let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(bytes, &want[..], "{name} changed: a wire format changed (PROTOCOL.md, the load tester, the web client)");
+    assert_eq!(
+        bytes,
+        &want[..],
+        "{name} changed: a wire format changed (PROTOCOL.md, the load tester, the web client)"
+    );
 }
 
 /// The edits of both batch files: (pixel index, color) at versions 42, 43 and 44 of (41, 44].

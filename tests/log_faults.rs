@@ -193,7 +193,11 @@ fn a_failed_fdatasync_refuses_its_group_exits_75_and_a_restart_serves_exactly_th
     acked.sort_unstable();
     let refused = outcomes.iter().filter(|o| o.3 == Outcome::Refused).count();
     assert!(acked.len() >= 39, "39 groups were durable before the 40th failed: {} acknowledged", acked.len());
-    assert!(refused >= 1, "the failed group was answered 503");
+    // The failed group is answered 503 while the process lingers (250 ms); on a loaded machine
+    // a client may see only the exit instead. Either way it was never acknowledged (checked
+    // against the restarted canvas below).
+    let unanswered = outcomes.iter().filter(|o| o.3 == Outcome::NoAnswer).count();
+    assert!(refused + unanswered >= 1, "the failed group was not acknowledged");
     assert_eq!(acked, (1..=acked.len() as u64).collect::<Vec<_>>(), "acknowledged versions are contiguous");
 
     // A restart (no fault) serves exactly the acknowledged edits: every one, and nothing refused.
