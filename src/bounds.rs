@@ -21,9 +21,10 @@ use std::time::Duration;
 
 // ---- Threads and channels ----
 
-/// Catch-up requests waiting for the applier. It answers one in tens to hundreds of
-/// microseconds (its frames are shared), so 4,096 queued is under a second of wait.
-pub const CATCH_UP_QUEUE: usize = 4_096;
+/// Catch-up requests waiting for the applier. Under a storm of far catch-ups it served about
+/// 2,900 a second here (bench/RESULTS.md), so 1,024 queued is at most ~350 ms of wait; beyond
+/// it a client is told to come back (1013) rather than wait seconds.
+pub const CATCH_UP_QUEUE: usize = 1_024;
 /// Messages waiting for one shard: 10 batches a second plus catch-up answers, at most one per
 /// queued catch-up request; twice the catch-up queue leaves room for both.
 pub const SHARD_QUEUE: usize = 2 * CATCH_UP_QUEUE;

@@ -300,7 +300,7 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("GET", "/api/v1/admin/limits") => crate::admin::get_limits(req, shared),
         ("POST", "/api/v1/admin/limits") => crate::admin::set_limits(req, body, shared),
         ("POST", "/api/v1/admin/drain") => crate::admin::drain(req, shared),
-        ("GET", "/ws") => return upgrade(req, shared, hub),
+        ("GET", "/ws") => return upgrade(req, shared, hub, &ctx.client),
         (
             _,
             "/"
@@ -481,7 +481,7 @@ async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>, addr: AddrKey)
     }
 }
 
-fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
+fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>, client: &ClientAddr) -> Outcome {
     let fail = |status, code, msg: &str| Outcome::Respond(Response::error(status, code, msg));
     if !req.upgrade_websocket || !req.connection_upgrade {
         return fail(
@@ -518,6 +518,14 @@ fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>) -> Outcome {
         return Outcome::Respond(
             Response::error(503, "draining", "this node is draining; connect to another").header("Retry-After", "1"),
         );
+    }
+    // Before the 101: a catch-up storm from one address is refused for the price of an HTTP
+    // answer, with no socket handed to the hub and no work for the applier.
+    if since.is_some() {
+        if let Err(e) = shared.admission.catch_up(client.key, crate::now_ms()) {
+            shared.metrics.admission_refused(&e);
+            return Outcome::Respond(admission_response(&e));
+        }
     }
     if !hub.borrow().has_room() {
         return Outcome::Respond(
@@ -623,12 +631,25 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> glommio::Result
 
 /// Reads into the tail of `buf`. Reading in place (not into a stack chunk) keeps the connection
 /// task's future small: thousands of handshakes can be in flight during a reconnect storm.
+/// Cancel-safe: a timeout that drops the read mid-way leaves `buf` as it was (its spare bytes
+/// cut again by the guard), so a timed-out idle connection is not mistaken for a partial request.
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     const STEP: usize = 1024;
+    /// Cuts `buf` back to `keep` bytes when dropped, however the read ended.
+    struct Keep<'a> {
+        buf: &'a mut Vec<u8>,
+        keep: usize,
+    }
+    impl Drop for Keep<'_> {
+        fn drop(&mut self) {
+            self.buf.truncate(self.keep);
+        }
+    }
     let len = buf.len();
     buf.resize(len + STEP, 0);
-    let n = stream.read(&mut buf[len..]).await;
-    buf.truncate(len + *n.as_ref().unwrap_or(&0));
+    let mut g = Keep { buf, keep: len };
+    let n = stream.read(&mut g.buf[len..]).await;
+    g.keep = len + *n.as_ref().unwrap_or(&0);
     n
 }
 

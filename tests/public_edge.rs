@@ -267,6 +267,12 @@ fn idle_keep_alive_connections_and_unread_answers_time_out() {
         got.extend_from_slice(&buf[..n]);
     }
     assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        got.windows(9).filter(|w| w == b"HTTP/1.1 ").count(),
+        1,
+        "closed silently, no 408: {}",
+        String::from_utf8_lossy(&got)
+    );
 
     // A client that asks for the 8 MB snapshot and never reads: abandoned, not held.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

@@ -324,7 +324,7 @@ impl Hub {
         self.conns[slot].extra().queue.push_back(text_frame(&hello.to_string()));
         let id = self.id(slot);
         if let Some(since) = since {
-            if !self.request_catch_up(slot, since, addr) {
+            if !self.request_catch_up(slot, since) {
                 return;
             }
         }
@@ -335,16 +335,11 @@ impl Hub {
         }
     }
 
-    /// Asks the applier for a catch-up, or closes with 1013 and a hint: the address is over its
-    /// catch-up rate, or the applier's queue is full. A shard never blocks on the applier.
-    fn request_catch_up(&mut self, slot: usize, since: u64, addr: AddrKey) -> bool {
+    /// Asks the applier for a catch-up, or closes with 1013 and a hint when the applier's queue
+    /// is full: a shard never blocks on the applier. (The per-address catch-up rate is checked
+    /// before the upgrade, in `http.rs`, where a refusal costs least.)
+    fn request_catch_up(&mut self, slot: usize, since: u64) -> bool {
         use crossbeam_channel::TrySendError;
-        if let Err(e) = self.shared.admission.catch_up(addr, crate::now_ms()) {
-            self.shared.metrics.admission_refused(&e);
-            let why = format!("too many catch-ups from your address; retry_after_ms={}", e.retry_after_ms());
-            self.close_frame_then(slot, close::TRY_AGAIN_LATER, &why);
-            return false;
-        }
         let req = CatchUpReq { shard: self.shard, conn: self.id(slot), since };
         match self.shared.catchup_tx.try_send(req) {
             Ok(()) => true,

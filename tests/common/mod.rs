@@ -23,6 +23,12 @@ pub struct Server {
     pub _tmp: Option<tempfile::TempDir>,
 }
 
+/// The binary under test: this build's, or `PLACECAST_BIN` (benchmarks point it at a release
+/// build while the test itself is a debug build).
+pub fn bin() -> String {
+    std::env::var("PLACECAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_placecast").to_string())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -63,7 +69,7 @@ impl Server {
             "1".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_placecast"))
+        let child = Command::new(bin())
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
