@@ -34,6 +34,10 @@ pub enum Cmd {
     /// N clients, M of them tracking the canvas; drop the M mid-run, reconnect them with `since`,
     /// and check every tracked canvas against the server's snapshot.
     Reconnect(ReconnectArgs),
+    /// One abuser address minting a fresh session (with the proof of work when asked) per
+    /// placement as fast as it can, next to N honest users on other addresses placing once per
+    /// cooldown: what the abuser gets through, and whether every honest placement still does.
+    Abuse(AbuseArgs),
     /// Compare result files of placecast and the baseline: medians and ratios.
     Compare(CompareArgs),
 }
@@ -100,6 +104,11 @@ pub struct Common {
     /// Seed for keys, masks and pixel choices (default: random).
     #[arg(long)]
     pub seed: Option<u64>,
+
+    /// Solve the server's proof of work for every session (`--anonymous-sessions proof`)
+    /// from the start. Without it the tester switches to proofs at the first 400 proof_required.
+    #[arg(long)]
+    pub proof: bool,
 
     /// Largest WebSocket payload accepted from the server, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
@@ -192,6 +201,57 @@ pub struct ReconnectArgs {
     /// Milliseconds to keep receiving after the last placement.
     #[arg(long, default_value_t = 1500)]
     pub drain_ms: u64,
+    /// Instead of dropping the tracked clients, start the server's drain
+    /// (POST /api/v1/admin/drain) a third into the run: every client is closed with the
+    /// reconnect hint and 1012 and must come back with since (something must answer on the
+    /// target afterwards: another node behind the same address, or a restarted server).
+    /// The admin token is read from the environment variable PLACECAST_ADMIN_TOKEN (not an
+    /// argument: the command line is recorded in the result).
+    #[arg(long)]
+    pub drain: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AbuseArgs {
+    /// Target, duration (the measured phase), seed, --proof, --server-pid, --json ... as for the
+    /// other scenarios. --source-addrs gives the HONEST users' addresses ("auto": as many
+    /// loopback addresses from 127.0.1.1 on as --honest-per-addr needs).
+    #[command(flatten)]
+    pub common: Common,
+    /// Honest users (one session each, from their own address group).
+    #[arg(long, default_value_t = 1000)]
+    pub honest: usize,
+    /// Honest users per source address ("auto" addresses). Keep users x placements per cooldown
+    /// under the server's --placements-per-addr-per-min and users under --sessions-per-min.
+    #[arg(long, default_value_t = 4)]
+    pub honest_per_addr: usize,
+    /// Threads (blocking connections are shared by address) for the honest users.
+    #[arg(long, default_value_t = 16)]
+    pub honest_threads: usize,
+    /// The server's --cooldown in seconds: each honest user places once per cooldown (+ slack).
+    /// Default: the cooldown_ms of GET /api/v1/canvas/info.
+    #[arg(long)]
+    pub cooldown: Option<u64>,
+    /// Milliseconds an honest user waits beyond the cooldown (clock and queueing slack).
+    #[arg(long, default_value_t = 250)]
+    pub honest_slack_ms: u64,
+    /// The abuser's source address (loopback targets: an address on 127.0.0.0/8).
+    #[arg(long, default_value = "127.0.0.2")]
+    pub abuser_addr: std::net::IpAddr,
+    /// The abuser's concurrent keep-alive connections (one thread each); 0 = no abuser.
+    #[arg(long, default_value_t = 32)]
+    pub abuser_conns: usize,
+    /// Nice value of the abuser's threads (0 to 19).
+    #[arg(long, default_value_t = 0)]
+    pub abuser_nice: i32,
+    /// Nice value of the honest users' threads (-20 to 19; below 0 needs CAP_SYS_NICE, else it
+    /// stays 0 and the report says so): on a shared tester core the honest round trips should
+    /// measure the server, not the abuser's solving threads.
+    #[arg(long, default_value_t = -5, allow_hyphen_values = true)]
+    pub honest_nice: i32,
+    /// The abuser waits out retry_after_ms / Retry-After instead of hammering.
+    #[arg(long)]
+    pub abuser_honor_retry_after: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -11,11 +11,12 @@ use crate::error::LoadError;
 use crate::hist::{LatencyHist, LatencySummary};
 use crate::http::HttpConn;
 use crate::sendtable::SendTable;
+use crate::session::Sessions;
 use crate::sys::now_ns;
 use crate::ws::splitmix64;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,38 +69,33 @@ pub struct DriverReport {
     pub rejected_latency: LatencySummary,
 }
 
-/// Gets `n` anonymous user tokens (`POST /api/v1/session`) using up to `threads` connections.
-pub fn obtain_tokens(target: SocketAddr, n: usize, threads: usize) -> Result<Vec<String>, LoadError> {
+/// Gets `n` anonymous user tokens (`POST /api/v1/session`) using up to `threads` connections,
+/// solving the server's proof of work when it asks for one (or from the start with `proof`).
+pub fn obtain_tokens(target: SocketAddr, n: usize, threads: usize, proof: bool) -> Result<Vec<String>, LoadError> {
+    obtain_tokens_from(target, None, n, threads, &Arc::new(Sessions::new(proof)))
+}
+
+/// [`obtain_tokens`] from source address `source`, sharing `sessions` (its proof mode and costs).
+pub fn obtain_tokens_from(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    n: usize,
+    threads: usize,
+    sessions: &Arc<Sessions>,
+) -> Result<Vec<String>, LoadError> {
     let threads = threads.clamp(1, n.max(1));
     let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let err: Arc<Mutex<Option<LoadError>>> = Arc::new(Mutex::new(None));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (out, err) = (out.clone(), err.clone());
+            let (out, err, sessions) = (out.clone(), err.clone(), sessions.clone());
             let mine = n / threads + usize::from(t < n % threads);
             std::thread::spawn(move || {
                 let run = || -> Result<Vec<String>, LoadError> {
-                    let mut c = HttpConn::connect(target, Duration::from_secs(10))
-                        .map_err(|e| LoadError::io("connecting for POST /api/v1/session", e))?;
+                    let mut c = crate::http::KeepAlive::new(source, target);
                     let mut toks = Vec::with_capacity(mine);
                     for _ in 0..mine {
-                        let r = c
-                            .request("POST", "/api/v1/session", &[], b"")
-                            .map_err(|e| LoadError::io("POST /api/v1/session", e))?;
-                        if r.status != 200 {
-                            return Err(LoadError::Http {
-                                what: "POST /api/v1/session".into(),
-                                detail: format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)),
-                            });
-                        }
-                        let tok =
-                            r.json()?.get("token").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| {
-                                LoadError::Http {
-                                    what: "POST /api/v1/session".into(),
-                                    detail: "no token in the answer".into(),
-                                }
-                            })?;
-                        toks.push(tok);
+                        toks.push(sessions.token(&mut c)?);
                     }
                     Ok(toks)
                 };
@@ -127,6 +123,56 @@ pub fn json_u64_field(body: &[u8], key: &str) -> Option<u64> {
     let digits: Vec<u8> =
         body[pos..].iter().skip_while(|b| **b == b' ').take_while(|b| b.is_ascii_digit()).copied().collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// The answer to one `POST /api/v1/place`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// 200 with the version the edit got.
+    Accepted(u64),
+    /// Refused: HTTP status, `error.code` (or `status_NNN`, or `200_without_version`), retry hint.
+    Refused { status: u16, code: String, retry_after_ms: Option<u64> },
+}
+
+/// Sends placements, reusing its request buffers.
+#[derive(Default)]
+pub struct Placer {
+    auth: String,
+    body: String,
+}
+
+impl Placer {
+    /// `POST /api/v1/place` of pixel (x, y) in `color` as `token`'s user, on `conn`.
+    pub fn place(
+        &mut self,
+        conn: &mut impl crate::http::Requester,
+        token: &str,
+        x: u64,
+        y: u64,
+        color: u64,
+    ) -> std::io::Result<Placement> {
+        use std::fmt::Write;
+        self.body.clear();
+        let _ = write!(self.body, "{{\"x\":{x},\"y\":{y},\"color\":{color}}}");
+        self.auth.clear();
+        let _ = write!(self.auth, "Bearer {token}");
+        let resp = conn.send("POST", "/api/v1/place", &[("Authorization", &self.auth)], self.body.as_bytes())?;
+        if resp.status == 200 {
+            return Ok(match json_u64_field(&resp.body, "version") {
+                Some(v) => Placement::Accepted(v),
+                None => Placement::Refused { status: 200, code: "200_without_version".into(), retry_after_ms: None },
+            });
+        }
+        Ok(Placement::Refused { status: resp.status, code: resp.error_code(), retry_after_ms: resp.retry_after_ms() })
+    }
+}
+
+/// A pixel and color from one random draw.
+pub fn pixel_for(rng: u64, width: u32, height: u32, palette_len: u32) -> (u64, u64, u64) {
+    let pixels = (width as u64 * height as u64).max(1);
+    let i = rng % pixels;
+    let color = (rng >> 40) % palette_len.max(1) as u64;
+    (i % width.max(1) as u64, i / width.max(1) as u64, color)
 }
 
 struct ThreadResult {
@@ -237,9 +283,7 @@ fn drive(
     let mut conn: Option<HttpConn> = None;
     let mut next = first_send;
     let mut k = idx; // token index: thread idx, idx + conns, ...
-    let mut auth = String::new();
-    let mut body = String::new();
-    let pixels = cfg.width as u64 * cfg.height as u64;
+    let mut placer = Placer::default();
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -273,54 +317,31 @@ fn drive(
             }
         }
         rng = splitmix64(rng);
-        let i = rng % pixels.max(1);
-        let color = (rng >> 40) % cfg.palette_len.max(1) as u64;
-        let (x, y) = (i % cfg.width as u64, i / cfg.width as u64);
-        body.clear();
-        use std::fmt::Write;
-        let _ = write!(body, "{{\"x\":{x},\"y\":{y},\"color\":{color}}}");
-        auth.clear();
+        let (x, y, color) = pixel_for(rng, cfg.width, cfg.height, cfg.palette_len);
         let tok = if tokens.is_empty() { "none" } else { &tokens[k % tokens.len()] };
-        let _ = write!(auth, "Bearer {tok}");
         k += conns;
         let t0 = now_ns();
         r.sent += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);
-        let res = conn.as_mut().expect("connected above").request(
-            "POST",
-            "/api/v1/place",
-            &[("Authorization", &auth)],
-            body.as_bytes(),
-        );
+        let res = placer.place(conn.as_mut().expect("connected above"), tok, x, y, color);
         let t1 = now_ns();
         match res {
-            Ok(resp) if resp.status == 200 => match json_u64_field(&resp.body, "version") {
-                Some(v) => {
-                    if let Some(t) = table {
-                        t.record(v, t0);
-                    }
-                    r.accepted += 1;
-                    r.first = Some(r.first.map_or(v, |f| f.min(v)));
-                    r.last = Some(r.last.map_or(v, |l| l.max(v)));
-                    r.ok_lat.record_ns(t1 - t0);
-                    counters.accepted.fetch_add(1, Ordering::Relaxed);
-                    counters.last_version.fetch_max(v, Ordering::Relaxed);
+            Ok(Placement::Accepted(v)) => {
+                if let Some(t) = table {
+                    t.record(v, t0);
                 }
-                None => {
-                    *r.rejected.entry("200_without_version".into()).or_default() += 1;
-                    counters.rejected.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            Ok(resp) => {
-                let code = resp
-                    .json()
-                    .ok()
-                    .and_then(|v| v.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_string))
-                    .unwrap_or_else(|| format!("status_{}", resp.status));
+                r.accepted += 1;
+                r.first = Some(r.first.map_or(v, |f| f.min(v)));
+                r.last = Some(r.last.map_or(v, |l| l.max(v)));
+                r.ok_lat.record_ns(t1 - t0);
+                counters.accepted.fetch_add(1, Ordering::Relaxed);
+                counters.last_version.fetch_max(v, Ordering::Relaxed);
+            }
+            Ok(Placement::Refused { code, .. }) => {
                 *r.rejected.entry(code).or_default() += 1;
                 r.rej_lat.record_ns(t1 - t0);
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
-                if resp.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                if conn.as_ref().is_some_and(|c| c.closing()) {
                     conn = None;
                 }
             }

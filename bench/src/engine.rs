@@ -245,6 +245,29 @@ pub struct Counts {
     /// Reconnect scenario: clients dropped by the tester and reconnected with `since`.
     pub dropped: u64,
     pub reconnected: u64,
+    /// Drain: closes after a `{"type":"reconnect"}` hint (any close), 1012 and 1001 without one.
+    #[serde(default)]
+    pub drain_closes_hinted: u64,
+    #[serde(default)]
+    pub drain_closes_1012: u64,
+    #[serde(default)]
+    pub drain_closes_1001: u64,
+    /// Drained clients' reconnect attempts, and those that failed (retried with backoff).
+    #[serde(default)]
+    pub drain_reconnects: u64,
+    #[serde(default)]
+    pub drain_reconnect_failures: u64,
+    /// Drained clients that got their first batch after the reconnect.
+    #[serde(default)]
+    pub drain_live_again: u64,
+    /// That first batch started past the client's version (missed edits) / before it.
+    #[serde(default)]
+    pub drain_gaps: u64,
+    #[serde(default)]
+    pub drain_duplicates: u64,
+    /// Drained clients not live again at the end.
+    #[serde(default)]
+    pub drain_not_live_at_end: u64,
 }
 
 impl Counts {
@@ -277,7 +300,16 @@ impl Counts {
             untimed_frames,
             untimed_versions,
             dropped,
-            reconnected
+            reconnected,
+            drain_closes_hinted,
+            drain_closes_1012,
+            drain_closes_1001,
+            drain_reconnects,
+            drain_reconnect_failures,
+            drain_live_again,
+            drain_gaps,
+            drain_duplicates,
+            drain_not_live_at_end
         );
     }
 }
@@ -309,6 +341,9 @@ pub struct FleetResult {
     pub edit_latency: HistExport,
     pub frame_latency: HistExport,
     pub connect_latency: HistExport,
+    /// Drain: close to first batch after the reconnect.
+    #[serde(default)]
+    pub drain_latency: HistExport,
     /// Window batches by `to`: (to, clients that received it, edits in it).
     pub batches: Vec<(u64, u64, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -347,6 +382,7 @@ impl FleetResult {
         merge_hist(&mut self.edit_latency, &o.edit_latency);
         merge_hist(&mut self.frame_latency, &o.frame_latency);
         merge_hist(&mut self.connect_latency, &o.connect_latency);
+        merge_hist(&mut self.drain_latency, &o.drain_latency);
         let mut m: BTreeMap<u64, (u64, u64)> = self.batches.iter().map(|&(t, c, e)| (t, (c, e))).collect();
         for &(t, c, e) in &o.batches {
             let s = m.entry(t).or_insert((0, e));
@@ -381,6 +417,17 @@ enum St {
 
 const F_CATCHUP: u8 = 1;
 const F_SAMPLED: u8 = 2;
+/// A `{"type":"reconnect"}` hint arrived; while open, `t_us` holds its delay in milliseconds.
+const F_HINT: u8 = 4;
+/// Closed by a drain, reconnecting: `closed_us` is when; the first batch makes it live again.
+const F_DRAINED: u8 = 8;
+/// Failed reconnects after a drain (backoff exponent), bits 4-6.
+const F_RETRY_SHIFT: u8 = 4;
+const F_RETRY_MASK: u8 = 0x70;
+/// Delay when a drain close brings no hint: 0 + random(0..1000) ms (as for 1001).
+const DRAIN_DEFAULT_JITTER_MS: u64 = 1000;
+/// Longest reconnect delay a hint may ask for.
+const MAX_HINT_MS: u64 = 600_000;
 
 /// Per-client state: about 40 bytes.
 struct Client {
@@ -390,8 +437,11 @@ struct Client {
     /// Bytes of the upgrade request written so far.
     sent: u16,
     /// Microseconds since the thread started, wrapping (every 71 minutes; only differences
-    /// under 35 minutes are taken): when connecting began, or when the reconnect is due.
+    /// under 35 minutes are taken): when connecting began, or when the reconnect is due (or,
+    /// while open with F_HINT, the hinted reconnect delay in milliseconds).
     t_us: u32,
+    /// When a drain closed the connection (same clock as `t_us`; meaningful with F_DRAINED).
+    closed_us: u32,
     version: u64,
     /// Bytes of a frame (or answer head) that straddles reads; allocated only then.
     // Boxed on purpose: 8 bytes per client instead of the 24 of an empty Vec.
@@ -434,6 +484,7 @@ struct Thread {
     edit_lat: LatencyHist,
     frame_lat: LatencyHist,
     connect_lat: LatencyHist,
+    drain_lat: LatencyHist,
     batches: FxHashMap<u64, (u64, u64)>,
     /// Receptions whose send instant was not in the table yet (the broadcast can beat the
     /// placement's HTTP answer to the driver): (version, receive instant, per-frame sample).
@@ -518,6 +569,7 @@ impl Thread {
                 flags: 0,
                 sent: 0,
                 t_us: 0,
+                closed_us: 0,
                 version: NO_VERSION,
                 carry: None,
                 track: None,
@@ -548,6 +600,7 @@ impl Thread {
             edit_lat: LatencyHist::new(),
             frame_lat: LatencyHist::new(),
             connect_lat: LatencyHist::new(),
+            drain_lat: LatencyHist::new(),
             batches: FxHashMap::default(),
             deferred: Vec::new(),
             stopping: false,
@@ -668,7 +721,9 @@ impl Thread {
                 c.sent = 0;
                 c.t_us = now_us;
                 c.carry = None;
-                c.flags = if since_known { F_CATCHUP } else { 0 } | if sampled { F_SAMPLED } else { 0 };
+                c.flags = (c.flags & (F_DRAINED | F_RETRY_MASK))
+                    | if since_known { F_CATCHUP } else { 0 }
+                    | if sampled { F_SAMPLED } else { 0 };
                 self.connecting += 1;
                 self.pending.push(i as u32);
             }
@@ -681,6 +736,9 @@ impl Thread {
                     *self.connect_errors.entry(errno_name(&e)).or_default() += 1;
                 }
                 self.clients[i].st = St::Closed;
+                if self.clients[i].flags & F_DRAINED != 0 && !self.shared.stop.load(Ordering::Relaxed) {
+                    self.retry_drained(i);
+                }
             }
         }
     }
@@ -720,12 +778,46 @@ impl Thread {
             .collect();
         self.waiting.retain(|&i| (now_us.wrapping_sub(self.clients[i as usize].t_us) as i32) < 0);
         for i in due {
-            self.counts.reconnected += 1;
+            if self.clients[i as usize].flags & F_DRAINED != 0 {
+                self.counts.drain_reconnects += 1;
+            } else {
+                self.counts.reconnected += 1;
+            }
             if let Some(t) = self.clients[i as usize].track.as_mut() {
                 t.reconnects += 1;
             }
             self.start(i as usize);
         }
+    }
+
+    /// A random delay in 0..n milliseconds.
+    fn jitter_ms(&mut self, n: u64) -> u64 {
+        self.rng = ws::splitmix64(self.rng);
+        if n == 0 {
+            0
+        } else {
+            self.rng % n
+        }
+    }
+
+    /// Schedules client `i` (closed by a drain) to reconnect in `delay_ms`.
+    fn schedule_drained(&mut self, i: usize, delay_ms: u64) {
+        let due = self.now_us().wrapping_add((delay_ms.min(MAX_HINT_MS) * 1000) as u32);
+        let c = &mut self.clients[i];
+        c.st = St::Waiting;
+        c.t_us = due;
+        c.carry = None;
+        self.waiting.push(i as u32);
+    }
+
+    /// A drained client's reconnect failed: try again after 1, 2, 4, 8, 16, 16 ... s (+ jitter).
+    fn retry_drained(&mut self, i: usize) {
+        self.counts.drain_reconnect_failures += 1;
+        let n = (self.clients[i].flags & F_RETRY_MASK) >> F_RETRY_SHIFT;
+        let delay = (1000u64 << n.min(4)) + self.jitter_ms(1000);
+        let c = &mut self.clients[i];
+        c.flags = (c.flags & !F_RETRY_MASK) | ((n + 1).min(7) << F_RETRY_SHIFT);
+        self.schedule_drained(i, delay);
     }
 
     /// Drops every open tracked client (a reset, like a network drop) and schedules its reconnect.
@@ -955,6 +1047,13 @@ impl Thread {
                 self.counts.text_messages += 1;
                 if payload.windows(8).any(|w| w == b"\"reload\"") {
                     self.counts.reload_messages += 1;
+                } else if payload.windows(11).any(|w| w == b"\"reconnect\"") {
+                    if let Some((after, jitter)) = ws::parse_reconnect_hint(payload) {
+                        let delay = after.min(MAX_HINT_MS) + self.jitter_ms(jitter.min(MAX_HINT_MS));
+                        let c = &mut self.clients[i];
+                        c.flags |= F_HINT;
+                        c.t_us = delay.min(MAX_HINT_MS) as u32;
+                    }
                 }
             }
             ws::OP_PING => {
@@ -977,6 +1076,20 @@ impl Thread {
         let catchup;
         // First version this batch brings that the client did not have (dups excluded).
         let new_from;
+        if self.clients[i].flags & F_DRAINED != 0 {
+            let now_us = self.now_us();
+            let c = &mut self.clients[i];
+            c.flags &= !(F_DRAINED | F_RETRY_MASK);
+            if c.version != NO_VERSION {
+                if b.from > c.version {
+                    self.counts.drain_gaps += 1;
+                } else if b.from < c.version {
+                    self.counts.drain_duplicates += 1;
+                }
+            }
+            self.counts.drain_live_again += 1;
+            self.drain_lat.record_us(u64::from(now_us.wrapping_sub(c.closed_us)));
+        }
         {
             let c = &mut self.clients[i];
             sampled = c.flags & F_SAMPLED != 0;
@@ -1077,6 +1190,7 @@ impl Thread {
 
     /// Ends client `i`'s connection, counting why.
     fn end(&mut self, i: usize, why: End) {
+        let now_us = self.now_us();
         let c = &mut self.clients[i];
         let was = c.st;
         if c.fd >= 0 {
@@ -1085,7 +1199,30 @@ impl Thread {
         c.fd = -1;
         c.st = St::Closed;
         c.carry = None;
+        let hinted = c.flags & F_HINT != 0;
+        c.flags &= !F_HINT;
         match was {
+            St::Open if !self.stopping && (hinted || matches!(why, End::Closed(1012 | 1001))) => {
+                // A drain: wait the hinted delay (1012/1001 without a hint: random(0..1000) ms)
+                // and reconnect with since=<version>. A client drained again before it was live
+                // keeps its first close instant.
+                self.open -= 1;
+                if let End::Closed(code) = &why {
+                    *self.close_codes.entry(code.to_string()).or_default() += 1;
+                }
+                let delay = if hinted { u64::from(c.t_us) } else { u64::MAX };
+                if c.flags & F_DRAINED == 0 {
+                    c.closed_us = now_us;
+                    c.flags |= F_DRAINED;
+                }
+                match why {
+                    _ if hinted => self.counts.drain_closes_hinted += 1,
+                    End::Closed(1012) => self.counts.drain_closes_1012 += 1,
+                    _ => self.counts.drain_closes_1001 += 1,
+                }
+                let delay = if delay == u64::MAX { self.jitter_ms(DRAIN_DEFAULT_JITTER_MS) } else { delay };
+                self.schedule_drained(i, delay);
+            }
             St::Open => {
                 self.open -= 1;
                 if !self.stopping {
@@ -1109,6 +1246,9 @@ impl Thread {
                     self.counts.handshake_failed += 1;
                     *self.handshake_errors.entry("connection closed before the 101".into()).or_default() += 1;
                 }
+                if c.flags & F_DRAINED != 0 && !self.stopping {
+                    self.retry_drained(i);
+                }
             }
             _ => {}
         }
@@ -1118,6 +1258,9 @@ impl Thread {
         let mut frame = Vec::with_capacity(8);
         for i in 0..self.clients.len() {
             let st = self.clients[i].st;
+            if self.clients[i].flags & F_DRAINED != 0 {
+                self.counts.drain_not_live_at_end += 1;
+            }
             if let Some(t) = self.clients[i].track.as_mut() {
                 t.open = st == St::Open;
             }
@@ -1167,6 +1310,7 @@ impl Thread {
             edit_latency: self.edit_lat.export(),
             frame_latency: self.frame_lat.export(),
             connect_latency: self.connect_lat.export(),
+            drain_latency: self.drain_lat.export(),
             batches,
             tracks,
             fatal: None,

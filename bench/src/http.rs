@@ -4,7 +4,7 @@
 
 use crate::error::LoadError;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Largest response body accepted (a 8192x8192 8-bit snapshot is 64 MiB).
@@ -14,6 +14,8 @@ pub struct HttpConn {
     stream: TcpStream,
     host: String,
     buf: Vec<u8>,
+    /// The last answer said `Connection: close` (the server closes after it).
+    closing: bool,
 }
 
 /// One HTTP answer.
@@ -35,15 +37,50 @@ impl Response {
             detail: format!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body[..self.body.len().min(200)])),
         })
     }
+
+    /// The `error.code` of an error answer (`{"error":{"code":..}}`), else `status_NNN`.
+    pub fn error_code(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.pointer("/error/code").and_then(|c| c.as_str()).map(str::to_string))
+            .unwrap_or_else(|| format!("status_{}", self.status))
+    }
+
+    /// How long the server asks the client to wait: `error.retry_after_ms`, else the
+    /// `Retry-After` header (seconds).
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.pointer("/error/retry_after_ms").and_then(|r| r.as_u64()))
+            .or_else(|| self.header("retry-after").and_then(|s| s.trim().parse::<u64>().ok()).map(|s| s * 1000))
+    }
+
+    /// Whether the server closes the connection after this answer.
+    pub fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
 }
 
 impl HttpConn {
     pub fn connect(target: SocketAddr, timeout: Duration) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(&target, timeout)?;
+        Self::connect_from(None, target, timeout)
+    }
+
+    /// Connects from source address `source` (None: the kernel's choice).
+    pub fn connect_from(source: Option<IpAddr>, target: SocketAddr, timeout: Duration) -> io::Result<Self> {
+        let stream = match source {
+            None => TcpStream::connect_timeout(&target, timeout)?,
+            Some(src) => crate::sys::connect_blocking(src, target, timeout)?,
+        };
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(HttpConn { stream, host: target.to_string(), buf: Vec::with_capacity(4096) })
+        Ok(HttpConn { stream, host: target.to_string(), buf: Vec::with_capacity(4096), closing: false })
+    }
+
+    /// Whether the last answer said the server closes the connection (open a new one).
+    pub fn closing(&self) -> bool {
+        self.closing
     }
 
     /// Sends one request and reads its answer. `headers` are extra `Name: value` lines.
@@ -59,7 +96,9 @@ impl HttpConn {
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
         self.stream.write_all(&req)?;
-        self.read_response(method == "HEAD")
+        let r = self.read_response(method == "HEAD")?;
+        self.closing = r.closes();
+        Ok(r)
     }
 
     fn fill(&mut self) -> io::Result<()> {
@@ -150,6 +189,104 @@ impl HttpConn {
                 return Ok(body);
             }
         }
+    }
+}
+
+/// Something that sends one HTTP request and reads its answer.
+pub trait Requester {
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response>;
+}
+
+impl Requester for HttpConn {
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
+        self.request(method, path, headers, body)
+    }
+}
+
+impl Requester for KeepAlive {
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
+        self.request(method, path, headers, body)
+    }
+}
+
+/// A kept-alive connection from one source address that reopens itself: when the last answer
+/// said `Connection: close`, after a transport error, and before a request on a connection idle
+/// longer than [`KeepAlive::MAX_IDLE`] (below the server's default 15 s idle timeout, which a
+/// request could otherwise race).
+pub struct KeepAlive {
+    pub source: Option<IpAddr>,
+    pub target: SocketAddr,
+    pub timeout: Duration,
+    conn: Option<HttpConn>,
+    last_used: std::time::Instant,
+    /// Connections opened, and requests sent again on a fresh one.
+    pub connects: u64,
+    pub retries: u64,
+}
+
+impl KeepAlive {
+    pub const MAX_IDLE: Duration = Duration::from_secs(10);
+
+    pub fn new(source: Option<IpAddr>, target: SocketAddr) -> Self {
+        KeepAlive {
+            source,
+            target,
+            timeout: Duration::from_secs(10),
+            conn: None,
+            last_used: std::time::Instant::now(),
+            connects: 0,
+            retries: 0,
+        }
+    }
+
+    /// The connection, opened first if needed. Marks it used now.
+    pub fn get(&mut self) -> io::Result<&mut HttpConn> {
+        if self.conn.as_ref().is_some_and(|c| c.closing()) || self.last_used.elapsed() > Self::MAX_IDLE {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            self.connects += 1;
+            self.conn = Some(HttpConn::connect_from(self.source, self.target, self.timeout)?);
+        }
+        self.last_used = std::time::Instant::now();
+        Ok(self.conn.as_mut().expect("opened above"))
+    }
+
+    /// Whether the next [`get`](Self::get) reuses an open connection.
+    pub fn is_open(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.closing()) && self.last_used.elapsed() <= Self::MAX_IDLE
+    }
+
+    /// Forgets the connection (after a transport error).
+    pub fn reset(&mut self) {
+        self.conn = None;
+    }
+
+    /// One request; a reused connection that fails (transport error, or a 408 the server sent
+    /// as it closed it idle) is replaced and the request sent once more.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<Response> {
+        let reused = self.is_open();
+        let r = self.get()?.request(method, path, headers, body);
+        self.last_used = std::time::Instant::now();
+        if reused && (r.is_err() || matches!(&r, Ok(x) if x.status == 408)) {
+            self.retries += 1;
+        }
+        match r {
+            Ok(resp) if resp.status == 408 && reused => {}
+            Ok(resp) => return Ok(resp),
+            Err(e) if !reused => {
+                self.conn = None;
+                return Err(e);
+            }
+            Err(_) => {}
+        }
+        self.conn = None;
+        let r = self.get()?.request(method, path, headers, body);
+        self.last_used = std::time::Instant::now();
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
     }
 }
 

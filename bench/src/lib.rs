@@ -6,6 +6,7 @@
 //! placement [`driver`], measurement ([`hist`], [`sendtable`]), the [`scenario`]s, their
 //! [`report`] and [`compare`]; and the [`baseline`] server.
 
+pub mod abuse;
 pub mod addrs;
 pub mod baseline;
 pub mod batch;
@@ -18,10 +19,12 @@ pub mod fleet;
 pub mod fuzz;
 pub mod hist;
 pub mod http;
+pub mod pow;
 pub mod procfs;
 pub mod report;
 pub mod scenario;
 pub mod sendtable;
+pub mod session;
 pub mod signals;
 pub mod sys;
 pub mod ws;

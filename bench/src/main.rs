@@ -37,6 +37,7 @@ fn run(cli: Cli) -> Result<i32, LoadError> {
         Cmd::Fanout(a) => (scenario::fanout(a)?, a.common.json.clone()),
         Cmd::Place(a) => (scenario::place(a)?, a.common.json.clone()),
         Cmd::Reconnect(a) => (scenario::reconnect(a)?, a.common.json.clone()),
+        Cmd::Abuse(a) => (scenario::abuse(a)?, a.common.json.clone()),
         Cmd::Compare(a) => {
             let (c, table) = compare::compare(a)?;
             eprint!("{table}");

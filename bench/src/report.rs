@@ -32,6 +32,12 @@ pub struct Report {
     pub placements: Option<DriverReport>,
     pub reconnect: Option<ReconnectReport>,
     pub kernel: Option<KernelReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abuse: Option<crate::abuse::AbuseReport>,
+    /// WebSocket clients the server closed for a drain (1012 / reconnect hint, 1001) and how
+    /// they came back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainReport>,
 }
 
 /// Host-wide kernel memory around the ramp (hold). On loopback both ends of every connection are
@@ -255,6 +261,49 @@ pub struct ReconnectReport {
     pub ok: bool,
 }
 
+/// Drain-aware reconnects of WebSocket clients (any scenario with clients).
+#[derive(Debug, Serialize, Default)]
+pub struct DrainReport {
+    /// Closes after a `{"type":"reconnect"}` hint (1012, or any other end), 1012 without a
+    /// hint, 1001 without a hint.
+    pub closes_hinted: u64,
+    pub closes_1012: u64,
+    pub closes_1001: u64,
+    /// Reconnect attempts (retries after a failed reconnect included).
+    pub reconnects: u64,
+    pub reconnect_failures: u64,
+    /// Clients that got their first batch after reconnecting (with since=<their version>).
+    pub live_again: u64,
+    /// Drained clients not live again when the run ended.
+    pub not_live_at_end: u64,
+    /// Close to first batch after the reconnect, per client and drain.
+    pub close_to_live: LatencySummary,
+    /// First batch after a drain reconnect starting past the client's version (a missed edit),
+    /// or before it (a duplicate).
+    pub gaps_after_reconnect: u64,
+    pub duplicates_after_reconnect: u64,
+}
+
+impl DrainReport {
+    /// None when no client was drained.
+    pub fn from_fleet(f: &FleetResult) -> Option<Self> {
+        let c = &f.counts;
+        let closes = c.drain_closes_hinted + c.drain_closes_1012 + c.drain_closes_1001;
+        (closes > 0).then(|| DrainReport {
+            closes_hinted: c.drain_closes_hinted,
+            closes_1012: c.drain_closes_1012,
+            closes_1001: c.drain_closes_1001,
+            reconnects: c.drain_reconnects,
+            reconnect_failures: c.drain_reconnect_failures,
+            live_again: c.drain_live_again,
+            not_live_at_end: c.drain_not_live_at_end,
+            close_to_live: LatencyHist::import(&f.drain_latency).summary(),
+            gaps_after_reconnect: c.drain_gaps,
+            duplicates_after_reconnect: c.drain_duplicates,
+        })
+    }
+}
+
 fn bytes(n: f64) -> String {
     if n >= 1e9 {
         format!("{:.2} GB", n / 1e9)
@@ -424,6 +473,95 @@ impl Report {
                 format!("{} / {} ({} pixels differ)", r.canvases_equal, r.canvases_different, r.pixels_different),
             );
             row("snapshot version / at it", format!("{} / {}", r.snapshot_version, r.tracked_at_snapshot_version));
+        }
+        if let Some(ab) = &self.abuse {
+            if let Some(x) = &ab.abuser {
+                row(
+                    "abuser",
+                    format!(
+                        "{} x {} conns{}{}",
+                        x.source_addr,
+                        x.conns,
+                        if x.proof { ", proof of work" } else { "" },
+                        if x.honor_retry_after { ", honours retry-after" } else { "" }
+                    ),
+                );
+                row(
+                    "abuser attempts",
+                    format!("{} ({:.1}/s; {:.0} requests/s)", x.attempts, x.attempts_per_s, x.requests_per_s),
+                );
+                row(
+                    "abuser sessions accepted",
+                    format!("{} of {} ({:.2}/s)", x.sessions_accepted, x.session_requests, x.sessions_accepted_per_s),
+                );
+                row(
+                    "abuser placements accepted",
+                    format!(
+                        "{} of {} ({:.2}/s)",
+                        x.placements_accepted, x.placements_attempted, x.placements_accepted_per_s
+                    ),
+                );
+                row("abuser rate-limited", format!("{:?}", x.rate_limited));
+                row("abuser session refusals", format!("{:?}", x.session_refused));
+                row("abuser placement refusals", format!("{:?}", x.place_refused));
+                if !x.transport_errors.is_empty() {
+                    row("abuser transport errors", format!("{:?} ({} connects)", x.transport_errors, x.connects));
+                }
+                if let Some(ms) = x.solve_mean_ms {
+                    row(
+                        "abuser proofs solved",
+                        format!("{} ({:.1} ms wall each, {:.1} M hashes in all)", x.solves, ms, x.hashes as f64 / 1e6),
+                    );
+                }
+            }
+            let h = &ab.honest;
+            row(
+                "honest users",
+                format!(
+                    "{} on {} addresses (<= {} each), one placement per {} ms; setup {:.1} s{}; nice {}{}",
+                    h.users,
+                    h.source_addrs,
+                    h.max_users_per_addr,
+                    h.period_ms,
+                    h.setup_s,
+                    if h.setup_proof { " with proofs" } else { "" },
+                    h.nice,
+                    if h.nice_applied { "" } else { " NOT applied" }
+                ),
+            );
+            row(
+                "honest placements nominal / sent / accepted",
+                format!(
+                    "{} / {} / {} ({})",
+                    h.nominal,
+                    h.attempted,
+                    h.accepted,
+                    if h.all_accepted { "all accepted" } else { "NOT all accepted" }
+                ),
+            );
+            if !h.refused.is_empty() || h.transport_errors > 0 {
+                row("honest refusals", format!("{:?}, {} transport errors", h.refused, h.transport_errors));
+            }
+            row("honest placement round trip", lat(&h.latency));
+            row("honest schedule lag (tester)", lat(&h.schedule_lag));
+        }
+        if let Some(d) = &self.drain {
+            row(
+                "drain closes (after hint / 1012 / 1001)",
+                format!("{} / {} / {}", d.closes_hinted, d.closes_1012, d.closes_1001),
+            );
+            row(
+                "drain reconnects / live again / waiting at end",
+                format!(
+                    "{} / {} / {} ({} failed reconnects retried)",
+                    d.reconnects, d.live_again, d.not_live_at_end, d.reconnect_failures
+                ),
+            );
+            row("drain close to live", lat(&d.close_to_live));
+            row(
+                "drain gaps / duplicates after reconnect",
+                format!("{} / {}", d.gaps_after_reconnect, d.duplicates_after_reconnect),
+            );
         }
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();

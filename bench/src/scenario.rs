@@ -4,7 +4,7 @@
 //! open-file or port limits before it opens a single socket.
 
 use crate::batch;
-use crate::cli::{self, Common, FanoutArgs, HoldArgs, PlaceArgs, ReconnectArgs};
+use crate::cli::{self, AbuseArgs, Common, FanoutArgs, HoldArgs, PlaceArgs, ReconnectArgs};
 use crate::driver::{self, DriverConfig, DriverCounters, DriverReport};
 use crate::engine::{EngineConfig, FleetResult, Progress};
 use crate::error::{LimitError, LoadError};
@@ -375,6 +375,7 @@ pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
     report.params["edit_stride"] = info.edit_stride.into();
     report.tester = Some(tester_report(&result, a.common.procs));
     report.clients = Some(ClientsReport::from_fleet(a.clients as u64, &result));
+    report.drain = DrainReport::from_fleet(&result);
     report.kernel = Some(KernelReport {
         before: kernel_before,
         ready: kernel_ready,
@@ -460,7 +461,7 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
             info.cooldown_ms, a.driver.users
         ));
     }
-    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8)?);
+    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8, a.common.proof)?);
     let (table, table_path) = make_table(&ctx)?;
     let before = ctx.server();
     let mut t = Ticker::new(&a.common);
@@ -552,6 +553,7 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
     tester.window_cores_used = if self_wall_ns > 0 { self_cpu as f64 * 1e3 / self_wall_ns as f64 } else { 0.0 };
     report.tester = Some(tester);
     report.clients = Some(ClientsReport::from_fleet(a.clients as u64, &result));
+    report.drain = DrainReport::from_fleet(&result);
     report.latency = Some(LatencyReport::from_fleet(&result, latency_every));
     report.delivery = Some(delivery);
     report.placements = Some(d);
@@ -572,7 +574,7 @@ pub fn place(a: &PlaceArgs) -> Result<Report, LoadError> {
     );
     let info = http::canvas_info(a.common.target)?;
     report.params["server_cooldown_ms"] = info.cooldown_ms.into();
-    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.users, a.conns.min(16))?);
+    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.users, a.conns.min(16), a.common.proof)?);
     let cfg = DriverConfig {
         target: a.common.target,
         rate: a.rate,
@@ -629,6 +631,23 @@ pub fn place(a: &PlaceArgs) -> Result<Report, LoadError> {
     Ok(report)
 }
 
+/// `POST /api/v1/admin/drain`; returns the answer's status and body.
+fn admin_drain(target: std::net::SocketAddr, token: &str) -> Result<String, LoadError> {
+    let mut c = http::HttpConn::connect(target, Duration::from_secs(10))
+        .map_err(|e| LoadError::io("connecting for POST /api/v1/admin/drain", e))?;
+    let auth = format!("Bearer {token}");
+    let r = c
+        .request("POST", "/api/v1/admin/drain", &[("Authorization", &auth)], b"")
+        .map_err(|e| LoadError::io("POST /api/v1/admin/drain", e))?;
+    if r.status != 202 && r.status != 200 {
+        return Err(LoadError::Http {
+            what: "POST /api/v1/admin/drain".into(),
+            detail: format!("status {}: {}", r.status, String::from_utf8_lossy(&r.body)),
+        });
+    }
+    Ok(format!("{} {}", r.status, String::from_utf8_lossy(&r.body)))
+}
+
 fn snapshot(target: std::net::SocketAddr) -> Result<batch::Snapshot, LoadError> {
     let r = http::fetch(target, "GET", "/api/v1/canvas", b"")?;
     if r.status != 200 {
@@ -666,13 +685,14 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
         serde_json::json!({
             "clients": a.clients, "drop": a.drop, "rate_per_s": a.driver.rate, "duration_s": a.common.duration,
             "reconnect_delay_ms": a.reconnect_delay_ms, "ramp_per_s": a.common.ramp, "threads": ctx.threads,
+            "drain": a.drain,
         }),
     );
     let plan_warnings = plan(&ctx, a.clients, a.driver.driver_conns as u64 + 16)?;
     let info = http::canvas_info(a.common.target)?;
     report.params["edit_stride"] = info.edit_stride.into();
     let base = snapshot(a.common.target)?;
-    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8)?);
+    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8, a.common.proof)?);
     let (table, _) = make_table(&ctx)?;
     let mut t = Ticker::new(&a.common);
     let mut fleet = start_fleet(
@@ -683,6 +703,14 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
         None,
     )?;
     let mut warnings = plan_warnings;
+    let drain_token = if a.drain {
+        Some(std::env::var("PLACECAST_ADMIN_TOKEN").map_err(|_| {
+            LoadError::Args("--drain needs the admin token in the environment variable PLACECAST_ADMIN_TOKEN".into())
+        })?)
+    } else {
+        None
+    };
+    let mut drain_answer: Option<std::thread::JoinHandle<Result<String, LoadError>>> = None;
     let mut drv = None;
     let mut snap = None;
     let mut clients_in_window = 0;
@@ -692,6 +720,7 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
         clients_in_window = fleet.progress().open;
         let drop_at = Duration::from_secs_f64(a.common.duration as f64 / 3.0);
         let mut dropped = false;
+        let target = a.common.target;
         let delay = a.reconnect_delay_ms;
         drv = Some(drive_while_ticking(
             &fleet,
@@ -702,13 +731,22 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
             |el, f| {
                 if !dropped && el >= drop_at {
                     dropped = true;
-                    if let Fleet::Local(l) = f {
+                    if let Some(tok) = drain_token.clone() {
+                        drain_answer = Some(std::thread::spawn(move || admin_drain(target, &tok)));
+                    } else if let Fleet::Local(l) = f {
                         l.drop_tracked(delay);
                     }
                 }
             },
         )?);
         wait(&fleet, &mut t, Duration::from_millis(a.drain_ms.max(delay + 500)), None)?;
+        if let Some(h) = drain_answer.take() {
+            match h.join() {
+                Ok(Ok(ans)) => warnings.push(format!("POST /api/v1/admin/drain: {ans}")),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(LoadError::Server("the drain request thread panicked".into())),
+            }
+        }
         // Every dropped client should be back; wait for it (bounded).
         let end = Instant::now() + Duration::from_millis(a.common.connect_timeout_ms);
         while fleet.progress().open < clients_in_window && Instant::now() < end {
@@ -771,11 +809,16 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
             }
         }
     }
+    let drain = DrainReport::from_fleet(&result);
+    let came_back = if a.drain {
+        drain.as_ref().is_some_and(|d| d.not_live_at_end == 0 && d.gaps_after_reconnect == 0 && d.live_again > 0)
+    } else {
+        rc.dropped == rc.tracked && rc.reconnected == rc.dropped
+    };
     rc.ok = snap.is_some()
         && rc.tracked == a.drop as u64
         && rc.canvases_equal == rc.tracked
-        && rc.dropped == rc.tracked
-        && rc.reconnected == rc.dropped
+        && came_back
         && result.counts.gaps == 0
         && result.counts.duplicates == 0;
     if run.is_ok() && result.fatal.is_none() {
@@ -793,8 +836,198 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
         Some(DeliveryReport::compute(&result, base.version, to, clients_in_window, d.elapsed_s, info.edit_stride, 100));
     report.tester = Some(tester_report(&result, 1));
     report.clients = Some(ClientsReport::from_fleet(a.clients as u64, &result));
+    report.drain = drain;
     report.latency = Some(LatencyReport::from_fleet(&result, latency_every));
     report.placements = Some(d);
     report.reconnect = Some(rc);
+    Ok(report)
+}
+
+pub fn abuse(a: &AbuseArgs) -> Result<Report, LoadError> {
+    use crate::abuse::{self, AbuseConfig, AbuseCounters};
+    use crate::session::Sessions;
+    if a.common.procs > 1 {
+        return Err(LoadError::Args("--procs applies to hold and fanout only".into()));
+    }
+    if !(1..=100_000).contains(&a.honest) {
+        return Err(LoadError::Args(format!("--honest must be 1 to 100000, got {}", a.honest)));
+    }
+    if !(1..=10_000).contains(&a.honest_per_addr) || !(1..=1024).contains(&a.honest_threads) {
+        return Err(LoadError::Args("--honest-per-addr must be 1 to 10000 and --honest-threads 1 to 1024".into()));
+    }
+    if a.abuser_conns > 4096
+        || !(0..=19).contains(&a.abuser_nice)
+        || !(-20..=19).contains(&a.honest_nice)
+        || a.honest_slack_ms > 60_000
+    {
+        return Err(LoadError::Args(
+            "--abuser-conns must be at most 4096, --abuser-nice 0 to 19, --honest-nice -20 to 19, \
+             --honest-slack-ms at most 60000"
+                .into(),
+        ));
+    }
+    let ctx = Ctx::new(&a.common)?;
+    let abuser = (a.abuser_conns > 0).then_some(a.abuser_addr);
+    if let Some(ip) = abuser {
+        crate::addrs::check_sources(&[ip], a.common.target)?;
+    }
+    let honest_sources = if a.common.source_addrs.trim() == "auto" {
+        if !(a.common.target.is_ipv4() && a.common.target.ip().is_loopback()) {
+            return Err(LoadError::Args(
+                "--source-addrs auto picks honest addresses on 127.0.0.0/8 only; give them with --source-addrs".into(),
+            ));
+        }
+        abuse::auto_honest_sources(a.honest.div_ceil(a.honest_per_addr), abuser)
+    } else {
+        ctx.sources.clone()
+    };
+    if honest_sources.is_empty() {
+        return Err(LoadError::Args("no honest source addresses".into()));
+    }
+    if abuser.is_some_and(|ip| honest_sources.contains(&ip)) {
+        return Err(LoadError::Args(format!(
+            "the abuser's address {} is also an honest address in --source-addrs",
+            a.abuser_addr
+        )));
+    }
+    let used_addrs = honest_sources.len().min(a.honest);
+    let (_, hard) = sys::raise_nofile_to_hard();
+    let fds = (used_addrs + a.abuser_conns + 64) as u64;
+    if fds > hard {
+        return Err(LoadError::Limit(crate::error::LimitError::PlanFiles { needed: fds, hard, procs: 1 }));
+    }
+    let info = http::canvas_info(a.common.target)?;
+    let cooldown_ms = match a.cooldown {
+        Some(s) => s.saturating_mul(1000),
+        None => info.cooldown_ms,
+    };
+    if !(1000..=86_400_000).contains(&cooldown_ms) {
+        return Err(LoadError::Args(format!(
+            "the cooldown must be 1 to 86400 s (--cooldown S, or the server's cooldown_ms), got {cooldown_ms} ms"
+        )));
+    }
+    let mut warnings = Vec::new();
+    if info.cooldown_ms != 0 && info.cooldown_ms != cooldown_ms {
+        warnings.push(format!(
+            "--cooldown {} s differs from the server's cooldown_ms {}: honest users may be refused `cooldown`",
+            cooldown_ms / 1000,
+            info.cooldown_ms
+        ));
+    }
+    let per_addr = a.honest.div_ceil(honest_sources.len());
+    let period_ms = cooldown_ms + a.honest_slack_ms;
+    let per_addr_per_min = per_addr as f64 * 60_000.0 / period_ms as f64;
+    if per_addr_per_min > 60.0 || per_addr > 20 {
+        warnings.push(format!(
+            "{per_addr} honest users per address ({per_addr_per_min:.0} placements/min, {per_addr} sessions) exceed the \
+             server's default --placements-per-addr-per-min 60 / --sessions-per-min 20: lower --honest-per-addr"
+        ));
+    }
+    let mut report = ctx.report(
+        "abuse",
+        serde_json::json!({
+            "honest": a.honest, "honest_per_addr": per_addr, "honest_source_addrs": used_addrs,
+            "honest_threads": a.honest_threads, "cooldown_ms": cooldown_ms, "honest_period_ms": period_ms,
+            "abuser_addr": abuser.map(|i| i.to_string()), "abuser_conns": a.abuser_conns, "abuser_nice": a.abuser_nice, "honest_nice": a.honest_nice,
+            "abuser_honor_retry_after": a.abuser_honor_retry_after, "duration_s": a.common.duration,
+            "proof_flag": a.common.proof, "server_cooldown_ms": info.cooldown_ms,
+        }),
+    );
+    let cfg = AbuseConfig {
+        target: a.common.target,
+        duration: Duration::from_secs(a.common.duration),
+        cooldown_ms,
+        slack_ms: a.honest_slack_ms,
+        honest: a.honest,
+        honest_sources,
+        honest_threads: a.honest_threads,
+        abuser,
+        abuser_conns: a.abuser_conns,
+        abuser_nice: a.abuser_nice,
+        honest_nice: a.honest_nice,
+        honor_retry_after: a.abuser_honor_retry_after,
+        proof: a.common.proof,
+        width: info.width,
+        height: info.height,
+        palette_len: info.palette_len,
+        seed: ctx.seed,
+    };
+    let counters = Arc::new(AbuseCounters::default());
+    let honest_sessions = Arc::new(Sessions::new(cfg.proof));
+    let quiet = a.common.quiet;
+    let t_setup = Instant::now();
+    let mut last = Instant::now();
+    let honest = abuse::setup_honest(&cfg, &honest_sessions, &counters, || {
+        if !quiet && last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            eprintln!(
+                "[setup {:5.1}s] honest sessions {}/{}{}",
+                t_setup.elapsed().as_secs_f64(),
+                counters.honest_sessions.load(Ordering::Relaxed),
+                cfg.honest,
+                if honest_sessions.proof() { " (proof of work)" } else { "" }
+            );
+        }
+    })?;
+    let setup_s = t_setup.elapsed().as_secs_f64();
+    let abuser_sessions = Arc::new(Sessions::new(cfg.proof || honest_sessions.proof()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let w0 = ctx.server();
+    let (t0, mut last, mut prev) = (Instant::now(), Instant::now(), (0u64, 0u64));
+    let stop2 = stop.clone();
+    let c2 = counters.clone();
+    let mut rep = abuse::run(&cfg, honest, abuser_sessions, counters.clone(), stop, || {
+        if signals::interrupted() {
+            stop2.store(true, Ordering::SeqCst);
+        }
+        let dt = last.elapsed().as_secs_f64();
+        if quiet || dt < 1.0 {
+            return;
+        }
+        last = Instant::now();
+        let l = |x: &std::sync::atomic::AtomicU64| x.load(Ordering::Relaxed);
+        let (att, placed) = (l(&c2.abuser_attempts), l(&c2.abuser_placed));
+        eprintln!(
+            "[{:6.1}s] abuser attempts {att} ({:.0}/s) sessions {} placed {placed} ({:.0}/s) | honest sent {} accepted {} not accepted {}",
+            t0.elapsed().as_secs_f64(),
+            (att - prev.0) as f64 / dt,
+            l(&c2.abuser_sessions),
+            (placed - prev.1) as f64 / dt,
+            l(&c2.honest_attempted),
+            l(&c2.honest_accepted),
+            l(&c2.honest_refused),
+        );
+        prev = (att, placed);
+    });
+    let w1 = ctx.server();
+    rep.honest.setup_s = setup_s;
+    rep.honest.setup_proof = honest_sessions.proof();
+    let h = &rep.honest;
+    report.outcome.ok = h.all_accepted && !signals::interrupted();
+    if !report.outcome.ok {
+        report.outcome.error = Some(if signals::interrupted() {
+            "interrupted (SIGINT/SIGTERM)".into()
+        } else {
+            format!(
+                "honest placements: {} sent, {} accepted; refused {:?}, {} transport errors",
+                h.attempted, h.accepted, h.refused, h.transport_errors
+            )
+        });
+    }
+    if let Some(ab) = &rep.abuser {
+        if ab.attempts == 0 {
+            warnings.push("the abuser made no attempt (could it connect from its address?)".into());
+        }
+    }
+    report.outcome.warnings = warnings;
+    if let Some(pid) = a.common.server_pid {
+        let mut s = ServerReport::from_samples(pid, w0, w0, w0, w1, w1);
+        let accepted = h.accepted + rep.abuser.as_ref().map_or(0, |x| x.placements_accepted);
+        if accepted > 0 {
+            s.cpu_us_per_accepted_placement = Some(s.window_cpu_us as f64 / accepted as f64);
+        }
+        report.server = Some(s);
+    }
+    report.abuse = Some(rep);
     Ok(report)
 }

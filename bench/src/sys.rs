@@ -114,6 +114,39 @@ pub fn start_connect(source: Option<IpAddr>, target: SocketAddr) -> Result<RawFd
     Ok(fd)
 }
 
+/// A blocking TCP connection from `source` to `target` (bound the same way as
+/// [`start_connect`]), the connect bounded by `timeout`.
+pub fn connect_blocking(
+    source: IpAddr,
+    target: SocketAddr,
+    timeout: std::time::Duration,
+) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let fd = start_connect(Some(source), target).map_err(|(_, e)| e)?;
+    // SAFETY: `fd` is a fresh socket owned by nothing else; the stream now owns it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        }
+        break;
+    }
+    take_socket_error(fd)?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 /// The pending error of a socket (SO_ERROR): `Ok(())` once a nonblocking connect succeeded.
 pub fn take_socket_error(fd: RawFd) -> io::Result<()> {
     let mut err: libc::c_int = 0;
@@ -246,6 +279,16 @@ pub fn pin_current_thread(cpu: usize) -> bool {
         let mut set: libc::cpu_set_t = zeroed();
         libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `nice` (Linux: per thread; raising the
+/// nice value needs no privilege). Returns false if the kernel refused.
+pub fn nice_current_thread(nice: i32) -> bool {
+    // SAFETY: plain system calls; gettid names the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice) == 0
     }
 }
 

@@ -264,9 +264,29 @@ pub fn parse_upgrade_response(buf: &[u8], expected_accept: &str) -> Result<Optio
     Ok(Some(n))
 }
 
+/// The delay hint of a drain's `{"type":"reconnect","after_ms":A,"jitter_ms":J}` text message:
+/// (A, J) in milliseconds (a missing field is 0); None for any other message.
+pub fn parse_reconnect_hint(payload: &[u8]) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    if v.get("type")?.as_str()? != "reconnect" {
+        return None;
+    }
+    let ms = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    Some((ms("after_ms"), ms("jitter_ms")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_hints() {
+        assert_eq!(parse_reconnect_hint(br#"{"type":"reconnect","after_ms":250,"jitter_ms":5000}"#), Some((250, 5000)));
+        assert_eq!(parse_reconnect_hint(br#"{"type":"reconnect"}"#), Some((0, 0)));
+        assert_eq!(parse_reconnect_hint(br#"{"type":"reload","oldest_since":3}"#), None);
+        assert_eq!(parse_reconnect_hint(b"not json"), None);
+        assert_eq!(parse_reconnect_hint(br#"{"type":"reconnect","after_ms":-1}"#), Some((0, 0)));
+    }
 
     fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut v = vec![0x80 | opcode];
