@@ -12,6 +12,14 @@ if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
   apt-get update -qq
   apt-get install -y -qq chromium >/dev/null
 fi
+# Lints run with the tests (scripts/test.sh): clippy and rustfmt.
+for tool in clippy rustfmt; do
+  cmd=$([ "$tool" = clippy ] && echo "cargo clippy" || echo "cargo fmt")
+  if ! $cmd --version >/dev/null 2>&1; then
+    echo "installing $tool (rustup component add)" >&2
+    rustup component add "$tool"
+  fi
+done
 apt_missing=()
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || apt_missing+=(haproxy)
 command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
