@@ -505,9 +505,11 @@ fn upgrade(req: &Req, shared: &Shared, hub: &Rc<RefCell<Hub>>, client: &ClientAd
     };
     let since = match query_param(&req.query, "since").filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => match s.parse::<u64>() {
-            Ok(v) => Some(v),
-            Err(_) => return fail(400, "bad_since", &format!("since must be a version number, got {s:?}")),
+        Some(s) => match crate::token::canonical_u64(&s) {
+            Some(v) => Some(v),
+            None => {
+                return fail(400, "bad_since", &format!("since must be a version number in plain digits, got {s:?}"))
+            }
         },
     };
     let user = match authenticate(shared, query_param(&req.query, "token").filter(|t| !t.is_empty()).as_deref()) {

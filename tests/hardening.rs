@@ -130,6 +130,12 @@ fn request_heads_have_one_reading() {
         assert_eq!(r.status, want, "{}", String::from_utf8_lossy(raw));
         assert!(!r.error_code().is_empty());
     }
+    // `since` has one spelling too.
+    for since in ["%2B5", "05", "-1"] {
+        let raw = format!("GET /ws?since={since} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+        let r = raw_http(s.addr, raw.as_bytes()).unwrap();
+        assert_eq!((r.status, r.error_code().as_str()), (400, "bad_since"), "since={since}");
+    }
     // A token with a second spelling of its expiry is refused.
     let token = s.session();
     let mut parts: Vec<&str> = token.split('.').collect();
