@@ -45,6 +45,8 @@ pub enum PlaceError {
     TooManyInFlight,
     #[error("{0}")]
     Admission(AdmissionError),
+    #[error("your edit may be in the log, but its version is unknown ({0}); it appears on the canvas if it was valid (do not place it again)")]
+    OutcomeUnknown(String),
     #[error("your edit is in the log at version {version}, but this node has not applied it within {waited_ms} ms; it appears on the canvas if it was valid (do not place it again)")]
     VerdictPending { version: u64, waited_ms: u64 },
 }
@@ -59,7 +61,7 @@ impl PlaceError {
             PlaceError::MissingToken | PlaceError::Token(_) => 401,
             PlaceError::Cooldown { .. } | PlaceError::TooManyInFlight => 429,
             PlaceError::LogUnavailable(_) => 503,
-            PlaceError::VerdictPending { .. } => 504,
+            PlaceError::VerdictPending { .. } | PlaceError::OutcomeUnknown(_) => 504,
             PlaceError::Admission(a) => a.status(),
         }
     }
@@ -76,6 +78,7 @@ impl PlaceError {
             PlaceError::LogUnavailable(_) => "log_unavailable",
             PlaceError::TooManyInFlight => "too_many_in_flight",
             PlaceError::VerdictPending { .. } => "verdict_pending",
+            PlaceError::OutcomeUnknown(_) => "outcome_unknown",
             PlaceError::Admission(a) => a.code(),
         }
     }
@@ -185,6 +188,12 @@ impl Pending {
         let result = match self.ack.await {
             Ok(Ok(version)) => {
                 Ok(Placed { version, next_at_ms: self.permit.at_ms + self.cooldown_ms, cooldown_ms: self.cooldown_ms })
+            }
+            Ok(Err(LogError::OutcomeUnknown(why))) => {
+                // The edit may count in log order: the user is cooling down either way.
+                let e = PlaceError::OutcomeUnknown(why);
+                self.shared.metrics.place_rejected(&e);
+                return Err(e);
             }
             Ok(Err(e)) => Err(PlaceError::LogUnavailable(e)),
             Err(_) => Err(PlaceError::LogUnavailable(LogError::Closed)),

@@ -80,10 +80,20 @@ impl ClientContext for Ctx {
 impl rdkafka::consumer::ConsumerContext for Ctx {}
 
 impl ProducerContext for Ctx {
-    type DeliveryOpaque = Box<oneshot::Sender<Result<u64, LogError>>>;
+    /// The log's head when the edit was sent, and where its answer goes.
+    type DeliveryOpaque = Box<(u64, oneshot::Sender<Result<u64, LogError>>)>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tx: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (head_at_send, tx) = *opaque;
         let r = match result {
+            // The topic only grows: a new record's version is above every version that existed
+            // when it was sent. A retry the broker refused as a duplicate of a record it had
+            // already written is reported delivered with a made-up offset (tansu: -1 or 0): the
+            // edit is in the topic, at a version this answer cannot tell.
+            Ok(m) if m.offset() < 0 || (m.offset() as u64) < head_at_send => Err(LogError::OutcomeUnknown(format!(
+                "the broker took the edit but reported offset {} while the log already held {head_at_send} edits",
+                m.offset()
+            ))),
             Ok(m) => Ok(m.offset() as u64 + 1),
             Err((e, _)) => Err(LogError::Unavailable(match e.rdkafka_error_code() {
                 Some(RDKafkaErrorCode::MessageTimedOut) => {
@@ -291,7 +301,8 @@ impl EditLog for KafkaLog {
         let mut rec = [0u8; RECORD];
         encode(0, &edit, &mut rec);
         let (tx, rx) = oneshot::channel();
-        let record = BaseRecord::<(), [u8], _>::with_opaque_to(&self.settings.topic, Box::new(tx))
+        let head = self.head.load(Ordering::Acquire);
+        let record = BaseRecord::<(), [u8], _>::with_opaque_to(&self.settings.topic, Box::new((head, tx)))
             .partition(0)
             .payload(&rec[..])
             .timestamp(edit.ts_ms as i64);

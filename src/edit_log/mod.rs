@@ -48,6 +48,10 @@ pub enum LogError {
     Corrupt(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The log may hold the edit but did not say at which version (a retried produce that the
+    /// broker refused as a duplicate of one it had written).
+    #[error("{0}")]
+    OutcomeUnknown(String),
 }
 
 /// Resolves to the edit's version once it is durable.
