@@ -142,6 +142,10 @@ pub struct DriverArgs {
     /// Anonymous users (tokens from POST /api/v1/session) the placements rotate over.
     #[arg(long, default_value_t = 64)]
     pub users: usize,
+    /// Send the placements (and the session requests) to this address instead of --target,
+    /// for example one node of a cluster directly while the clients go through a balancer.
+    #[arg(long, value_name = "ADDR")]
+    pub place_target: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -302,7 +306,10 @@ pub fn check_clients(n: usize) -> Result<(), LoadError> {
     Ok(())
 }
 
-pub fn check_driver(d: &DriverArgs) -> Result<(), LoadError> {
+pub fn check_driver(d: &DriverArgs, allowed: &[String]) -> Result<(), LoadError> {
+    if let Some(t) = d.place_target {
+        crate::addrs::check_target(t, allowed)?;
+    }
     if !(0.1..=1_000_000.0).contains(&d.rate) {
         return Err(LoadError::Args(format!("--rate must be 0.1 to 1000000 placements/s, got {}", d.rate)));
     }

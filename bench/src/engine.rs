@@ -268,6 +268,19 @@ pub struct Counts {
     /// Drained clients not live again at the end.
     #[serde(default)]
     pub drain_not_live_at_end: u64,
+    /// Closes with 1013 (try again later), followed: reconnect with since after the reason's
+    /// `retry_after_ms` (+ jitter).
+    #[serde(default)]
+    pub retry_closes_1013: u64,
+    /// Upgrades refused with 429/503 and a retry hint on the reconnect path, retried after it.
+    #[serde(default)]
+    pub retry_refusals: u64,
+    /// Reconnects after such a hint by clients that were not drained.
+    #[serde(default)]
+    pub retry_reconnects: u64,
+    /// Clients (not drained) still waiting out a retry hint, or not live again after it, at the end.
+    #[serde(default)]
+    pub retry_not_live_at_end: u64,
 }
 
 impl Counts {
@@ -309,7 +322,11 @@ impl Counts {
             drain_live_again,
             drain_gaps,
             drain_duplicates,
-            drain_not_live_at_end
+            drain_not_live_at_end,
+            retry_closes_1013,
+            retry_refusals,
+            retry_reconnects,
+            retry_not_live_at_end
         );
     }
 }
@@ -344,6 +361,10 @@ pub struct FleetResult {
     /// Drain: close to first batch after the reconnect.
     #[serde(default)]
     pub drain_latency: HistExport,
+    /// Drained clients' reconnect attempts started per 250 ms of CLOCK_MONOTONIC
+    /// (bucket = ns / 250 ms, count): the rate the clients themselves come back at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drain_starts: Vec<(u64, u64)>,
     /// Window batches by `to`: (to, clients that received it, edits in it).
     pub batches: Vec<(u64, u64, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -383,6 +404,11 @@ impl FleetResult {
         merge_hist(&mut self.frame_latency, &o.frame_latency);
         merge_hist(&mut self.connect_latency, &o.connect_latency);
         merge_hist(&mut self.drain_latency, &o.drain_latency);
+        let mut m: BTreeMap<u64, u64> = self.drain_starts.iter().copied().collect();
+        for &(k, n) in &o.drain_starts {
+            *m.entry(k).or_default() += n;
+        }
+        self.drain_starts = m.into_iter().collect();
         let mut m: BTreeMap<u64, (u64, u64)> = self.batches.iter().map(|&(t, c, e)| (t, (c, e))).collect();
         for &(t, c, e) in &o.batches {
             let s = m.entry(t).or_insert((0, e));
@@ -424,6 +450,15 @@ const F_DRAINED: u8 = 8;
 /// Failed reconnects after a drain (backoff exponent), bits 4-6.
 const F_RETRY_SHIFT: u8 = 4;
 const F_RETRY_MASK: u8 = 0x70;
+/// Reconnecting after a server's retry hint (1013 close, or a 429/503 upgrade answer with
+/// `Retry-After`) outside a drain; cleared by the first batch.
+const F_RETRY: u8 = 0x80;
+/// Width of a [`FleetResult::drain_starts`] bucket.
+pub const DRAIN_BUCKET_NS: u64 = 250_000_000;
+/// Jitter added to a retry hint: random(0..1000) ms, so a refused crowd does not come back at once.
+const RETRY_JITTER_MS: u64 = 1000;
+/// A 1013 close whose reason carries no `retry_after_ms`: wait this long.
+const RETRY_DEFAULT_MS: u64 = 1000;
 /// Delay when a drain close brings no hint: 0 + random(0..1000) ms (as for 1001).
 const DRAIN_DEFAULT_JITTER_MS: u64 = 1000;
 /// Longest reconnect delay a hint may ask for.
@@ -457,6 +492,12 @@ enum End {
     Closed(u16),
     Protocol(&'static str),
     Handshake(ws::HandshakeError),
+    /// The server asked to come back later: a 1013 close, or a 429/503 answer to the upgrade
+    /// with a retry hint (`code` is the close code or the HTTP status).
+    RetryAfter {
+        code: u16,
+        ms: u64,
+    },
 }
 
 struct Thread {
@@ -485,6 +526,8 @@ struct Thread {
     frame_lat: LatencyHist,
     connect_lat: LatencyHist,
     drain_lat: LatencyHist,
+    /// Drain reconnect attempts started per 250 ms bucket of CLOCK_MONOTONIC.
+    drain_starts: BTreeMap<u64, u64>,
     batches: FxHashMap<u64, (u64, u64)>,
     /// Receptions whose send instant was not in the table yet (the broadcast can beat the
     /// placement's HTTP answer to the driver): (version, receive instant, per-frame sample).
@@ -601,6 +644,7 @@ impl Thread {
             frame_lat: LatencyHist::new(),
             connect_lat: LatencyHist::new(),
             drain_lat: LatencyHist::new(),
+            drain_starts: BTreeMap::new(),
             batches: FxHashMap::default(),
             deferred: Vec::new(),
             stopping: false,
@@ -721,7 +765,7 @@ impl Thread {
                 c.sent = 0;
                 c.t_us = now_us;
                 c.carry = None;
-                c.flags = (c.flags & (F_DRAINED | F_RETRY_MASK))
+                c.flags = (c.flags & (F_DRAINED | F_RETRY_MASK | F_RETRY))
                     | if since_known { F_CATCHUP } else { 0 }
                     | if sampled { F_SAMPLED } else { 0 };
                 self.connecting += 1;
@@ -780,6 +824,9 @@ impl Thread {
         for i in due {
             if self.clients[i as usize].flags & F_DRAINED != 0 {
                 self.counts.drain_reconnects += 1;
+                *self.drain_starts.entry(now_ns() / DRAIN_BUCKET_NS).or_default() += 1;
+            } else if self.clients[i as usize].flags & F_RETRY != 0 {
+                self.counts.retry_reconnects += 1;
             } else {
                 self.counts.reconnected += 1;
             }
@@ -818,6 +865,24 @@ impl Thread {
         let c = &mut self.clients[i];
         c.flags = (c.flags & !F_RETRY_MASK) | ((n + 1).min(7) << F_RETRY_SHIFT);
         self.schedule_drained(i, delay);
+    }
+
+    /// The server asked client `i` to come back after `ms`: reconnect (with since) after it plus
+    /// random(0..1000) ms. A drained client not live yet stays drained (its close-to-live time
+    /// includes the wait); any other is marked [`F_RETRY`].
+    fn schedule_retry(&mut self, i: usize, ms: u64) {
+        if self.clients[i].flags & F_DRAINED == 0 {
+            self.clients[i].flags |= F_RETRY;
+        }
+        let delay = ms.min(MAX_HINT_MS) + self.jitter_ms(RETRY_JITTER_MS);
+        self.schedule_drained(i, delay);
+    }
+
+    /// Whether client `i`'s current connection attempt is a reconnect (after a drain, a retry
+    /// hint, or the reconnect scenario's drop): a refused upgrade with a hint is then retried.
+    fn reconnecting(&self, i: usize) -> bool {
+        let c = &self.clients[i];
+        c.flags & (F_DRAINED | F_RETRY) != 0 || c.track.as_ref().is_some_and(|t| t.reconnects > 0)
     }
 
     /// Drops every open tracked client (a reset, like a network drop) and schedules its reconnect.
@@ -1007,6 +1072,11 @@ impl Thread {
                 Err(e) => {
                     self.counts.handshake_failed += 1;
                     *self.handshake_errors.entry(e.to_string()).or_default() += 1;
+                    if matches!(e, ws::HandshakeError::Status(429 | 503)) && self.reconnecting(i) {
+                        if let Some((code, ms)) = ws::refusal_retry_after_ms(data) {
+                            return Err(End::RetryAfter { code, ms });
+                        }
+                    }
                     return Err(End::Handshake(e));
                 }
             }
@@ -1065,7 +1135,14 @@ impl Thread {
                 let _ = sys::send(self.clients[i].fd, &self.scratch);
                 self.counts.pongs_sent += 1;
             }
-            ws::OP_CLOSE => return Err(End::Closed(ws::close_code(payload))),
+            ws::OP_CLOSE => {
+                let code = ws::close_code(payload);
+                if code == 1013 {
+                    let ms = ws::close_retry_after_ms(payload).unwrap_or(RETRY_DEFAULT_MS);
+                    return Err(End::RetryAfter { code, ms });
+                }
+                return Err(End::Closed(code));
+            }
             _ => {}
         }
         Ok(())
@@ -1076,6 +1153,7 @@ impl Thread {
         let catchup;
         // First version this batch brings that the client did not have (dups excluded).
         let new_from;
+        self.clients[i].flags &= !F_RETRY;
         if self.clients[i].flags & F_DRAINED != 0 {
             let now_us = self.now_us();
             let c = &mut self.clients[i];
@@ -1223,6 +1301,14 @@ impl Thread {
                 let delay = if delay == u64::MAX { self.jitter_ms(DRAIN_DEFAULT_JITTER_MS) } else { delay };
                 self.schedule_drained(i, delay);
             }
+            St::Open if !self.stopping && matches!(why, End::RetryAfter { .. }) => {
+                // 1013 try again later: reconnect with since after the reason's retry_after_ms.
+                self.open -= 1;
+                let End::RetryAfter { code, ms } = why else { return };
+                *self.close_codes.entry(code.to_string()).or_default() += 1;
+                self.counts.retry_closes_1013 += 1;
+                self.schedule_retry(i, ms);
+            }
             St::Open => {
                 self.open -= 1;
                 if !self.stopping {
@@ -1236,6 +1322,7 @@ impl Thread {
                         }
                         End::Protocol(p) => (*p).to_string(),
                         End::Handshake(e) => e.to_string(),
+                        End::RetryAfter { code, .. } => format!("retry_after_{code}"),
                     };
                     *self.disconnect_reasons.entry(reason).or_default() += 1;
                 }
@@ -1246,8 +1333,18 @@ impl Thread {
                     self.counts.handshake_failed += 1;
                     *self.handshake_errors.entry("connection closed before the 101".into()).or_default() += 1;
                 }
-                if c.flags & F_DRAINED != 0 && !self.stopping {
-                    self.retry_drained(i);
+                match why {
+                    _ if self.stopping => {}
+                    End::RetryAfter { ms, .. } => {
+                        // 429/503 with a retry hint on the reconnect path: come back when it says.
+                        self.counts.retry_refusals += 1;
+                        if c.flags & F_DRAINED != 0 {
+                            self.counts.drain_reconnect_failures += 1;
+                        }
+                        self.schedule_retry(i, ms);
+                    }
+                    _ if c.flags & F_DRAINED != 0 => self.retry_drained(i),
+                    _ => {}
                 }
             }
             _ => {}
@@ -1260,6 +1357,8 @@ impl Thread {
             let st = self.clients[i].st;
             if self.clients[i].flags & F_DRAINED != 0 {
                 self.counts.drain_not_live_at_end += 1;
+            } else if self.clients[i].flags & F_RETRY != 0 {
+                self.counts.retry_not_live_at_end += 1;
             }
             if let Some(t) = self.clients[i].track.as_mut() {
                 t.open = st == St::Open;
@@ -1311,6 +1410,7 @@ impl Thread {
             frame_latency: self.frame_lat.export(),
             connect_latency: self.connect_lat.export(),
             drain_latency: self.drain_lat.export(),
+            drain_starts: std::mem::take(&mut self.drain_starts).into_iter().collect(),
             batches,
             tracks,
             fatal: None,
@@ -1348,6 +1448,120 @@ mod tests {
     #[test]
     fn client_state_is_small() {
         assert!(std::mem::size_of::<Client>() <= 48, "{}", std::mem::size_of::<Client>());
+    }
+
+    /// A scripted server: live-only connections get batches to 5 and a 1012 close; each client's
+    /// first `since` connection is closed with 1013 (retry_after_ms=150), its second refused with
+    /// 429 + Retry-After (body retry_after_ms=100), its third gets a catch-up to 7 and stays open.
+    fn retry_server() -> (SocketAddr, Arc<AtomicU64>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let live = Arc::new(AtomicU64::new(0));
+        let attempts: Arc<Mutex<FxHashMap<String, u32>>> = Arc::default();
+        let live2 = live.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let (Ok(mut s), live, attempts) = (s, live2.clone(), attempts.clone()) else { continue };
+                std::thread::spawn(move || {
+                    let frame = |op: u8, p: &[u8]| [&[0x80 | op, p.len() as u8][..], p].concat();
+                    let batch = |from: u64, to: u64| {
+                        let mut p = Vec::new();
+                        batch::encode_batch(from, to, &[], 4, &mut p);
+                        frame(ws::OP_BINARY, &p)
+                    };
+                    let (mut head, mut tmp) = (Vec::new(), [0u8; 2048]);
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut tmp) {
+                            Ok(n) if n > 0 => head.extend_from_slice(&tmp[..n]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let key = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().to_string();
+                    let since = head.lines().next().unwrap().contains("since=5");
+                    let n = if since {
+                        *attempts.lock().unwrap().entry(key.clone()).and_modify(|n| *n += 1).or_insert(1)
+                    } else {
+                        0
+                    };
+                    if n == 2 {
+                        let body = r#"{"error":{"code":"catch_up_rate_limited","retry_after_ms":100}}"#;
+                        let r = format!(
+                            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = s.write_all(r.as_bytes());
+                        return;
+                    }
+                    let accept = ws::accept_for(&key);
+                    let ok = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+                    let _ = s.write_all(ok.as_bytes());
+                    match n {
+                        0 => {
+                            let _ = s.write_all(&[batch(0, 5), frame(ws::OP_CLOSE, &[0x03, 0xf4])].concat());
+                        }
+                        1 => {
+                            let mut p = vec![0x03, 0xf5];
+                            p.extend_from_slice(b"busy catching others up; retry_after_ms=150");
+                            let _ = s.write_all(&frame(ws::OP_CLOSE, &p));
+                        }
+                        _ => {
+                            live.fetch_add(1, Ordering::SeqCst);
+                            let _ = s.write_all(&batch(5, 7));
+                            while matches!(s.read(&mut tmp), Ok(n) if n > 0) {}
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                });
+            }
+        });
+        (addr, live)
+    }
+
+    fn retry_run(since: Option<u64>, n: u64) -> FleetResult {
+        let (target, live) = retry_server();
+        let cfg = EngineConfig {
+            target,
+            sources: vec!["127.0.0.1".parse().unwrap()],
+            seed: 5,
+            connect_timeout_ms: 5000,
+            max_payload: 1 << 20,
+            latency_every: 0,
+            since,
+            track_below: 0,
+            max_pending: 64,
+            close_politely: true,
+        };
+        let f = crate::fleet::LocalFleet::start(cfg, n as usize, 0, 2, 1000.0, &[], None).unwrap();
+        let t0 = std::time::Instant::now();
+        while live.load(Ordering::SeqCst) < n || f.progress().frames < n * (1 + u64::from(since.is_none())) {
+            assert!(t0.elapsed().as_secs() < 10, "clients did not come back: {:?}", f.progress());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        f.stop()
+    }
+
+    #[test]
+    fn drained_clients_follow_1013_and_429_retry_hints() {
+        let r = retry_run(None, 6);
+        let c = &r.counts;
+        assert_eq!((c.drain_closes_1012, c.retry_closes_1013, c.retry_refusals), (6, 6, 6));
+        assert_eq!((c.drain_reconnects, c.drain_reconnect_failures, c.retry_reconnects), (18, 6, 0));
+        assert_eq!((c.drain_live_again, c.drain_not_live_at_end, c.drain_gaps, c.gaps), (6, 0, 0, 0));
+        assert_eq!(c.unexpected_disconnects, 0, "{:?}", r.disconnect_reasons);
+        assert_eq!((r.close_codes.get("1012"), r.close_codes.get("1013")), (Some(&6), Some(&6)));
+        // Close to live: the 1012's jitter, then 150 ms + jitter, then 100 ms + jitter (jitter < 1 s).
+        let lat = LatencyHist::import(&r.drain_latency).summary();
+        assert!(lat.count == 6 && lat.p50_us >= 250_000 && lat.max_us < 4_000_000, "{lat:?}");
+    }
+
+    #[test]
+    fn clients_joining_with_since_follow_1013_and_429_retry_hints() {
+        let r = retry_run(Some(5), 4);
+        let c = &r.counts;
+        assert_eq!((c.retry_closes_1013, c.retry_refusals, c.retry_reconnects, c.retry_not_live_at_end), (4, 4, 8, 0));
+        assert_eq!((c.drain_closes_1012, c.gaps, c.unexpected_disconnects), (0, 0, 0));
     }
 
     #[test]

@@ -282,14 +282,36 @@ pub struct DrainReport {
     /// or before it (a duplicate).
     pub gaps_after_reconnect: u64,
     pub duplicates_after_reconnect: u64,
+    /// Retry hints followed (drained clients or not): closes with 1013 (reconnect after the
+    /// reason's retry_after_ms), upgrades refused with 429/503 + Retry-After on the reconnect
+    /// path (retried after it), reconnects of clients that were not drained, and such clients
+    /// not live again at the end.
+    pub closes_1013: u64,
+    pub refusals_retried: u64,
+    pub hinted_reconnects: u64,
+    pub hinted_not_live_at_end: u64,
+    /// The most drain reconnect attempts the clients started in any 1 s (four consecutive
+    /// 250 ms buckets): the rate they come back at, before any balancer or server delay.
+    pub reconnect_starts_max_per_s: u64,
+}
+
+/// The largest sum over four consecutive 250 ms buckets (missing buckets count 0).
+fn max_per_second(buckets: &[(u64, u64)]) -> u64 {
+    let per = (1_000_000_000 / crate::engine::DRAIN_BUCKET_NS).max(1);
+    let mut best = 0;
+    for (i, &(k, _)) in buckets.iter().enumerate() {
+        let sum: u64 = buckets[i..].iter().take_while(|&&(j, _)| j < k + per).map(|&(_, n)| n).sum();
+        best = best.max(sum);
+    }
+    best
 }
 
 impl DrainReport {
-    /// None when no client was drained.
+    /// None when no client was drained or told to retry later.
     pub fn from_fleet(f: &FleetResult) -> Option<Self> {
         let c = &f.counts;
         let closes = c.drain_closes_hinted + c.drain_closes_1012 + c.drain_closes_1001;
-        (closes > 0).then(|| DrainReport {
+        (closes + c.retry_closes_1013 + c.retry_refusals > 0).then(|| DrainReport {
             closes_hinted: c.drain_closes_hinted,
             closes_1012: c.drain_closes_1012,
             closes_1001: c.drain_closes_1001,
@@ -300,6 +322,11 @@ impl DrainReport {
             close_to_live: LatencyHist::import(&f.drain_latency).summary(),
             gaps_after_reconnect: c.drain_gaps,
             duplicates_after_reconnect: c.drain_duplicates,
+            closes_1013: c.retry_closes_1013,
+            refusals_retried: c.retry_refusals,
+            hinted_reconnects: c.retry_reconnects,
+            hinted_not_live_at_end: c.retry_not_live_at_end,
+            reconnect_starts_max_per_s: max_per_second(&f.drain_starts),
         })
     }
 }
@@ -558,10 +585,20 @@ impl Report {
                 ),
             );
             row("drain close to live", lat(&d.close_to_live));
+            row("drain reconnects started, most in 1 s", d.reconnect_starts_max_per_s.to_string());
             row(
                 "drain gaps / duplicates after reconnect",
                 format!("{} / {}", d.gaps_after_reconnect, d.duplicates_after_reconnect),
             );
+            if d.closes_1013 + d.refusals_retried > 0 {
+                row(
+                    "retry hints: 1013 closes / 429-503 retried",
+                    format!(
+                        "{} / {} ({} reconnects outside a drain, {} not live at end)",
+                        d.closes_1013, d.refusals_retried, d.hinted_reconnects, d.hinted_not_live_at_end
+                    ),
+                );
+            }
         }
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
@@ -602,4 +639,18 @@ pub fn progress_line(
         let _ = write!(s, " | placed {acc} rejected {rej}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_per_second;
+
+    #[test]
+    fn reconnect_starts_per_second() {
+        assert_eq!(max_per_second(&[]), 0);
+        // Four 250 ms buckets make a second; a gap counts as empty.
+        assert_eq!(max_per_second(&[(10, 5), (11, 5), (12, 5), (13, 5), (14, 30)]), 45);
+        assert_eq!(max_per_second(&[(10, 100), (14, 100)]), 100);
+        assert_eq!(max_per_second(&[(10, 100), (13, 100)]), 200);
+    }
 }

@@ -388,7 +388,7 @@ pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
 
 fn driver_config(ctx: &Ctx, d: &crate::cli::DriverArgs, info: &CanvasInfo) -> DriverConfig {
     DriverConfig {
-        target: ctx.common.target,
+        target: d.place_target.unwrap_or(ctx.common.target),
         rate: d.rate,
         duration: Duration::from_secs(ctx.common.duration),
         conns: d.driver_conns,
@@ -439,7 +439,7 @@ fn drive_while_ticking(
 
 pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
     cli::check_clients(a.clients)?;
-    cli::check_driver(&a.driver)?;
+    cli::check_driver(&a.driver, &a.common.allow_target)?;
     let ctx = Ctx::new(&a.common)?;
     let latency_every = a.latency_every.unwrap_or((a.clients as u64 / 1000).max(1));
     let mut report = ctx.report(
@@ -461,7 +461,12 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
             info.cooldown_ms, a.driver.users
         ));
     }
-    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8, a.common.proof)?);
+    let tokens = Arc::new(driver::obtain_tokens(
+        a.driver.place_target.unwrap_or(a.common.target),
+        a.driver.users,
+        8,
+        a.common.proof,
+    )?);
     let (table, table_path) = make_table(&ctx)?;
     let before = ctx.server();
     let mut t = Ticker::new(&a.common);
@@ -668,7 +673,7 @@ fn snapshot(target: std::net::SocketAddr) -> Result<batch::Snapshot, LoadError> 
 
 pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
     cli::check_clients(a.clients)?;
-    cli::check_driver(&a.driver)?;
+    cli::check_driver(&a.driver, &a.common.allow_target)?;
     if a.common.procs > 1 {
         return Err(LoadError::Args("--procs applies to hold and fanout only".into()));
     }
@@ -692,7 +697,12 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
     let info = http::canvas_info(a.common.target)?;
     report.params["edit_stride"] = info.edit_stride.into();
     let base = snapshot(a.common.target)?;
-    let tokens = Arc::new(driver::obtain_tokens(a.common.target, a.driver.users, 8, a.common.proof)?);
+    let tokens = Arc::new(driver::obtain_tokens(
+        a.driver.place_target.unwrap_or(a.common.target),
+        a.driver.users,
+        8,
+        a.common.proof,
+    )?);
     let (table, _) = make_table(&ctx)?;
     let mut t = Ticker::new(&a.common);
     let mut fleet = start_fleet(

@@ -275,6 +275,45 @@ pub fn parse_reconnect_hint(payload: &[u8]) -> Option<(u64, u64)> {
     Some((ms("after_ms"), ms("jitter_ms")))
 }
 
+/// The retry hint at the end of a close frame's reason (`... retry_after_ms=N`, the 1013 of
+/// PROTOCOL.md), in milliseconds; None without one.
+pub fn close_retry_after_ms(payload: &[u8]) -> Option<u64> {
+    let reason = std::str::from_utf8(payload.get(2..)?).ok()?.trim_end();
+    let (_, n) = reason.rsplit_once("retry_after_ms=")?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| n.parse().ok()).flatten()
+}
+
+/// A refused upgrade worth retrying: HTTP 429 or 503 with a retry hint. Returns the status and
+/// the delay in milliseconds: the JSON body's `"retry_after_ms"` when the whole body is in `buf`
+/// (it is exact), else the `Retry-After` header (delta seconds; an HTTP date is ignored). None
+/// for any other answer, or a 429/503 without a hint.
+pub fn refusal_retry_after_ms(buf: &[u8]) -> Option<(u16, u64)> {
+    let mut headers = [httparse::EMPTY_HEADER; 24];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let code = resp.code?;
+    if code != 429 && code != 503 {
+        return None;
+    }
+    let (mut header_ms, mut len) = (None, None);
+    for h in resp.headers.iter() {
+        let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("retry-after") {
+            header_ms = v.parse::<u64>().ok().map(|s| s.saturating_mul(1000));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            len = v.parse::<usize>().ok();
+        }
+    }
+    let body_ms = len
+        .and_then(|l| buf.get(head..head.checked_add(l)?))
+        .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+        .and_then(|v| v.get("retry_after_ms").or_else(|| v.get("error")?.get("retry_after_ms"))?.as_u64());
+    Some((code, body_ms.or(header_ms)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +341,57 @@ mod tests {
         }
         v.extend_from_slice(payload);
         v
+    }
+
+    #[test]
+    fn close_retry_hints() {
+        let close = |code: u16, reason: &str| {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice(reason.as_bytes());
+            p
+        };
+        assert_eq!(close_retry_after_ms(&close(1013, "busy catching others up; retry_after_ms=1000")), Some(1000));
+        assert_eq!(close_retry_after_ms(&close(1013, "retry_after_ms=250 ")), Some(250));
+        assert_eq!(close_retry_after_ms(&close(1013, "busy")), None);
+        assert_eq!(close_retry_after_ms(&close(1013, "retry_after_ms=")), None);
+        assert_eq!(close_retry_after_ms(&close(1013, "retry_after_ms=12x")), None);
+        assert_eq!(close_retry_after_ms(&close(1013, "retry_after_ms=-5")), None);
+        assert_eq!(close_retry_after_ms(&close(1013, "retry_after_ms=99999999999999999999999")), None);
+        assert_eq!(close_retry_after_ms(&[0x03, 0xf5]), None);
+        assert_eq!(close_retry_after_ms(&[]), None);
+        assert_eq!(close_retry_after_ms(&[0x03, 0xf5, 0xff, 0xfe]), None); // not UTF-8
+    }
+
+    #[test]
+    fn refusal_retry_hints() {
+        // The catch-up rate limit (PROTOCOL.md): the body's exact milliseconds win over the header.
+        let body = r#"{"error":{"code":"catch_up_rate_limited","message":"m","retry_after_ms":2345}}"#;
+        let r429 = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 3\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(refusal_retry_after_ms(r429.as_bytes()), Some((429, 2345)));
+        // Only the head so far: the header's seconds.
+        let head = r429.find("\r\n\r\n").unwrap() + 4;
+        assert_eq!(refusal_retry_after_ms(&r429.as_bytes()[..head + 5]), Some((429, 3000)));
+        // A draining node: 503 draining, Retry-After: 1, no retry_after_ms in the body.
+        let body = r#"{"error":{"code":"draining","message":"this node is draining"}}"#;
+        let r503 = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(refusal_retry_after_ms(r503.as_bytes()), Some((503, 1000)));
+        // A top-level retry_after_ms (the placement answers' shape) counts too.
+        let r = "HTTP/1.1 429 x\r\nContent-Length: 22\r\n\r\n{\"retry_after_ms\":700}";
+        assert_eq!(refusal_retry_after_ms(r.as_bytes()), Some((429, 700)));
+        // No hint, another status, an HTTP date, an incomplete head: nothing to follow.
+        assert_eq!(refusal_retry_after_ms(b"HTTP/1.1 503 x\r\nContent-Length: 0\r\n\r\n"), None);
+        assert_eq!(refusal_retry_after_ms(b"HTTP/1.1 400 x\r\nRetry-After: 1\r\n\r\n"), None);
+        assert_eq!(
+            refusal_retry_after_ms(b"HTTP/1.1 503 x\r\nRetry-After: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n"),
+            None
+        );
+        assert_eq!(refusal_retry_after_ms(b"HTTP/1.1 503 x\r\nRetry-After: 1\r\n"), None);
     }
 
     #[test]
