@@ -89,7 +89,12 @@ impl Lifecycle {
         self.spread_ms
     }
 
-    pub fn set_ready(&self) {
+    /// Every shard is listening: ready. A shard that has not ticked yet counts as having just
+    /// ticked (it is starting, not stuck), so readiness does not flap at start.
+    pub fn set_ready(&self, now_ms: u64) {
+        for b in self.shard_beats.iter() {
+            let _ = b.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+        }
         self.ready.store(true, Ordering::Release);
     }
 
@@ -210,9 +215,9 @@ mod tests {
     fn readiness_reasons_in_order() {
         let l = Lifecycle::new(2, 0, 0);
         assert_eq!(l.not_ready(10_000, 10_000, Ok(())), Some(NotReady::Starting));
-        l.set_ready();
+        l.set_ready(4_000);
         l.beat(0, 10_000);
-        assert_eq!(l.not_ready(10_000, 10_000, Ok(())), Some(NotReady::ShardDown(1)));
+        assert_eq!(l.not_ready(10_000, 10_000, Ok(())), Some(NotReady::ShardDown(1)), "shard 1 silent since 4 s");
         l.beat(1, 10_000);
         assert_eq!(l.not_ready(10_000, 10_000, Ok(())), None);
         assert_eq!(l.not_ready(10_000, 1_000, Ok(())), Some(NotReady::ApplierDown));

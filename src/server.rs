@@ -212,7 +212,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
             Err(_) => return Err(ServerError::Shard("a shard did not start within 10 s".into())),
         }
     }
-    shared.lifecycle.set_ready();
+    shared.lifecycle.set_ready(crate::now_ms());
     spawn_supervisor(shared.clone(), done_tx)?;
     notify::ready();
     tracing::info!(

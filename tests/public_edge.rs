@@ -36,8 +36,10 @@ fn wait_exit(s: &mut Server, secs: u64) -> std::process::ExitStatus {
 #[test]
 fn readyz_is_ready_then_a_drain_closes_clients_with_a_hint_spread_out_and_exits() {
     let mut s = Server::start(&["--admin-token", ADMIN, "--drain-grace-ms", "300", "--drain-spread-s", "2"]);
-    let r = s.http("GET", "/readyz", &[], b"");
-    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ready")));
+    // /healthz (what the harness waits for) answers as soon as one shard listens; ready follows
+    // once every shard does.
+    let r = wait_for(30, "ready", || Some(s.http("GET", "/readyz", &[], b"")).filter(|r| r.status == 200));
+    assert_eq!(r.json()["status"].as_str(), Some("ready"));
     let mut clients: Vec<common::Ws> = (0..10).map(|_| s.ws("")).collect();
     let r = s.http("POST", "/api/v1/admin/drain", &[], b"");
     assert_eq!((r.status, r.error_code().as_str()), (401, "bad_token"));

@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bounds::{
-    CATCH_UP_BUSY_RETRY_MS, CATCH_UP_CHECK, CLOSE_GRACE, DRAIN_JITTER_MS, EVENTS, MAX_IN_FLIGHT, MAX_QUEUED,
-    READS_PER_EVENT, SCRATCH, SLICE,
+    CATCH_UP_BUSY_RETRY_MS, CATCH_UP_CHECK, CLOSE_GRACE, EVENTS, MAX_IN_FLIGHT, MAX_QUEUED, READS_PER_EVENT, SCRATCH,
+    SLICE,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -559,7 +559,8 @@ impl Hub {
         }
         let mut want = due - d.closed;
         let mut slot = d.next_slot;
-        let hint = serde_json::json!({"type": "reconnect", "after_ms": 0, "jitter_ms": DRAIN_JITTER_MS}).to_string();
+        let jitter_ms = crate::bounds::drain_jitter_ms(spread_ms);
+        let hint = serde_json::json!({"type": "reconnect", "after_ms": 0, "jitter_ms": jitter_ms}).to_string();
         let hint = text_frame(&hint);
         let mut closed = 0usize;
         while want > 0 && slot < self.conns.len() {
