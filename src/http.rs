@@ -678,10 +678,7 @@ impl Drop for Holds {
         if self.handed {
             return;
         }
-        self.shared.open_conns.fetch_sub(1, Ordering::AcqRel);
-        if let Some(k) = self.addr {
-            self.shared.admission.disconnect(k);
-        }
+        self.shared.release_connection(self.addr);
     }
 }
 

@@ -144,13 +144,19 @@ impl Lifecycle {
         if !self.ready.load(Ordering::Acquire) {
             return Some(NotReady::Starting);
         }
+        if let Some(stuck) = self.stuck(now_ms, applier_beat_ms) {
+            return Some(stuck);
+        }
+        log.err().map(NotReady::LogUnavailable)
+    }
+
+    /// The first thread whose loop has not run within `STALL_LIMIT_MS` (`ShardDown` or
+    /// `ApplierDown`): what stops `/readyz` and the watchdog alike.
+    pub fn stuck(&self, now_ms: u64, applier_beat_ms: u64) -> Option<NotReady> {
         if let Some(i) = self.stuck_shard(now_ms) {
             return Some(NotReady::ShardDown(i));
         }
-        if now_ms.saturating_sub(applier_beat_ms) > STALL_LIMIT_MS {
-            return Some(NotReady::ApplierDown);
-        }
-        log.err().map(NotReady::LogUnavailable)
+        (now_ms.saturating_sub(applier_beat_ms) > STALL_LIMIT_MS).then_some(NotReady::ApplierDown)
     }
 }
 

@@ -51,11 +51,11 @@ impl Metrics {
     }
 
     pub fn place_rejected(&self, e: &PlaceError) {
-        let c = match e.status() {
-            _ if matches!(e, PlaceError::Admission(_)) => &self.rejected_address,
-            429 => &self.rejected_cooldown,
-            401 => &self.rejected_auth,
-            503 | 504 => &self.rejected_log,
+        let c = match (e, e.status()) {
+            (PlaceError::Admission(_), _) => &self.rejected_address,
+            (_, 429) => &self.rejected_cooldown,
+            (_, 401) => &self.rejected_auth,
+            (_, 503 | 504) => &self.rejected_log,
             _ => &self.rejected_invalid,
         };
         c.fetch_add(1, Ordering::Relaxed);

@@ -25,7 +25,7 @@ use crate::shared::{Budget, Shared};
 use crate::snapshot::SnapshotStore;
 use crate::token::Signer;
 use crate::verdict::Verdicts;
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -133,7 +133,9 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| bounded::<ShardMsg>(SHARD_QUEUE)).unzip();
     let (catchup_tx, catchup_rx) = bounded(CATCH_UP_QUEUE);
     let (edits_tx, edits_rx) = bounded(EDITS_QUEUE);
-    let (control_tx, control_rx) = unbounded::<Control>();
+    // Control requests (a checkpoint at the end) come one at a time from `finish`; a full
+    // channel would only make `finish` wait for the applier, which it does anyway.
+    let (control_tx, control_rx) = bounded::<Control>(4);
     let verdicts = shared_log.then(|| Arc::new(Verdicts::new(0)));
     let cluster = verdicts.as_ref().map(|v| ClusterSetup {
         cooldown_ms: args.cooldown * 1000,
@@ -198,7 +200,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let (done_tx, done_rx) = bounded::<()>(1);
     spawn_stop_listener(shared.clone(), stop, done_tx.clone())?;
 
-    let (ready_tx, ready_rx) = unbounded();
+    // One report per shard.
+    let (ready_tx, ready_rx) = bounded(shards);
     let mut handles = Vec::new();
     given.reverse();
     for (i, rx) in shard_rxs.into_iter().enumerate() {
@@ -259,13 +262,11 @@ fn spawn_supervisor(shared: Arc<Shared>, done: Sender<()>) -> std::io::Result<()
             }
             let now = crate::now_ms();
             let applier_beat = shared.applier.heartbeat_ms.load(Ordering::Relaxed);
-            let stuck = shared.lifecycle.stuck_shard(now).map(|i| format!("shard {i}")).or_else(|| {
-                (now.saturating_sub(applier_beat) > crate::lifecycle::STALL_LIMIT_MS).then(|| "the applier".to_string())
-            });
+            let stuck = shared.lifecycle.stuck(now, applier_beat);
             match (&stuck, watchdog) {
                 (None, Some(_)) => notify::watchdog(),
-                (Some(who), _) if !warned => {
-                    tracing::error!(thread = %who, "a thread has stopped running; the watchdog is no longer fed");
+                (Some(why), _) if !warned => {
+                    tracing::error!(why = %why.message(), "a thread has stopped running; the watchdog is no longer fed");
                     warned = true;
                 }
                 _ => {}

@@ -73,6 +73,15 @@ impl Budget {
 }
 
 impl Shared {
+    /// Gives back what a client connection held, whoever closes it (the HTTP task, or the hub
+    /// after an upgrade): its descriptor of the budget and, once admitted, its address's slot.
+    pub fn release_connection(&self, addr: Option<crate::client_addr::AddrKey>) {
+        self.open_conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(k) = addr {
+            self.admission.disconnect(k);
+        }
+    }
+
     /// Starts a drain (SIGTERM, `POST /api/v1/admin/drain`): `/readyz` turns 503 now; the shards
     /// close their clients after the grace, spread over the window; the supervisor ends the process
     /// when the last is gone.

@@ -8,20 +8,9 @@ use common::{raw_http, Got, Server};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
-
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::{wait_for, TEST_SECRET as SECRET};
 
 #[test]
 fn catch_ups_are_rate_limited_per_address_with_a_retry_hint() {

@@ -32,7 +32,7 @@ fn config(dir: &std::path::Path) -> Config {
         "--data-dir",
         dir.to_str().unwrap(),
         "--secret",
-        "test-secret-0123456789-abcdefghijklmnop",
+        common::TEST_SECRET,
         "--cooldown",
         "0",
         "--drain-grace-ms",

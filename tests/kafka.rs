@@ -213,31 +213,20 @@ fn missing_topic_or_wrong_broker_fails_fast_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_placecast"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()),
-                "--data-dir",
-                dir.path().to_str().unwrap(),
-            ])
-            .args([
-                "--secret",
-                "test-secret-0123456789-abcdefghijklmnop",
-                "--max-conns-per-addr",
-                "0",
-                "--sessions-per-min",
-                "0",
-                "--placements-per-addr-per-min",
-                "0",
-                "--drain-grace-ms",
-                "0",
-                "--kafka-brokers",
-                brokers,
-                "--kafka-topic",
-                topic,
-                "--kafka-timeout-ms",
-                "3000",
-            ])
+            .args(common::serve_args(
+                dir.path(),
+                free_port(),
+                &[
+                    "--drain-grace-ms",
+                    "0",
+                    "--kafka-brokers",
+                    brokers,
+                    "--kafka-topic",
+                    topic,
+                    "--kafka-timeout-ms",
+                    "3000",
+                ],
+            ))
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -124,25 +124,11 @@ fn time_to_serving(dir: &std::path::Path, broker: &Broker) -> (std::process::Chi
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_placecast"))
-        .args(["serve", "--listen", &addr.to_string(), "--shards", "2", "--data-dir", dir.to_str().unwrap()])
-        .args([
-            "--secret",
-            "test-secret-0123456789-abcdefghijklmnop",
-            "--max-conns-per-addr",
-            "0",
-            "--sessions-per-min",
-            "0",
-            "--placements-per-addr-per-min",
-            "0",
-            "--drain-grace-ms",
-            "0",
-            "--cooldown",
-            "0",
-            "--kafka-brokers",
-            &broker.addr(),
-            "--kafka-topic",
-            TOPIC,
-        ])
+        .args(common::serve_args(
+            dir,
+            port,
+            &["--drain-grace-ms", "0", "--cooldown", "0", "--kafka-brokers", &broker.addr(), "--kafka-topic", TOPIC],
+        ))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{free_port, try_http, Server};
+use common::{free_port, serve_args, try_http, Server};
 use placecast::edit_log::file::{EXIT_FSYNC_FAILED, FAULT_FSYNC_FAIL_AT, LOG_FILE, RECORD};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,32 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const W: u32 = 1000;
-
-/// The harness's `serve` arguments (tests/common/mod.rs), for starts the harness cannot make.
-fn serve_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--shards",
-        "2",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--secret",
-        "test-secret-0123456789-abcdefghijklmnop",
-        "--max-conns-per-addr",
-        "0",
-        "--sessions-per-min",
-        "0",
-        "--placements-per-addr-per-min",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
 
 /// Waits for `child` to exit by itself (it is killed, by PID, if it does not).
 fn wait_exit(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{try_http, Got, Server};
+use common::{serve_args, try_http, wait_for, Got, Server};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -15,18 +15,6 @@ const ADMIN: &str = "edge-admin-token-0123456789abcdefghijklmnop";
 
 fn bearer() -> String {
     format!("Bearer {ADMIN}")
-}
-
-/// Polls `f` every 20 ms until it returns Some; fails after `secs` with `what`.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn wait_exit(s: &mut Server, secs: u64) -> std::process::ExitStatus {
@@ -190,10 +178,9 @@ fn start_with_nofile(nofile: u64, extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_placecast"));
-    cmd.args(["serve", "--listen", &addr.to_string(), "--shards", "2", "--data-dir", dir.path().to_str().unwrap()]);
-    cmd.args(["--secret", "test-secret-0123456789-abcdefghijklmnop", "--max-conns-per-addr", "0"]);
-    cmd.args(extra).env("RUST_LOG", "warn");
+    let args = serve_args(dir.path(), port, extra);
+    let mut cmd = Command::new(common::bin());
+    cmd.args(&args).env("RUST_LOG", "warn");
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -205,7 +192,7 @@ fn start_with_nofile(nofile: u64, extra: &[&str]) -> Server {
         });
     }
     let child = cmd.spawn().unwrap();
-    let s = Server { addr, child, dir: dir.path().to_path_buf(), args: Vec::new(), _tmp: Some(dir) };
+    let mut s = Server { addr, child, dir: dir.path().to_path_buf(), args, _tmp: Some(dir) };
     s.wait_ready();
     s
 }
@@ -478,15 +465,7 @@ fn systemd_hears_ready_status_watchdog_and_stopping() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let data = dir.path().join("data");
     let mut child = Command::new(env!("CARGO_BIN_EXE_placecast"))
-        .args(["serve", "--listen", &addr.to_string(), "--shards", "2", "--data-dir", data.to_str().unwrap()])
-        .args([
-            "--secret",
-            "test-secret-0123456789-abcdefghijklmnop",
-            "--drain-grace-ms",
-            "100",
-            "--drain-spread-s",
-            "0",
-        ])
+        .args(serve_args(&data, port, &["--drain-grace-ms", "100", "--drain-spread-s", "0"]))
         .env("NOTIFY_SOCKET", &sock_path)
         // A 3 s watchdog: the server feeds it at least every second.
         .env("WATCHDOG_USEC", "3000000")

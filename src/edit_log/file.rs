@@ -582,7 +582,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::unbounded;
+    use crossbeam_channel::bounded;
 
     fn edit(i: u16) -> Edit {
         Edit { x: i, y: i + 1, color: (i % 16) as u8, user: 1000 + i as u64, ts_ms: 5 + i as u64 }
@@ -639,7 +639,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = FileLog::open(dir.path(), true).unwrap();
-            let (tx, rx) = unbounded();
+            // Room for every edit the test appends before it reads them.
+            let (tx, rx) = bounded(128);
             log.tail(0, tx).unwrap();
             let acks: Vec<_> = (0..100).map(|i| log.append(edit(i)).unwrap()).collect();
             let versions: Vec<u64> = acks.into_iter().map(|a| block(a).unwrap()).collect();
@@ -649,7 +650,7 @@ mod tests {
         }
         let log = FileLog::open(dir.path(), true).unwrap();
         assert_eq!(log.head(), 100);
-        let (tx, rx) = unbounded();
+        let (tx, rx) = bounded(128);
         log.tail(90, tx).unwrap();
         assert_eq!(rx.recv().unwrap().version, 91);
         assert_eq!(block(log.append(edit(7)).unwrap()).unwrap(), 101);
@@ -777,7 +778,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options { fsync: true, fail_sync_at: Some(3), exit_on_fatal: false };
         let log = FileLog::open_with(dir.path(), opts).unwrap();
-        let (tx, rx) = unbounded();
+        let (tx, rx) = bounded(128);
         log.tail(0, tx).unwrap();
         assert_eq!(block(log.append(edit(1)).unwrap()), Ok(1));
         assert_eq!(block(log.append(edit(2)).unwrap()), Ok(2));

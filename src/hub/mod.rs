@@ -510,8 +510,7 @@ impl Hub {
 
     /// Gives back what an adopted connection held of the process's budgets.
     fn release(&self, addr: AddrKey) {
-        self.shared.admission.disconnect(addr);
-        self.shared.open_conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.shared.release_connection(Some(addr));
     }
 
     /// Once per `--ws-ping-secs`: pings connections silent since the last sweep and closes those

@@ -23,9 +23,6 @@ pub const TRUSTED: &str = "127.0.0.10/32";
 pub const SECRET: &str = "edge-test-secret-0123456789abcdef-0123";
 /// A 32-byte-plus admin token.
 pub const ADMIN_TOKEN: &str = "edge-admin-token-0123456789abcdef-0123";
-/// The per-address limits off: tests about one limit turn only that one on.
-pub const NO_LIMITS: [&str; 6] =
-    ["--max-conns-per-addr", "0", "--sessions-per-min", "0", "--placements-per-addr-per-min", "0"];
 
 pub fn haproxy_bin() -> PathBuf {
     let p = std::env::var_os("HAPROXY").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"));
@@ -37,40 +34,10 @@ pub fn haproxy_bin() -> PathBuf {
 /// passes every limit flag it wants; see [`NO_LIMITS`]), and waits for /healthz.
 pub fn start_node(flags: &[&str]) -> Server {
     let tmp = tempfile::tempdir().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--listen".into(),
-        addr.to_string(),
-        "--shards".into(),
-        "2".into(),
-        "--data-dir".into(),
-        tmp.path().to_str().unwrap().into(),
-        "--secret".into(),
-        SECRET.into(),
-    ];
-    args.extend(flags.iter().map(|s| s.to_string()));
-    let child = Command::new(env!("CARGO_BIN_EXE_placecast"))
-        .args(&args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start placecast");
-    let mut s = Server { addr, child, dir: tmp.path().to_path_buf(), args, _tmp: Some(tmp) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = try_http(s.addr, "GET", "/healthz", &[], b"") {
-            if r.status == 200 {
-                return s;
-            }
-        }
-        if let Some(status) = s.child.try_wait().unwrap() {
-            panic!("placecast exited at start ({status}); args {:?}", s.args);
-        }
-        assert!(Instant::now() < deadline, "placecast did not answer /healthz within 30 s; args {:?}", s.args);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = free_port();
+    let mut s = Server::spawn(tmp.path(), port, base_args(tmp.path(), port, SECRET, flags));
+    s._tmp = Some(tmp);
+    s
 }
 
 /// Which PROXY protocol version HAProxy sends to the nodes.
@@ -345,18 +312,6 @@ pub fn try_ws_from(src: Ipv4Addr, dst: SocketAddr, query: &str) -> Result<Ws, St
 
 pub fn ws_from(src: Ipv4Addr, dst: SocketAddr, query: &str) -> Ws {
     try_ws_from(src, dst, query).unwrap_or_else(|e| panic!("WebSocket from {src} through {dst}: {e}"))
-}
-
-/// Polls `f` every 20 ms until it returns Some, failing after `secs` with `what`.
-pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A PROXY protocol v2 header (PROXY command, TCP over IPv4) claiming `src` -> `dst`.

@@ -33,6 +33,42 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The token secret every harness-started node shares (32 bytes and more).
+pub const TEST_SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
+
+/// The per-address limits off: every test client is 127.0.0.1, so a test about one limit turns
+/// only that one on (a later flag wins).
+pub const NO_LIMITS: [&str; 6] =
+    ["--max-conns-per-addr", "0", "--sessions-per-min", "0", "--placements-per-addr-per-min", "0"];
+
+/// `serve` on 127.0.0.1:`port` in `dir` with 2 shards and `secret`, then `flags`, as is.
+pub fn base_args(dir: &Path, port: u16, secret: &str, flags: &[&str]) -> Vec<String> {
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.to_str().unwrap();
+    let head = ["serve", "--listen", &listen, "--shards", "2", "--data-dir", data, "--secret", secret];
+    head.iter().chain(flags).map(|s| s.to_string()).collect()
+}
+
+/// The harness's usual node: `base_args` with the test secret, the per-address limits off and a
+/// short drain (SIGTERM-based tests stay quick), then `extra` (a later flag wins).
+pub fn serve_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
+    let defaults = NO_LIMITS.iter().copied().chain(["--drain-grace-ms", "100", "--drain-spread-s", "1"]);
+    let flags: Vec<&str> = defaults.chain(extra.iter().copied()).collect();
+    base_args(dir, port, TEST_SECRET, &flags)
+}
+
+/// Polls `f` every 20 ms until it returns Some; fails after `secs` with `what`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Server {
     /// Starts a server with 2 shards and `extra` flags on a fresh data directory.
     pub fn start(extra: &[&str]) -> Server {
@@ -44,31 +80,13 @@ impl Server {
     }
 
     pub fn start_in(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        Server::spawn(dir, port, serve_args(dir, port, extra))
+    }
+
+    /// Runs `placecast <args>` (which must listen on 127.0.0.1:`port`) and waits until it
+    /// answers /healthz.
+    pub fn spawn(dir: &Path, port: u16, args: Vec<String>) -> Server {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--listen".into(),
-            addr.to_string(),
-            "--shards".into(),
-            "2".into(),
-            "--data-dir".into(),
-            dir.to_str().unwrap().into(),
-            "--secret".into(),
-            "test-secret-0123456789-abcdefghijklmnop".into(),
-            // Every test client is 127.0.0.1: per-address limits are off unless a test is about
-            // them (a later flag wins). A short drain keeps SIGTERM-based tests quick.
-            "--max-conns-per-addr".into(),
-            "0".into(),
-            "--sessions-per-min".into(),
-            "0".into(),
-            "--placements-per-addr-per-min".into(),
-            "0".into(),
-            "--drain-grace-ms".into(),
-            "100".into(),
-            "--drain-spread-s".into(),
-            "1".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(bin())
             .args(&args)
             .env("RUST_LOG", "warn")
@@ -76,22 +94,24 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start placecast");
-        let s = Server { addr, child, dir: dir.to_path_buf(), args, _tmp: None };
+        let mut s = Server { addr, child, dir: dir.to_path_buf(), args, _tmp: None };
         s.wait_ready();
         s
     }
 
-    pub fn wait_ready(&self) {
+    /// Waits until the server answers /healthz; fails at once if it exited.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(r) = try_http(self.addr, "GET", "/healthz", &[], b"") {
-                if r.status == 200 {
-                    return;
-                }
+        loop {
+            if try_http(self.addr, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200) {
+                return;
             }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("placecast exited at start ({status}); args {:?}", self.args);
+            }
+            assert!(Instant::now() < deadline, "placecast did not answer /healthz within 30 s; args {:?}", self.args);
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not become ready");
     }
 
     pub fn kill9(&mut self) {
