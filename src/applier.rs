@@ -17,7 +17,9 @@
 use crate::canvas::Canvas;
 use crate::checkpoint::Checkpoint;
 use crate::edit_log::{Committed, Edit};
+use crate::history::HistoryWriter;
 use crate::limiter::Limiter;
+use crate::log_rule::LogRule;
 use crate::protocol::{encode_batch, pack_edit};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::verdict::Verdicts;
@@ -34,11 +36,6 @@ pub use crate::bounds::{CHUNK, MAX_SUBS, SUB};
 use crate::bounds::{DEFER_STEP, MAX_DEFER};
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
-/// The validity rule forgets a user whose last valid edit is this much older than the newest
-/// timestamp in the log beyond the cooldown (at versions that are multiples of `PRUNE_EVERY`,
-/// so every node forgets at the same point of the log).
-const PRUNE_SLACK_MS: u64 = 60_000;
-const PRUNE_EVERY: u64 = 65_536;
 
 /// Requests to the applier thread from outside.
 pub enum Control {
@@ -57,6 +54,9 @@ pub struct ClusterSetup {
     pub log_id: String,
     pub checkpoint_every: Duration,
     pub control: Receiver<Control>,
+    /// The user directory: made durable before each checkpoint (names learned from the topic
+    /// after it are read again on replay).
+    pub names: Arc<crate::names::Names>,
 }
 
 pub use crate::messages::{CatchUpReply, CatchUpReq, ConnId, ShardMsg};
@@ -119,16 +119,16 @@ pub struct Applier {
     snapshots: Arc<SnapshotStore>,
     stats: Arc<ApplierStats>,
     cluster: Option<ClusterSetup>,
-    /// Each user's last valid edit time (the validity rule's state; shared logs only).
-    last_valid: FxHashMap<u64, u64>,
-    /// The newest edit timestamp in the log so far.
-    log_clock: u64,
+    /// The log-order validity rule's state (shared logs only).
+    rule: Option<LogRule>,
     /// Rejections not yet told to `verdicts`.
     rejected: Vec<(u64, u64)>,
     /// Timestamps of the edits in `pending`, for the log-to-batch latency.
     pending_ts: Vec<u64>,
     /// Set once history is replayed: only live edits count for latency.
     live: bool,
+    /// The history index (`history/`): every applied version, in order.
+    history: Option<HistoryWriter>,
     latency: hdrhistogram::Histogram<u64>,
 }
 
@@ -142,6 +142,7 @@ pub struct ApplierSetup {
     pub snapshots: Arc<SnapshotStore>,
     pub stats: Arc<ApplierStats>,
     pub cluster: Option<ClusterSetup>,
+    pub history: Option<HistoryWriter>,
 }
 
 impl Applier {
@@ -163,12 +164,12 @@ impl Applier {
             limiter: s.limiter,
             snapshots: s.snapshots,
             stats: s.stats,
+            rule: s.cluster.as_ref().map(|c| LogRule::new(c.cooldown_ms)),
             cluster: s.cluster,
-            last_valid: FxHashMap::default(),
-            log_clock: 0,
             rejected: Vec::new(),
             pending_ts: Vec::new(),
             live: false,
+            history: s.history,
             latency: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("histogram bounds"),
         }
     }
@@ -192,11 +193,15 @@ impl Applier {
         self.cut_version = cp.version;
         self.window_base = cp.version;
         self.window.clear();
-        self.log_clock = cp.log_clock_ms;
-        self.last_valid = cp.last_valid.into_iter().collect();
-        for (&user, &ts) in &self.last_valid {
+        let rule = LogRule {
+            cooldown_ms: cl.cooldown_ms,
+            last_valid: cp.last_valid.into_iter().collect(),
+            log_clock: cp.log_clock_ms,
+        };
+        for (&user, &ts) in &rule.last_valid {
             self.limiter.observe(user, ts);
         }
+        self.rule = Some(rule);
         self.settle();
         self.publish_versions();
         Ok(())
@@ -207,13 +212,13 @@ impl Applier {
     }
 
     fn make_checkpoint(&self) -> Option<Checkpoint> {
-        let cl = self.cluster.as_ref()?;
-        let mut last_valid: Vec<(u64, u64)> = self.last_valid.iter().map(|(&u, &t)| (u, t)).collect();
+        let (cl, rule) = (self.cluster.as_ref()?, self.rule.as_ref()?);
+        let mut last_valid: Vec<(u64, u64)> = rule.last_valid.iter().map(|(&u, &t)| (u, t)).collect();
         last_valid.sort_unstable();
         Some(Checkpoint {
             version: self.version,
             cooldown_ms: cl.cooldown_ms,
-            log_clock_ms: self.log_clock,
+            log_clock_ms: rule.log_clock,
             width: self.canvas.geometry.width,
             height: self.canvas.geometry.height,
             log_id: cl.log_id.clone(),
@@ -228,6 +233,7 @@ impl Applier {
             return Err("no shared log".into());
         };
         let started = Instant::now();
+        cl.names.sync().map_err(|e| format!("syncing the user directory: {e}"))?;
         cp.write(&cl.dir).map_err(|e| e.to_string())?;
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(version = cp.version, ms = started.elapsed().as_millis() as u64, "checkpoint written");
@@ -241,28 +247,13 @@ impl Applier {
         }
     }
 
-    /// The log-order validity rule: `Err(next_at_ms)` when the user was cooling down.
+    /// The log-order validity rule (`log_rule.rs`): `Err(next_at_ms)` when the user was cooling
+    /// down. Only on a shared log.
     fn judge(&mut self, e: &Edit) -> Result<(), u64> {
-        let Some(cl) = &self.cluster else { return Ok(()) };
-        let cooldown = cl.cooldown_ms;
-        self.log_clock = self.log_clock.max(e.ts_ms);
-        if cooldown == 0 {
-            return Ok(());
+        match &mut self.rule {
+            Some(rule) => rule.judge(e),
+            None => Ok(()),
         }
-        if let Some(&last) = self.last_valid.get(&e.user) {
-            let next = last.saturating_add(cooldown);
-            if e.ts_ms < next {
-                return Err(next);
-            }
-        }
-        self.last_valid.insert(e.user, e.ts_ms);
-        Ok(())
-    }
-
-    fn prune(&mut self) {
-        let Some(cl) = &self.cluster else { return };
-        let keep_after = self.log_clock.saturating_sub(cl.cooldown_ms.saturating_add(PRUNE_SLACK_MS));
-        self.last_valid.retain(|_, last| *last > keep_after);
     }
 
     /// Applies the log's history up to `head` before serving starts, so the first snapshot and
@@ -280,6 +271,7 @@ impl Applier {
                 next_report += Duration::from_secs(5);
             }
         }
+        self.flush_history();
         // History is not re-broadcast: clients get it from snapshots and catch-up.
         self.pending.clear();
         self.pending_ts.clear();
@@ -306,6 +298,7 @@ impl Applier {
                         for _ in 0..65_536 {
                             match edits.try_recv() { Ok(c) => self.apply(c), Err(_) => break }
                         }
+                        self.flush_history();
                         self.settle();
                     }
                     Err(_) => return,
@@ -371,10 +364,12 @@ impl Applier {
                 None
             }
         };
+        let mut applied = None;
         let packed = match target.map(|i| (i, self.judge(&e))) {
             Some((i, Ok(()))) => {
                 self.canvas.set(i, e.color);
                 self.limiter.observe(e.user, e.ts_ms);
+                applied = Some(i);
                 pack_edit(i, e.color)
             }
             Some((_, Err(next_at))) => {
@@ -390,13 +385,14 @@ impl Applier {
                 self.pending_ts.push(e.ts_ms);
             }
         }
-        if self.cluster.is_some() {
-            if c.version.is_multiple_of(PRUNE_EVERY) {
-                self.prune();
-            }
-            if self.rejected.len() >= 4096 {
-                self.settle();
-            }
+        if let Some(rule) = &mut self.rule {
+            rule.after(c.version);
+        }
+        if let Some(h) = &mut self.history {
+            h.record(c.version, &e, applied, &self.canvas);
+        }
+        if self.cluster.is_some() && self.rejected.len() >= 4096 {
+            self.settle();
         }
         self.window.push_back(packed);
         if self.window.len() > self.window_cap {
@@ -410,6 +406,32 @@ impl Applier {
             }
         }
         self.stats.edits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Makes the history's buffered records readable (once per turn of the loop).
+    fn flush_history(&mut self) {
+        if let Some(h) = &mut self.history {
+            h.flush();
+        }
+    }
+
+    /// What readers of the history share (after `begin_history`, which may start it again).
+    pub fn history_reader(&self) -> Option<Arc<crate::history::HistoryReader>> {
+        self.history.as_ref().map(|h| h.reader())
+    }
+
+    /// The canvas as applied so far (the history starts from it).
+    pub fn canvas(&self) -> &Canvas {
+        &self.canvas
+    }
+
+    /// Tells the history the version and canvas the applier starts from (after any checkpoint).
+    pub fn begin_history(&mut self) -> std::io::Result<()> {
+        let (version, canvas) = (self.version, &self.canvas);
+        match &mut self.history {
+            Some(h) => h.begin(version, canvas),
+            None => Ok(()),
+        }
     }
 
     fn publish_versions(&self) {
@@ -559,6 +581,7 @@ mod tests {
             snapshots: Arc::new(SnapshotStore::default()),
             stats: Arc::new(ApplierStats::new(1)),
             cluster: None,
+            history: None,
         });
         (a, rx)
     }
@@ -602,7 +625,9 @@ mod tests {
                 log_id: "test".into(),
                 checkpoint_every: Duration::from_secs(60),
                 control: ctl_rx,
+                names: Arc::new(crate::names::Names::open(dir).unwrap()),
             }),
+            history: None,
         });
         (a, rx, verdicts)
     }
@@ -646,7 +671,7 @@ mod tests {
             b.apply(*c);
         }
         assert_eq!(a.canvas.pixels(), b.canvas.pixels());
-        assert_eq!(a.last_valid, b.last_valid);
+        assert_eq!(a.rule, b.rule);
     }
 
     #[test]

@@ -114,7 +114,38 @@ pub const MAX_USED_CHALLENGES: usize = 1 << 20;
 /// How long a proof-of-work challenge stays valid.
 pub const CHALLENGE_TTL_MS: u64 = 120_000;
 
+// ---- History (names.rs, history/) ----
+
+/// Display names the user directory keeps (~60 B each with the map and the name: ~1 GB at the
+/// cap; the 2017 event had 1.1 M users, ~70 MB); full → a new user's name is not kept and
+/// lookups show them as unknown (their edits are unaffected).
+pub const MAX_NAMES: usize = 1 << 24;
+/// Names seen in a token but not yet carried by an edit (~64 B each: 64 MB at the cap); full →
+/// not noted (that user's name stays unknown); kept at most `UNPUBLISHED_TTL_MS`.
+pub const MAX_UNPUBLISHED_NAMES: usize = 1 << 20;
+pub const UNPUBLISHED_TTL_MS: u64 = 3_600_000;
+/// Edits of one pixel `GET /api/v1/pixel?history=N` returns at most (one 32-byte read each:
+/// ~100 us from the page cache); more → 400.
+pub const MAX_PIXEL_HISTORY: usize = 100;
+/// Versions between two keyframes by default (`--keyframe-every`): the canvas at any V is a
+/// keyframe plus at most this many 32-byte history records (2 MiB) applied; a keyframe of a
+/// 1000x1000 16-color canvas is ~500 KB before compression.
+pub const KEYFRAME_EVERY: u64 = 65_536;
+/// Canvases-at-V and edit chunks being built from disk at once, per process (each ~2 MiB of
+/// reads and a few ms of CPU on a blocking thread); more → 503 `history_busy`, `Retry-After: 1`.
+pub const HISTORY_BUILDS: usize = 4;
+/// Built history answers (canvas at V, binary and PNG; edit chunks) kept for repeat requests
+/// (a CDN keeps the rest: they are immutable). At most ~1 MB each at 1000x1000: ~32 MB.
+pub const HISTORY_CACHE: usize = 32;
+/// Bytes of history records the applier buffers before writing them (also written at every
+/// turn of its loop, so readers see an edit within one turn).
+pub const HISTORY_BUFFER: usize = 1 << 20;
+/// `GET /api/v1/canvas?t=MS` answers only for times at least this far in the past: until then
+/// an edit stamped up to `MS` may still arrive (a placement in flight, another node's clock).
+pub const CLOCK_SLACK_MS: u64 = 5_000;
+
 const _: () = assert!(CHUNK.is_multiple_of(SUB));
+const _: () = assert!(KEYFRAME_EVERY.is_multiple_of(4096));
 const _: () = assert!(SLICE <= 4096, "a slice fits the shard's io_uring (4,096 entries)");
 const _: () = assert!(MAX_BODY < MAX_HEAD);
 const _: () = assert!(SHARD_QUEUE > CATCH_UP_QUEUE);

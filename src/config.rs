@@ -115,6 +115,17 @@ pub struct ServeArgs {
     #[arg(long, env = "PLACECAST_WINDOW", default_value_t = 2_000_000)]
     pub window: usize,
 
+    /// What `GET /api/v1/pixel` says about who placed a pixel: `names` (the display name from
+    /// the user's token, public), `hashed` (a keyed hash: one user's edits can be grouped but
+    /// not named), or `off` (403). The user directory is kept either way.
+    #[arg(long, env = "PLACECAST_PIXEL_LOOKUP", value_enum, default_value_t = crate::history::Lookup::Names)]
+    pub pixel_lookup: crate::history::Lookup,
+
+    /// Versions between two history keyframes: the canvas at any version is built from the
+    /// keyframe before it plus at most this many edits (a multiple of 4096).
+    #[arg(long, env = "PLACECAST_KEYFRAME_EVERY", default_value_t = crate::bounds::KEYFRAME_EVERY)]
+    pub keyframe_every: u64,
+
     /// Bytes per edit on the wire (4 = compact; more pads with zeros, for benchmarks).
     #[arg(long, env = "PLACECAST_EDIT_STRIDE", default_value_t = 4)]
     pub edit_stride: u8,
@@ -267,6 +278,8 @@ pub enum ConfigError {
     Stride(u8),
     #[error("--window must be at least 1, got {0}")]
     Window(usize),
+    #[error("--keyframe-every must be a positive multiple of 4096 up to 16777216, got {0}")]
+    KeyframeEvery(u64),
     #[error("--max-lag-batches must be between 2 and 100000, got {0}")]
     MaxLag(usize),
     #[error("{0}")]
@@ -318,6 +331,9 @@ pub fn check(args: &ServeArgs) -> (Option<Geometry>, Vec<ConfigError>) {
     }
     if args.window == 0 {
         p.push(ConfigError::Window(args.window));
+    }
+    if args.keyframe_every == 0 || !args.keyframe_every.is_multiple_of(4096) || args.keyframe_every > 1 << 24 {
+        p.push(ConfigError::KeyframeEvery(args.keyframe_every));
     }
     if !(2..=100_000).contains(&args.max_lag_batches) {
         p.push(ConfigError::MaxLag(args.max_lag_batches));

@@ -14,6 +14,7 @@
 
 use crate::admission::AdmissionError;
 use crate::client_addr::{AddrKey, ClientAddr};
+use crate::history::routes as history;
 use crate::hub::Hub;
 use crate::lifecycle::DrainPhase;
 use crate::place::{self, error_json, PlaceError};
@@ -234,7 +235,7 @@ pub fn bearer(req: &Req) -> Option<&str> {
 
 fn authenticate(shared: &Shared, token: Option<&str>) -> Result<Option<User>, PlaceError> {
     let Some(t) = token else { return Ok(None) };
-    shared.signer.verify(t, crate::now_ms() / 1000).map(Some).map_err(PlaceError::Token)
+    shared.verify_user(t).map(Some).map_err(PlaceError::Token)
 }
 
 fn place_error_response(e: &PlaceError) -> Response {
@@ -291,8 +292,14 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("GET" | "HEAD", "/readyz") => ready(shared),
         ("GET" | "HEAD", "/metrics") => metrics(shared),
         ("GET" | "HEAD", "/api/v1/canvas/info") => info(shared),
+        ("GET" | "HEAD", "/api/v1/canvas" | "/api/v1/canvas.png") if history::asks_for_past(req) => {
+            history::canvas_at(req, shared, ctx.client.key, req.path.ends_with(".png")).await
+        }
         ("GET" | "HEAD", "/api/v1/canvas") => canvas(req, shared, false).await,
         ("GET" | "HEAD", "/api/v1/canvas.png") => canvas(req, shared, true).await,
+        ("GET" | "HEAD", "/api/v1/pixel") => history::pixel(req, shared).await,
+        ("GET" | "HEAD", "/api/v1/history/info") => history::info(shared),
+        ("GET" | "HEAD", "/api/v1/edits") => history::edits(req, shared, ctx.client.key).await,
         ("POST", "/api/v1/session") => crate::session::create(shared, &ctx.client, body),
         ("GET", "/api/v1/session/challenge") => crate::session::challenge(shared),
         ("POST", "/api/v1/place") => place_http(req, body, shared, ctx.client.key).await,
@@ -313,6 +320,9 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
             | "/api/v1/canvas/info"
             | "/api/v1/canvas"
             | "/api/v1/canvas.png"
+            | "/api/v1/pixel"
+            | "/api/v1/history/info"
+            | "/api/v1/edits"
             | "/api/v1/session"
             | "/api/v1/session/challenge"
             | "/api/v1/place"

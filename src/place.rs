@@ -159,7 +159,7 @@ fn begin_inner(
         return Err(PlaceError::Admission(e));
     }
     let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now };
-    match shared.log.append(edit) {
+    match shared.log.append_named(edit, shared.names.for_append(user)) {
         Ok(ack) => Ok(Pending { ack, permit, cooldown_ms: shared.limiter.cooldown_ms(), shared: shared.clone() }),
         Err(e) => {
             shared.limiter.release(permit);

@@ -93,6 +93,17 @@ pub fn encode_batch(from: u64, to: u64, edits: &[u32], stride: u8) -> Bytes {
     out.freeze()
 }
 
+/// The payload of a server frame (`encode_batch`'s): the frame without its WebSocket header, as
+/// `GET /api/v1/edits` serves it.
+pub fn batch_payload(frame: &Bytes) -> Bytes {
+    let header = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    frame.slice(header..)
+}
+
 /// A decoded batch payload (the frame's payload, without the WebSocket header).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchView<'a> {

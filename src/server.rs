@@ -15,9 +15,11 @@ use crate::canvas::Canvas;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::edit_log::{file::FileLog, EditLog, LogError};
+use crate::history::{HistorySetup, HistoryWriter};
 use crate::lifecycle::{notify, Lifecycle};
 use crate::limiter::Limiter;
 use crate::metrics::{Metrics, ShardStats};
+use crate::names::Names;
 use crate::pow::{Proofs, SessionPolicy};
 use crate::proxy_header::ProxyPolicy;
 use crate::secrets::SecretError;
@@ -46,20 +48,26 @@ pub enum ServerError {
     Checkpoint(String),
 }
 
-/// The edit log the configuration asks for, and the lowest version a tail may start after.
-fn open_log(args: &crate::config::ServeArgs) -> Result<(Arc<dyn EditLog>, u64), ServerError> {
+/// The edit log the configuration asks for (its tail fills `names`), the lowest version a tail
+/// may start after, and the log's identity for derived data.
+pub fn open_log(
+    args: &crate::config::ServeArgs,
+    names: &Arc<Names>,
+) -> Result<(Arc<dyn EditLog>, u64, String), ServerError> {
     #[cfg(feature = "kafka")]
     if let Some(brokers) = &args.kafka_brokers {
         use crate::edit_log::kafka::{KafkaLog, KafkaSettings};
-        let k = KafkaLog::connect(KafkaSettings {
+        let mut k = KafkaLog::connect(KafkaSettings {
             brokers: brokers.clone(),
             topic: args.kafka_topic.clone(),
             timeout_ms: args.kafka_timeout_ms,
         })?;
+        k.set_names(names.clone());
         let oldest = k.oldest_after();
-        return Ok((Arc::new(k), oldest));
+        return Ok((Arc::new(k), oldest, format!("kafka topic {}", args.kafka_topic)));
     }
-    Ok((Arc::new(FileLog::open(&args.data_dir, !args.no_fsync)?), 0))
+    let id = crate::edit_log::file::identity(&args.data_dir);
+    Ok((Arc::new(FileLog::open_with_names(&args.data_dir, !args.no_fsync, names.clone())?), 0, id))
 }
 
 /// The secret from configuration, or one created once (atomically) and kept in the data
@@ -125,7 +133,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let max_conns_per_shard =
         if args.max_conns > 0 { args.max_conns.div_ceil(shards) } else { (budget.soft / shards).max(1) };
     let secret = load_secret(&config)?;
-    let (log, oldest_after) = open_log(&args)?;
+    let names = Arc::new(Names::open(&args.data_dir)?);
+    let (log, oldest_after, log_id) = open_log(&args, &names)?;
     let shared_log = args.kafka_brokers.is_some();
     let limiter = Arc::new(Limiter::new(args.cooldown * 1000));
     let snapshots = Arc::new(SnapshotStore::default());
@@ -144,7 +153,22 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         log_id: format!("kafka topic {}", args.kafka_topic),
         checkpoint_every: Duration::from_secs(args.checkpoint_secs),
         control: control_rx,
+        names: names.clone(),
     });
+    let head = log.head();
+    let history = HistoryWriter::open(HistorySetup {
+        data_dir: &args.data_dir,
+        geometry: config.geometry.clone(),
+        log_id: &log_id,
+        log_head: head,
+        keyframe_every: args.keyframe_every,
+        lookup: args.pixel_lookup,
+        secret: &secret,
+    })?;
+    // A checkpoint the history does not reach would start the history again at it; when the
+    // topic still holds everything, replaying it whole keeps the history whole instead.
+    let (hist_base, hist_end) = history.span();
+    let use_checkpoint = |v: u64| (hist_base..=hist_end).contains(&v) || hist_base > 0 || oldest_after > 0;
 
     let mut applier = Applier::new(ApplierSetup {
         canvas: Canvas::new(config.geometry.clone()),
@@ -156,11 +180,13 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         snapshots: snapshots.clone(),
         stats: stats.clone(),
         cluster,
+        history: Some(history),
     });
-    let head = log.head();
     if shared_log {
-        restore_checkpoint(&mut applier, &args.data_dir, head, oldest_after)?;
+        restore_checkpoint(&mut applier, &args.data_dir, head, oldest_after, use_checkpoint)?;
     }
+    applier.begin_history()?;
+    let history = applier.history_reader().expect("the applier was given a history");
     let from = applier.version();
     log.tail(from, edits_tx)?;
     applier.replay(&edits_rx, head);
@@ -183,6 +209,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         open_conns: AtomicUsize::new(0),
         budget,
         control: shared_log.then_some(control_tx),
+        names: names.clone(),
+        history,
         config,
         limiter: limiter.clone(),
         log,
@@ -244,6 +272,7 @@ fn spawn_housekeeping(shared: Arc<Shared>) {
         shared.limiter.sweep(now);
         shared.admission.sweep(now);
         shared.proofs.sweep(now);
+        shared.names.sweep(now);
     });
 }
 
@@ -355,9 +384,21 @@ pub fn forward_signals(to: Sender<Stop>) -> std::io::Result<()> {
 
 /// Starts the applier from `DATA_DIR/checkpoint.bin` when it fits this log; otherwise the whole
 /// log is replayed.
-fn restore_checkpoint(applier: &mut Applier, dir: &Path, head: u64, oldest_after: u64) -> Result<(), ServerError> {
+fn restore_checkpoint(
+    applier: &mut Applier,
+    dir: &Path,
+    head: u64,
+    oldest_after: u64,
+    use_checkpoint: impl Fn(u64) -> bool,
+) -> Result<(), ServerError> {
     let started = Instant::now();
     match Checkpoint::load(dir) {
+        Ok(Some(cp)) if cp.version <= head && !use_checkpoint(cp.version) => {
+            tracing::warn!(
+                version = cp.version,
+                "the history does not reach the checkpoint; replaying the whole topic to rebuild it"
+            );
+        }
         Ok(Some(cp)) if cp.version > head => {
             return Err(ServerError::Checkpoint(format!(
                 "{} is at version {} but the topic holds only {head} edits: the topic was recreated or is another one; \

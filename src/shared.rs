@@ -56,6 +56,10 @@ pub struct Shared {
     pub budget: Budget,
     /// The applier's control channel on a shared log (checkpoint before exit).
     pub control: Option<Sender<Control>>,
+    /// The user directory (key → display name).
+    pub names: Arc<crate::names::Names>,
+    /// What the applier's history index serves (pixel lookups, the canvas at V, edit chunks).
+    pub history: Arc<crate::history::HistoryReader>,
 }
 
 /// How many client connections the descriptors allow (see the module doc).
@@ -73,6 +77,14 @@ impl Budget {
 }
 
 impl Shared {
+    /// Verifies a user token and notes the user's display name for the directory (`names.rs`).
+    pub fn verify_user(&self, token: &str) -> Result<crate::token::User, crate::token::TokenError> {
+        let now = crate::now_ms();
+        let user = self.signer.verify(token, now / 1000)?;
+        self.names.note(user.id, &user.name, now);
+        Ok(user)
+    }
+
     /// Gives back what a client connection held, whoever closes it (the HTTP task, or the hub
     /// after an upgrade): its descriptor of the budget and, once admitted, its address's slot.
     pub fn release_connection(&self, addr: Option<crate::client_addr::AddrKey>) {

@@ -51,6 +51,7 @@
 //! `tests/log_faults.rs` drives the policy above through the real binary with it.
 
 use super::{AppendAck, Committed, Edit, EditLog, LogError};
+use crate::names::Names;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures_channel::oneshot;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -80,7 +81,9 @@ const BAD_RUNS: usize = 16;
 type Waiter = oneshot::Sender<Result<u64, LogError>>;
 
 enum Msg {
-    Append(Edit, Waiter),
+    Append(Edit, Option<Box<str>>, Waiter),
+    /// The user directory, sent once right after open, before any append.
+    Names(Arc<Names>),
     Tail(u64, Sender<Committed>),
 }
 
@@ -258,6 +261,16 @@ pub fn lock(file: &File, path: &Path, exclusive: bool) -> Result<(), LogError> {
     }
 }
 
+/// Names the embedded log in `dir` by its first record, so derived data (the history index)
+/// made from another log (a deleted and re-imported one) is recognised as such.
+pub fn identity(dir: &Path) -> String {
+    let mut first = [0u8; RECORD];
+    match File::open(dir.join(LOG_FILE)).and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut first, 0)) {
+        Ok(()) => format!("embedded log {:08x}", crc32fast::hash(&first)),
+        Err(_) => "embedded log (empty)".into(),
+    }
+}
+
 /// fsyncs a directory, so the entries created or renamed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -314,6 +327,17 @@ impl FileLog {
         Self::open_with(dir, Options { fsync, fail_sync_at, exit_on_fatal: true })
     }
 
+    /// As `open`, with the user directory the writer keeps durable alongside the edits.
+    pub fn open_with_names(dir: &Path, fsync: bool, names: Arc<Names>) -> Result<Self, LogError> {
+        let mut log = Self::open(dir, fsync)?;
+        log.set_names(names)?;
+        Ok(log)
+    }
+
+    fn set_names(&mut self, names: Arc<Names>) -> Result<(), LogError> {
+        self.tx.send(Msg::Names(names)).map_err(|_| LogError::Closed)
+    }
+
     fn open_with(dir: &Path, opts: Options) -> Result<Self, LogError> {
         create_dir_durably(dir).map_err(|e| LogError::Io(format!("{}: {e}", dir.display())))?;
         let path = dir.join(LOG_FILE);
@@ -343,6 +367,8 @@ impl FileLog {
             fail_sync_at: opts.fail_sync_at,
             exit_on_fatal: opts.exit_on_fatal,
             fatal: None,
+            names: None,
+            names_pending: Vec::new(),
         };
         let writer = std::thread::Builder::new()
             .name("placecast-log".into())
@@ -364,9 +390,9 @@ impl Drop for FileLog {
 }
 
 impl EditLog for FileLog {
-    fn append(&self, edit: Edit) -> Result<AppendAck, LogError> {
+    fn append_named(&self, edit: Edit, name: Option<Box<str>>) -> Result<AppendAck, LogError> {
         let (tx, rx) = oneshot::channel();
-        match self.tx.try_send(Msg::Append(edit, tx)) {
+        match self.tx.try_send(Msg::Append(edit, name, tx)) {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(LogError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
@@ -408,6 +434,9 @@ struct Writer {
     /// Set by a failed fdatasync (or a failed write that cannot be cut back): nothing more is
     /// written, every placement is refused, and the process exits.
     fatal: Option<LogError>,
+    /// The user directory, and the names the current group's edits carry (`names.rs`).
+    names: Option<Arc<Names>>,
+    names_pending: Vec<(u64, Box<str>)>,
 }
 
 impl Writer {
@@ -432,7 +461,13 @@ impl Writer {
 
     fn take(&mut self, m: Msg, group: &mut Vec<(Edit, Waiter)>) {
         match m {
-            Msg::Append(e, tx) => group.push((e, tx)),
+            Msg::Append(e, name, tx) => {
+                if let Some(n) = name {
+                    self.names_pending.push((e.user, n));
+                }
+                group.push((e, tx))
+            }
+            Msg::Names(n) => self.names = Some(n),
             Msg::Tail(after, sink) => {
                 // Commit what is pending first, so the replay and the live feed meet exactly.
                 if !group.is_empty() && self.fatal.is_none() {
@@ -453,7 +488,7 @@ impl Writer {
     /// `FATAL_LINGER` (see the module doc).
     fn refuse_from_now_on(self, err: LogError, mut group: Vec<(Edit, Waiter)>, rx: Receiver<Msg>) {
         let refuse = |m: Msg| {
-            if let Msg::Append(_, tx) = m {
+            if let Msg::Append(_, _, tx) = m {
                 let _ = tx.send(Err(err.clone()));
             }
         };
@@ -510,6 +545,17 @@ impl Writer {
         Ok(())
     }
 
+    /// Makes the group's new display names durable before its edits are: a name is never lost
+    /// behind an acknowledged edit. A failure costs only the names (a warning; the users show as
+    /// unknown until a later edit carries the name again), never the edits.
+    fn persist_names(&mut self) {
+        let pending = std::mem::take(&mut self.names_pending);
+        let Some(names) = &self.names else { return };
+        if let Err(e) = names.persist(&pending) {
+            tracing::warn!(error = %e, "writing the user directory failed; those users show as unknown");
+        }
+    }
+
     /// One group fdatasync, through the fault seam.
     fn sync(&mut self) -> io::Result<()> {
         self.syncs += 1;
@@ -531,6 +577,7 @@ impl Writer {
     }
 
     fn commit(&mut self, group: &mut Vec<(Edit, Waiter)>) {
+        self.persist_names();
         let head = self.head.load(Ordering::Acquire);
         let durable = head * RECORD as u64;
         self.buf.resize(group.len() * RECORD, 0);

@@ -3,7 +3,9 @@
 //!
 //! - Message value: the embedded log's 32-byte record (`file::encode`) with its CRC computed for
 //!   version 0 (the broker assigns the offset after the record is written); Kafka's own batch CRC
-//!   protects it in transit and at rest. The message timestamp is the placement time (`ts_ms`).
+//!   protects it in transit and at rest. When the user's display name is not yet in the user
+//!   directory the name's bytes (at most 64) follow the record; every node's tail learns it
+//!   (`names.rs`). Messages of 32 bytes (older nodes, or a known name) read as before. The message timestamp is the placement time (`ts_ms`).
 //! - Version = offset + 1 (PROTOCOL.md), so version V is offset V - 1.
 //! - `append` resolves only after the broker acknowledged the record (idempotent producer,
 //!   acks=all) or after `timeout_ms` with an error (the placement then answers 503).
@@ -16,6 +18,8 @@
 //!   there is no gap and no duplicate.
 
 use super::file::{decode, encode, RECORD};
+/// The longest display name a message carries after its record (the token's rule).
+const MAX_NAME_TAIL: usize = 64;
 use super::{AppendAck, Committed, Edit, EditLog, LogError};
 use crossbeam_channel::Sender;
 use futures_channel::oneshot;
@@ -127,6 +131,8 @@ pub struct KafkaLog {
     head: Arc<AtomicU64>,
     /// The low watermark at start: the oldest version still in the topic is `low + 1`.
     low: u64,
+    /// Where the tail puts the names messages carry (set before `tail`).
+    names: Option<Arc<crate::names::Names>>,
 }
 
 fn base_config(s: &KafkaSettings) -> ClientConfig {
@@ -275,10 +281,21 @@ impl KafkaLog {
             .name("placecast-kafka-producer".into())
             .spawn(move || supervise(set, weak, failed_tx, failed_rx))
             .map_err(|e| LogError::Io(e.to_string()))?;
-        Ok(KafkaLog { producer, head: Arc::new(AtomicU64::new(high.max(0) as u64)), low: low.max(0) as u64, settings })
+        Ok(KafkaLog {
+            producer,
+            head: Arc::new(AtomicU64::new(high.max(0) as u64)),
+            low: low.max(0) as u64,
+            settings,
+            names: None,
+        })
     }
 
     /// The oldest version the topic still holds minus one: a tail must start at or after it.
+    /// The user directory the tail fills from the names messages carry.
+    pub fn set_names(&mut self, names: Arc<crate::names::Names>) {
+        self.names = Some(names);
+    }
+
     pub fn oldest_after(&self) -> u64 {
         self.low
     }
@@ -297,14 +314,19 @@ impl KafkaLog {
 }
 
 impl EditLog for KafkaLog {
-    fn append(&self, edit: Edit) -> Result<AppendAck, LogError> {
-        let mut rec = [0u8; RECORD];
+    fn append_named(&self, edit: Edit, name: Option<Box<str>>) -> Result<AppendAck, LogError> {
+        let name = name.filter(|n| n.len() <= MAX_NAME_TAIL);
+        let mut rec = [0u8; RECORD + MAX_NAME_TAIL];
         encode(0, &edit, &mut rec);
+        let len = RECORD + name.as_ref().map_or(0, |n| n.len());
+        if let Some(n) = &name {
+            rec[RECORD..len].copy_from_slice(n.as_bytes());
+        }
         let (tx, rx) = oneshot::channel();
         let head = self.head.load(Ordering::Acquire);
         let record = BaseRecord::<(), [u8], _>::with_opaque_to(&self.settings.topic, Box::new((head, tx)))
             .partition(0)
-            .payload(&rec[..])
+            .payload(&rec[..len])
             .timestamp(edit.ts_ms as i64);
         match self.producer()?.send(record) {
             Ok(()) => Ok(rx),
@@ -320,9 +342,10 @@ impl EditLog for KafkaLog {
             .map_err(|e| unavailable(&self.settings, "assigning the partition", e))?;
         consumer.assign(&tpl).map_err(|e| unavailable(&self.settings, "assigning the partition", e))?;
         let head = self.head.clone();
+        let names = self.names.clone();
         std::thread::Builder::new()
             .name("placecast-kafka".into())
-            .spawn(move || tail_loop(consumer, after, sink, head))
+            .spawn(move || tail_loop(consumer, after, sink, head, names))
             .map_err(|e| LogError::Io(e.to_string()))?;
         Ok(())
     }
@@ -337,7 +360,13 @@ impl EditLog for KafkaLog {
 }
 
 /// Delivers offsets `after..` as versions `after+1..` until the sink is gone.
-fn tail_loop(consumer: BaseConsumer<Ctx>, after: u64, sink: Sender<Committed>, head: Arc<AtomicU64>) {
+fn tail_loop(
+    consumer: BaseConsumer<Ctx>,
+    after: u64,
+    sink: Sender<Committed>,
+    head: Arc<AtomicU64>,
+    names: Option<Arc<crate::names::Names>>,
+) {
     let mut next = after; // the next offset to deliver = the last delivered version
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -355,10 +384,18 @@ fn tail_loop(consumer: BaseConsumer<Ctx>, after: u64, sink: Sender<Committed>, h
                     }
                     next += 1;
                 }
-                let edit = m.payload().filter(|p| p.len() == RECORD).and_then(|p| decode(0, p)).unwrap_or_else(|| {
+                let payload = m.payload().filter(|p| (RECORD..=RECORD + MAX_NAME_TAIL).contains(&p.len()));
+                let edit = payload.and_then(|p| decode(0, &p[..RECORD])).unwrap_or_else(|| {
                     tracing::warn!(offset, "a Kafka message is not a placecast edit; it is a no-op version");
                     NO_EDIT
                 });
+                // The name is learned before the edit is delivered, so a lookup that finds the
+                // edit finds its name.
+                if let (Some(n), Some(p)) = (&names, payload) {
+                    if let Some(name) = crate::names::from_message_tail(&p[RECORD..]) {
+                        n.learn(edit.user, name);
+                    }
+                }
                 if sink.send(Committed { version: offset + 1, edit }).is_err() {
                     return;
                 }

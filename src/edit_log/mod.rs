@@ -59,7 +59,13 @@ pub type AppendAck = oneshot::Receiver<Result<u64, LogError>>;
 
 pub trait EditLog: Send + Sync + 'static {
     /// Queues `edit` for appending. An immediate error means it was not queued.
-    fn append(&self, edit: Edit) -> Result<AppendAck, LogError>;
+    fn append(&self, edit: Edit) -> Result<AppendAck, LogError> {
+        self.append_named(edit, None)
+    }
+    /// As `append`, carrying the user's display name when the directory (`names.rs`) does not
+    /// have it yet: the log makes it durable with the edit (the embedded log writes it to the
+    /// directory before the group's fdatasync; Kafka carries it in the message).
+    fn append_named(&self, edit: Edit, name: Option<Box<str>>) -> Result<AppendAck, LogError>;
     /// Starts delivering committed edits with version > `after` to `sink`, in order.
     fn tail(&self, after: u64, sink: Sender<Committed>) -> Result<(), LogError>;
     /// The version of the last durable edit.

@@ -183,7 +183,7 @@ impl Hub {
         id: Option<serde_json::Number>,
         token: &str,
     ) -> Result<(), CloseReason> {
-        match self.shared.signer.verify(token, crate::now_ms() / 1000) {
+        match self.shared.verify_user(token) {
             Ok(user) => {
                 self.conns[slot].user = user.id;
                 self.meta[slot].expires_s = super::expires_u32(user.expires);

@@ -1,0 +1,178 @@
+use super::*;
+use crate::canvas::RPLACE_2017_PALETTE;
+
+fn geometry() -> Geometry {
+    Geometry::new(20, 10, RPLACE_2017_PALETTE.to_vec()).unwrap()
+}
+
+fn setup<'a>(dir: &'a Path, head: u64, id: &'a str) -> HistorySetup<'a> {
+    HistorySetup {
+        data_dir: dir,
+        geometry: geometry(),
+        log_id: id,
+        log_head: head,
+        keyframe_every: 4096,
+        lookup: Lookup::Names,
+        secret: b"k",
+    }
+}
+
+/// A deterministic edit for version v: clustered on a few pixels so pixels get long histories.
+fn edit(v: u64) -> Edit {
+    let mut z = v.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z ^= z >> 29;
+    Edit {
+        x: (z % 5) as u16,
+        y: ((z >> 8) % 3) as u16,
+        color: ((z >> 16) % 16) as u8,
+        user: 1 + z % 7,
+        ts_ms: 1_000 + v * 10,
+    }
+}
+
+/// Applies versions `from+1..=to` as the applier does (every 13th rejected) and records them.
+fn apply(w: &mut HistoryWriter, canvas: &mut Canvas, from: u64, to: u64) {
+    let g = geometry();
+    for v in from + 1..=to {
+        let e = edit(v);
+        let target = (!v.is_multiple_of(13)).then(|| g.index(e.x as i64, e.y as i64).unwrap());
+        if let Some(i) = target {
+            canvas.set(i, e.color);
+        }
+        w.record(v, &e, target, canvas);
+        if v.is_multiple_of(1000) {
+            w.flush();
+        }
+    }
+    w.flush();
+}
+
+fn replay(to: u64) -> Canvas {
+    let g = geometry();
+    let mut c = Canvas::new(g.clone());
+    for v in 1..=to {
+        let e = edit(v);
+        if !v.is_multiple_of(13) {
+            c.set(g.index(e.x as i64, e.y as i64).unwrap(), e.color);
+        }
+    }
+    c
+}
+
+fn wait_keyframes(r: &HistoryReader, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while r.keyframe_count() < n {
+        assert!(std::time::Instant::now() < deadline, "keyframes were not written");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn records_round_trip_and_damage_is_seen() {
+    let r = Rec { version: 9, x: 3, y: 4, color: 5, applied: true, user: 77, ts_ms: 123, prev: 2 };
+    let mut b = [0u8; RECORD];
+    encode_rec(&r, &mut b);
+    assert_eq!(decode_rec(9, &b), Some(r));
+    assert_eq!(decode_rec(10, &b), None, "the check binds the version");
+    b[20] ^= 1;
+    assert_eq!(decode_rec(9, &b), None);
+    assert_eq!(decode_rec(1, &[0u8; RECORD]), None, "a hole of zeros is not a record");
+}
+
+#[test]
+fn pixel_history_canvas_at_and_time_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 10_000;
+    {
+        let mut w = HistoryWriter::open(setup(dir.path(), 0, "log")).unwrap();
+        let mut c = Canvas::new(geometry());
+        w.begin(0, &c).unwrap();
+        apply(&mut w, &mut c, 0, n);
+        wait_keyframes(&w.reader(), 2);
+    }
+    // Reopened against a longer log: everything it held is there, nothing is rewritten.
+    let w = HistoryWriter::open(setup(dir.path(), n + 50, "log")).unwrap();
+    assert_eq!(w.span(), (0, n));
+    let r = w.reader();
+    assert_eq!(r.version(), n);
+    // The pixel's edits, newest first, are exactly the applied edits of that pixel.
+    let e = edit(n - 1);
+    let got = r.pixel(e.x as u32, e.y as u32, 100).unwrap().unwrap();
+    let want: Vec<u64> =
+        (1..=n).rev().filter(|&v| !v.is_multiple_of(13) && (edit(v).x, edit(v).y) == (e.x, e.y)).take(100).collect();
+    assert_eq!(got.iter().map(|r| r.version).collect::<Vec<_>>(), want);
+    assert_eq!(got[0].user, edit(want[0]).user);
+    assert!(r.pixel(20, 0, 1).is_none(), "outside the canvas");
+    assert_eq!(r.pixel(19, 9, 5).unwrap().unwrap(), vec![], "a pixel nobody edited");
+    for v in [0, 1, 12, 13, 4095, 4096, 4097, 8192, 9999, n] {
+        assert_eq!(r.canvas_at(v).unwrap().pixels(), replay(v).pixels(), "canvas at {v}");
+    }
+    assert_eq!(r.canvas_at(n + 1).err(), Some(HistoryError::NotYet { asked: n + 1, head: n }));
+    // Time: edit v is stamped 1000 + 10 v.
+    assert_eq!(r.version_at(999).unwrap(), 0);
+    assert_eq!(r.version_at(1_010).unwrap(), 1);
+    assert_eq!(r.version_at(1_000 + 10 * 5_000 + 5).unwrap(), 5_000);
+    assert_eq!(r.version_at(u64::MAX).unwrap(), n);
+    assert_eq!((r.first_ts_ms(), r.last_ts_ms()), (1_010, 1_000 + 10 * n));
+    let packed = r.packed(4096, 8192).unwrap();
+    assert_eq!(packed.len(), (4097u64..=8192).filter(|v| !v.is_multiple_of(13)).count());
+}
+
+#[test]
+fn cut_at_the_log_head_and_at_a_torn_record_then_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Canvas::new(geometry());
+    {
+        let mut w = HistoryWriter::open(setup(dir.path(), 0, "log")).unwrap();
+        w.begin(0, &c).unwrap();
+        apply(&mut w, &mut c, 0, 300);
+    }
+    // A repaired log keeps 200 versions: the history follows it.
+    {
+        let w = HistoryWriter::open(setup(dir.path(), 200, "log")).unwrap();
+        assert_eq!(w.span(), (0, 200));
+    }
+    // A torn last record is cut.
+    let path = dir.path().join(HISTORY_DIR).join(FILE);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[0xAA; 7], (HEADER + 199 * RECORD + 3) as u64).unwrap();
+    drop(f);
+    let mut w = HistoryWriter::open(setup(dir.path(), 1_000, "log")).unwrap();
+    assert_eq!(w.span(), (0, 199));
+    // The applier replays from 0: versions it holds are skipped, the rest recorded.
+    let mut c = Canvas::new(geometry());
+    w.begin(0, &c).unwrap();
+    apply(&mut w, &mut c, 0, 400);
+    assert_eq!(w.reader().canvas_at(400).unwrap().pixels(), replay(400).pixels());
+    assert_eq!(w.reader().canvas_at(150).unwrap().pixels(), replay(150).pixels());
+}
+
+#[test]
+fn another_log_or_a_checkpoint_past_the_history_starts_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Canvas::new(geometry());
+    {
+        let mut w = HistoryWriter::open(setup(dir.path(), 0, "log")).unwrap();
+        w.begin(0, &c).unwrap();
+        apply(&mut w, &mut c, 0, 100);
+    }
+    let w = HistoryWriter::open(setup(dir.path(), 100, "another log")).unwrap();
+    assert_eq!(w.span(), (0, 0), "a history of another log is discarded");
+    drop(w);
+    // Starting at 5,000 (a checkpoint) with a history that ends at 0: it starts at 5,000.
+    let mut w = HistoryWriter::open(setup(dir.path(), 10_000, "another log")).unwrap();
+    let c = replay(5_000);
+    w.begin(5_000, &c).unwrap();
+    let r = w.reader();
+    assert_eq!(r.base(), 5_000);
+    assert!(matches!(r.canvas_at(4_999).err(), Some(HistoryError::Unavailable { base: 5_000 })));
+    wait_keyframes(&r, 1);
+    let mut c = c;
+    apply(&mut w, &mut c, 5_000, 5_100);
+    assert_eq!(r.canvas_at(5_100).unwrap().pixels(), replay(5_100).pixels());
+    assert_eq!(r.canvas_at(5_000).unwrap().pixels(), replay(5_000).pixels());
+    drop(w);
+    let w = HistoryWriter::open(setup(dir.path(), 10_000, "another log")).unwrap();
+    assert_eq!(w.span(), (5_000, 5_100));
+    assert!(w.continues_at(5_050) && !w.continues_at(4_000));
+}
