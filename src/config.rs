@@ -44,6 +44,11 @@ pub enum Command {
     /// run them with the server stopped.
     #[command(subcommand)]
     Log(crate::edit_log::tool::LogCommand),
+    /// Write the log as CSV (`timestamp,user_hash,x,y,color,version`, as Reddit published
+    /// r/place's), streaming, with progress; works while the server runs.
+    Export(crate::tools::ExportArgs),
+    /// Read such a CSV (ours, or Reddit's 2017/2022 files) into an empty embedded log.
+    Import(crate::tools::ImportArgs),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -419,6 +424,8 @@ where
     let (name, serve) = match &cli.command {
         Command::Serve(a) => ("serve", a),
         Command::CheckConfig(a) => ("check-config", a),
+        Command::Export(a) => ("export", &a.serve),
+        Command::Import(a) => ("import", &a.serve),
         _ => return Ok((cli, Sources::default())),
     };
     let sub = matches.subcommand_matches(name).expect("subcommand matched");

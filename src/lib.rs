@@ -35,6 +35,7 @@ pub mod shared;
 pub mod snapshot;
 pub mod sys;
 pub mod token;
+pub mod tools;
 pub mod verdict;
 pub mod ws;
 

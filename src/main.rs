@@ -61,6 +61,8 @@ fn main() {
         }
         Command::CheckConfig(args) => std::process::exit(check_config(&args, &sources)),
         Command::Log(cmd) => std::process::exit(placecast::edit_log::tool::run(&cmd)),
+        Command::Export(args) => std::process::exit(placecast::tools::export(&args)),
+        Command::Import(args) => std::process::exit(placecast::tools::import(&args)),
         Command::MintToken { user, ttl, secret } => {
             if let Err(e) = placecast::secrets::check("--secret", &secret) {
                 eprintln!("placecast: {e}");

@@ -291,6 +291,23 @@ impl KafkaLog {
     }
 
     /// The oldest version the topic still holds minus one: a tail must start at or after it.
+    /// The timestamp of version `v` (one fetch; for the offline tools).
+    pub fn message_ts(&self, v: u64) -> Result<u64, LogError> {
+        let consumer = make_consumer(&self.settings)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.settings.topic, 0, Offset::Offset(v as i64 - 1))
+            .map_err(|e| unavailable(&self.settings, "assigning the partition", e))?;
+        consumer.assign(&tpl).map_err(|e| unavailable(&self.settings, "assigning the partition", e))?;
+        let deadline = Instant::now() + Duration::from_millis(self.settings.timeout_ms.max(1000));
+        while Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                let edit = m.payload().filter(|p| p.len() >= RECORD).and_then(|p| decode(0, &p[..RECORD]));
+                return Ok(edit.map_or(0, |e| e.ts_ms));
+            }
+        }
+        Err(unavailable(&self.settings, "reading one message", "timed out"))
+    }
+
     /// The user directory the tail fills from the names messages carry.
     pub fn set_names(&mut self, names: Arc<crate::names::Names>) {
         self.names = Some(names);

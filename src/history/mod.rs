@@ -256,11 +256,10 @@ impl HistoryReader {
         &self.dir
     }
 
-    /// The user as `--pixel-lookup hashed` shows them: 12 hex digits of a keyed SHA-256.
+    /// The user as `--pixel-lookup hashed` shows them: the first 12 hex digits of the keyed hash
+    /// `export --anonymize-users` writes.
     pub fn hashed_user(&self, user: u64) -> String {
-        use sha2::{Digest, Sha256};
-        let d = Sha256::new().chain_update(self.hash_key).chain_update(user.to_le_bytes()).finalize();
-        d[..6].iter().map(|b| format!("{b:02x}")).collect()
+        format!("{:016x}", keyed_user_hash(&self.hash_key, user))[..12].to_string()
     }
 
     fn check_version(&self, v: u64) -> Result<(), HistoryError> {
@@ -673,7 +672,15 @@ impl HistoryReader {
     }
 }
 
-fn derive_hash_key(secret: &[u8]) -> [u8; 32] {
+/// A user's key hashed with `key` (SHA-256, the first 8 bytes, never 0).
+pub fn keyed_user_hash(key: &[u8; 32], user: u64) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new().chain_update(key).chain_update(user.to_le_bytes()).finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes")).max(1)
+}
+
+/// The key of `keyed_user_hash`, from the token secret (so every node and tool agrees).
+pub fn derive_hash_key(secret: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::new().chain_update(b"placecast-pixel-user.").chain_update(secret).finalize().into()
 }
