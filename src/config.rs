@@ -221,7 +221,8 @@ pub struct ServeArgs {
     pub placements_per_addr_per_min: u32,
 
     /// Catch-ups (`/ws?since=`) per minute from one address (burst of as many); 0 = no cap.
-    /// Each costs the applier a frame build; a reconnecting NAT of a hundred users fits.
+    /// Each costs the applier a frame build; a reconnecting NAT of a hundred users fits. History
+    /// answers built from disk (`/api/v1/canvas?at=`, `/api/v1/edits`) count too; cached ones not.
     #[arg(long, env = "PLACECAST_CATCHUPS_PER_ADDR_PER_MIN", default_value_t = 120)]
     pub catchups_per_addr_per_min: u32,
 

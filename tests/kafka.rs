@@ -249,3 +249,46 @@ fn missing_topic_or_wrong_broker_fails_fast_with_a_clear_error() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach Kafka"), "{err}");
 }
+
+/// Who placed a pixel, on a cluster: every node answers the same names, versions and canvases of
+/// the past (the index and the user directory are built from the topic), including a node that
+/// joins late and one restarted after a SIGKILL.
+#[test]
+fn two_nodes_answer_pixel_lookups_and_the_past_identically_and_a_late_node_too() {
+    let broker = Broker::start();
+    let flags = ["--cooldown", "0", "--batch-ms", "20", "--keyframe-every", "4096"];
+    let mut a = Node::start(&broker, &flags);
+    let b = Node::start(&broker, &flags);
+    let mint = |u: &str| placecast::token::Signer::new(TEST_SECRET.as_bytes()).mint(u, 0).unwrap();
+    let (alice, bob, carol) = (mint("alice"), mint("bob"), mint("carol"));
+    // Alice and Carol only ever talk to node A, Bob only to node B.
+    for (addr, t, c) in [(a.s().addr, &alice, 1), (b.s().addr, &bob, 2), (a.s().addr, &carol, 3), (b.s().addr, &bob, 4)]
+    {
+        assert_eq!(place_json(addr, t, 9, 9, c).status, 200);
+    }
+    let lookup = |n: &Node| n.s().http("GET", "/api/v1/pixel?x=9&y=9&history=10", &[], b"").json();
+    let want: Vec<(String, u64)> =
+        [("bob", 4), ("carol", 3), ("bob", 2), ("alice", 1)].map(|(u, c)| (u.to_string(), c)).to_vec();
+    let names = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["user"].as_str().unwrap_or("?").to_string(), e["color"].as_u64().unwrap()))
+            .collect()
+    };
+    let first = wait_for(30, "node A's lookup", || Some(lookup(&a)).filter(|v| names(v) == want));
+    wait_for(30, "node B's lookup", || (lookup(&b) == first).then_some(()));
+    let past = |n: &Node, v: u64| n.s().http("GET", &format!("/api/v1/canvas?at={v}"), &[], b"").body;
+    for v in 1..=4 {
+        assert_eq!(past(&a, v), past(&b, v), "the canvas at {v}");
+    }
+    // A node that joins now reads everything, names included, from the topic.
+    let late = Node::start(&broker, &flags);
+    wait_for(30, "the late node's lookup", || (lookup(&late) == first).then_some(()));
+    assert_eq!(past(&late, 3), past(&a, 3));
+    // A SIGKILL and restart: the node's directory and index survive (or are read again).
+    a.server.as_mut().unwrap().kill9();
+    a.restart();
+    wait_for(30, "node A after a restart", || (lookup(&a) == first).then_some(()));
+}
