@@ -14,11 +14,20 @@
     session: 'api/v1/session',
     challenge: 'api/v1/session/challenge',
     place: 'api/v1/place',
+    pixel: 'api/v1/pixel',
+    historyInfo: 'api/v1/history/info',
     health: 'healthz',
     ws: 'ws',
   };
   const SESSION_KEY = 'placecast.session';
   const COLOR_KEY = 'placecast.color';
+  const TEMPLATE_KEY = 'placecast.template';
+  const NOTIFY_KEY = 'placecast.notify';
+  const LONG_PRESS_MS = 500; // a touch held this long (without moving) inspects instead of placing
+  const PIXEL_HISTORY = 10; // edits listed by the pixel panel's history
+  const HISTORY_DEBOUNCE_MS = 150; // the history slider loads a version once it rests this long
+  const HASH_THROTTLE_MS = 300; // the address (#x=&y=&zoom=) follows the view at most this often
+  const TIME_TICK_MS = 15000; // "3 min ago" labels are refreshed this often
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
   const LIVED_MS = 10000; // a connection that lasted this long resets the backoff
@@ -57,6 +66,33 @@
     zoomIn: $('zoom-in'),
     zoomOut: $('zoom-out'),
     zoomFit: $('zoom-fit'),
+    tplImg: $('template-img'),
+    toolInspect: $('tool-inspect'),
+    toolHistory: $('tool-history'),
+    toolTemplate: $('tool-template'),
+    toolHelp: $('tool-help'),
+    pixelPanel: $('pixel-panel'),
+    pixelTitle: $('pixel-title'),
+    pixelBody: $('pixel-body'),
+    pixelNote: $('pixel-note'),
+    pixelHistoryToggle: $('pixel-history-toggle'),
+    pixelHistory: $('pixel-history'),
+    templatePanel: $('template-panel'),
+    templateForm: $('template-form'),
+    templateUrl: $('template-url'),
+    templateX: $('template-x'),
+    templateY: $('template-y'),
+    templateOpacity: $('template-opacity'),
+    templateOpacityOut: $('template-opacity-out'),
+    templateShow: $('template-show'),
+    templateClear: $('template-clear'),
+    templateStatus: $('template-status'),
+    helpPanel: $('help-panel'),
+    historyPanel: $('history-panel'),
+    historyRange: $('history-range'),
+    historyLabel: $('history-label'),
+    historyLive: $('history-live'),
+    notify: $('notify'),
   };
   const ctx = el.view.getContext('2d', { alpha: true });
 
@@ -125,6 +161,32 @@
     cooldownUntil: 0, // Date.now() based
     cooldownTimer: 0,
     messageTimer: 0,
+    // the address: a view from #x=&y=&zoom= waiting for the canvas, and the throttled writer
+    hashView: null,
+    hashTimer: 0,
+    lastHash: '', // the fragment as this page last read or wrote it
+    timeTimer: 0,
+    // pixel info: inspect mode, the selected pixel, the latest lookup
+    inspect: { mode: false, sel: null, seq: 0, data: null, historyOpen: false },
+    // history view: the canvas at version `shown` (the live model keeps following the socket)
+    hist: {
+      active: false, // showing a past version (placing is off)
+      min: 0, max: 0, firstTs: null, lastTs: null, infoSeq: 0, infoError: '',
+      want: null, // version the slider asks for
+      shown: null, // version in `off`
+      timeMs: null, // X-Canvas-Time-Ms of `shown`
+      error: '',
+      seq: 0, // bumped by Live: answers of an earlier visit are dropped
+      timer: 0,
+      inflight: false,
+      width: 0, height: 0, indices: null, image: null, img32: null, off: null, offCtx: null,
+    },
+    // template overlay: settings (kept in localStorage) and the image's state
+    tpl: { url: '', x: 0, y: 0, opacity: 0.5, show: true, state: 'none', width: 0, height: 0, seq: 0, inHash: false, error: '' },
+    // cooldown notification
+    notifyOn: false,
+    notifyTimer: 0,
+    notifications: 0, // notifications shown
   };
 
   // ---------------------------------------------------------------- helpers
@@ -171,7 +233,11 @@
     let retryAfterMs;
     try {
       const body = await res.json();
-      if (body && body.error) {
+      if (body && typeof body.error === 'string') {
+        // {"error":"<code>","message":"..."} (the history and pixel routes)
+        code = body.error || code;
+        message = typeof body.message === 'string' ? body.message : '';
+      } else if (body && body.error) {
         code = body.error.code || code;
         message = body.error.message || '';
         if (typeof body.error.retry_after_ms === 'number') retryAfterMs = body.error.retry_after_ms;
@@ -290,9 +356,24 @@
     const pal = S.pal32;
     for (let i = 0; i < idx.length; i++) img[i] = pal[idx[i]];
     markDirty(0, 0, S.width, S.height);
+    const H = S.hist;
+    if (H.indices) {
+      for (let i = 0; i < H.indices.length; i++) H.img32[i] = pal[H.indices[i]];
+      H.offCtx.putImageData(H.image, 0, 0);
+    }
   }
 
   function applySnapshot(buf) {
+    S.version = decodeSnapshot(buf, S, allocate);
+    S.loaded = true;
+    markDirty(0, 0, S.width, S.height);
+    layout();
+  }
+
+  // Decodes a binary snapshot (PROTOCOL.md) into the model `m` ({width, height, indices, img32}:
+  // the live canvas or the history view), after alloc(w, h) when its size differs. Returns the
+  // snapshot's version.
+  function decodeSnapshot(buf, m, alloc) {
     if (buf.byteLength < 24) throw new Error('snapshot too short');
     const dv = new DataView(buf);
     if (dv.getUint32(0, false) !== 0x50435331) throw new Error('not a placecast snapshot'); // "PCS1"
@@ -305,10 +386,10 @@
     if (!w || !h || n > 1 << 27) throw new Error('bad canvas size');
     const need = bpp === 4 ? Math.ceil(n / 2) : n;
     if (buf.byteLength < 24 + need) throw new Error('snapshot truncated');
-    if (w !== S.width || h !== S.height || !S.indices) allocate(w, h);
+    if (w !== m.width || h !== m.height || !m.indices) alloc(w, h);
     const src = new Uint8Array(buf, 24, need);
-    const idx = S.indices;
-    const img = S.img32;
+    const idx = m.indices;
+    const img = m.img32;
     const pal = S.pal32;
     if (bpp === 8) {
       for (let i = 0; i < n; i++) {
@@ -333,10 +414,7 @@
         img[n - 1] = pal[c];
       }
     }
-    S.version = version;
-    S.loaded = true;
-    markDirty(0, 0, w, h);
-    layout();
+    return version;
   }
 
   // Applies one binary batch. Returns 'ok', 'stale' (already applied), 'gap', 'bad' or 'ignored'.
@@ -419,6 +497,7 @@
       S.offCtx.putImageData(S.image, 0, 0, d.x0, d.y0, d.x1 - d.x0, d.y1 - d.y0);
     }
     render();
+    positionTemplate();
     S.frames++;
   }
 
@@ -428,12 +507,15 @@
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, W, H);
     if (!S.off || !S.cssW) return;
+    // The history view draws the past version; the live model stays up to date underneath.
+    const hv = S.hist;
+    const src = hv.active && hv.shown !== null && hv.off ? hv.off : S.off;
     const dpr = S.dpr;
     const s = S.scale;
     const sx0 = Math.max(0, Math.floor(-S.ox / s));
     const sy0 = Math.max(0, Math.floor(-S.oy / s));
-    const sx1 = Math.min(S.width, Math.ceil((S.cssW - S.ox) / s));
-    const sy1 = Math.min(S.height, Math.ceil((S.cssH - S.oy) / s));
+    const sx1 = Math.min(S.width, src.width, Math.ceil((S.cssW - S.ox) / s));
+    const sy1 = Math.min(S.height, src.height, Math.ceil((S.cssH - S.oy) / s));
     if (sx1 <= sx0 || sy1 <= sy0) return;
 
     // A soft edge around the canvas so it stands out from the background.
@@ -441,7 +523,7 @@
     ctx.fillRect((S.ox - 1) * dpr, (S.oy - 1) * dpr, (S.width * s + 2) * dpr, (S.height * s + 2) * dpr);
 
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(S.off, sx0, sy0, sx1 - sx0, sy1 - sy0,
+    ctx.drawImage(src, sx0, sy0, sx1 - sx0, sy1 - sy0,
       (S.ox + sx0 * s) * dpr, (S.oy + sy0 * s) * dpr, (sx1 - sx0) * s * dpr, (sy1 - sy0) * s * dpr);
 
     if (s >= GRID_SCALE) {
@@ -477,6 +559,20 @@
       ctx.strokeStyle = '#fff';
       ctx.strokeRect(x - lw * 0.5, y - lw * 0.5, size + lw, size + lw);
     }
+
+    const sel = S.inspect.sel;
+    if (sel && !el.pixelPanel.hidden) {
+      // The inspected pixel: a yellow frame a little outside the hover frame.
+      const lw = Math.max(2, Math.round(2 * dpr));
+      const x = Math.round((S.ox + sel.x * s) * dpr);
+      const y = Math.round((S.oy + sel.y * s) * dpr);
+      const size = Math.max(1, Math.round(s * dpr));
+      ctx.lineWidth = lw;
+      ctx.strokeStyle = '#000';
+      ctx.strokeRect(x - lw * 2.5, y - lw * 2.5, size + lw * 5, size + lw * 5);
+      ctx.strokeStyle = '#ffd84d';
+      ctx.strokeRect(x - lw * 1.5, y - lw * 1.5, size + lw * 3, size + lw * 3);
+    }
   }
 
   // ---------------------------------------------------------------- view (pan and zoom)
@@ -493,6 +589,7 @@
       el.view.height = Math.round(cssH * dpr);
     }
     if (!S.fitted && S.width) fitView();
+    if (S.hashView && S.width) applyHashView();
     clampView();
     requestDraw();
   }
@@ -513,6 +610,11 @@
     requestDraw();
   }
 
+  function userFit() {
+    fitView();
+    scheduleHash();
+  }
+
   function clampView() {
     if (!S.width) return;
     // Keep the canvas over the middle of the view so it can never be lost.
@@ -531,6 +633,7 @@
     S.oy = cy - iy * ns;
     clampView();
     requestDraw();
+    scheduleHash();
   }
 
   function centerOn(x, y, scale) {
@@ -539,6 +642,16 @@
     S.oy = S.cssH / 2 - (y + 0.5) * S.scale;
     clampView();
     requestDraw();
+    scheduleHash();
+  }
+
+  // The pixel at the middle of the view, and the zoom, as the address shows them.
+  function viewCenter() {
+    return {
+      x: clamp(Math.floor((S.cssW / 2 - S.ox) / S.scale), 0, Math.max(0, S.width - 1)),
+      y: clamp(Math.floor((S.cssH / 2 - S.oy) / S.scale), 0, Math.max(0, S.height - 1)),
+      zoom: Number(S.scale.toPrecision(3)),
+    };
   }
 
   function pixelAt(cx, cy) {
@@ -590,11 +703,33 @@
     const p = localPoint(e);
     pointers.set(e.pointerId, p);
     if (pointers.size === 1) {
-      startPan(e.pointerId, p, e.button === 0, e.pointerType !== 'mouse');
-      if (e.pointerType !== 'mouse') setHover(pixelAt(p.x, p.y));
+      // The left button (or a tap) places; the right button, or Alt with the left, inspects.
+      // Either drags to pan.
+      const touch = e.pointerType !== 'mouse';
+      startPan(e.pointerId, p, e.button === 0 || e.button === 2, touch);
+      gesture.inspect = e.button === 2 || e.altKey;
+      if (touch) {
+        setHover(pixelAt(p.x, p.y));
+        startLongPress(gesture, p);
+      }
     } else if (pointers.size === 2) {
+      if (gesture) clearTimeout(gesture.pressTimer);
       startPinch();
     }
+  }
+
+  // A touch held still for LONG_PRESS_MS inspects the pixel under it; lifting it then places
+  // nothing. A shorter tap places as before.
+  function startLongPress(g, p) {
+    g.pressTimer = setTimeout(() => {
+      g.pressTimer = 0;
+      if (gesture !== g || g.moved || !g.tap || pointers.size !== 1) return;
+      const px = pixelAt(p.x, p.y);
+      if (!px) return;
+      g.tap = false;
+      try { if (navigator.vibrate) navigator.vibrate(15); } catch (_) { /* not allowed */ }
+      inspectAt(px.x, px.y);
+    }, LONG_PRESS_MS);
   }
 
   function onPointerMove(e) {
@@ -608,6 +743,7 @@
       const dy = p.y - gesture.sy;
       if (!gesture.moved && Math.hypot(dx, dy) > (gesture.touch ? 10 : 4)) {
         gesture.moved = true;
+        clearTimeout(gesture.pressTimer);
         el.view.classList.add('panning');
       }
       if (gesture.moved) {
@@ -615,6 +751,7 @@
         S.oy = gesture.oy + dy;
         clampView();
         requestDraw();
+        scheduleHash();
         if (gesture.touch) setHover(pixelAt(p.x, p.y));
       }
     } else if (gesture.type === 'pinch' && pointers.size >= 2) {
@@ -627,6 +764,7 @@
       S.oy = my - gesture.iy * ns;
       clampView();
       requestDraw();
+      scheduleHash();
     }
   }
 
@@ -636,12 +774,14 @@
     const g = gesture;
     if (g && g.type === 'pan' && g.id === e.pointerId) {
       gesture = null;
+      clearTimeout(g.pressTimer);
       el.view.classList.remove('panning');
       if (e.type === 'pointerup' && g.tap && !g.moved) {
         const px = pixelAt(p.x, p.y);
         if (px) {
           setHover(px);
-          placeAt(px.x, px.y);
+          if (g.inspect || S.inspect.mode) inspectAt(px.x, px.y);
+          else placeAt(px.x, px.y);
         }
       }
     } else if (g && g.type === 'pinch') {
@@ -655,6 +795,7 @@
       }
     }
     if (pointers.size === 0) {
+      if (gesture) clearTimeout(gesture.pressTimer);
       gesture = null;
       el.view.classList.remove('panning');
     }
@@ -677,16 +818,19 @@
     switch (e.key) {
       case '+': case '=': zoomAt(S.cssW / 2, S.cssH / 2, S.scale * 1.5); break;
       case '-': case '_': zoomAt(S.cssW / 2, S.cssH / 2, S.scale / 1.5); break;
-      case '0': fitView(); break;
+      case '0': userFit(); break;
       case 'ArrowLeft': S.ox += step; break;
       case 'ArrowRight': S.ox -= step; break;
       case 'ArrowUp': S.oy += step; break;
       case 'ArrowDown': S.oy -= step; break;
+      case 'i': case 'I': setInspectMode(!S.inspect.mode); e.preventDefault(); return;
+      case 'Escape': closePanels(); return;
       default: return;
     }
     e.preventDefault();
     clampView();
     requestDraw();
+    scheduleHash();
   }
 
   // ---------------------------------------------------------------- palette and cooldown
@@ -717,12 +861,21 @@
   function setCooldown(ms) {
     S.cooldownUntil = ms > 0 ? Date.now() + ms : 0;
     updateCooldown();
+    scheduleNotify();
   }
 
   function updateCooldown() {
     clearTimeout(S.cooldownTimer);
     S.cooldownTimer = 0;
     const left = S.cooldownUntil - Date.now();
+    if (S.hist.active) {
+      // Placing is off in the history view; the countdown comes back with Live.
+      const v = S.hist.want !== null ? S.hist.want : S.hist.shown;
+      el.cooldown.textContent = 'Viewing version ' + v + ': press Live to place pixels';
+      el.cooldown.dataset.state = 'history';
+      document.body.classList.toggle('cooling', left > 0);
+      return;
+    }
     if (left > 0) {
       el.cooldown.textContent = 'Next pixel in ' + fmtClock(left);
       el.cooldown.dataset.state = 'cooling';
@@ -744,7 +897,9 @@
         el.cooldown.textContent = 'Sign in to place pixels';
         el.cooldown.dataset.state = 'signin';
       } else {
-        el.cooldown.textContent = S.loaded ? 'Ready: pick a color, then click or tap a pixel' : '\u00a0';
+        el.cooldown.textContent = !S.loaded ? '\u00a0' : S.inspect.mode
+          ? 'Inspect mode: click or tap a pixel to see who placed it'
+          : 'Ready: pick a color, then click or tap a pixel';
         el.cooldown.dataset.state = 'ready';
       }
     }
@@ -1171,6 +1326,11 @@
 
   // ---------------------------------------------------------------- placing
   async function placeAt(x, y) {
+    if (S.hist.active) {
+      showMessage("You're looking at the canvas as it was at version " + (S.hist.want !== null ? S.hist.want : S.hist.shown) +
+        '. Press Live to place pixels.', 'info', 4000);
+      return { ok: false, code: 'history_view' };
+    }
     const left = S.cooldownUntil - Date.now();
     if (left > 0) {
       showMessage("You're cooling down. You can place another pixel in " + fmtDuration(left) + '.', 'warn', 4000);
@@ -1425,6 +1585,7 @@
 
   function onBatch(buf) {
     const r = applyBatch(buf);
+    if (r === 'ok' && !el.historyPanel.hidden) historyFollowLive();
     if (r === 'gap' || r === 'bad') {
       // Missed edits (or a frame we cannot read): reload the snapshot and catch up from it.
       const now = Date.now();
@@ -1653,12 +1814,804 @@
     }
   }
 
+  // ---------------------------------------------------------------- times
+  function fmtAgo(ms) {
+    const s = Math.floor(Math.max(0, ms) / 1000);
+    if (s < 10) return 'just now';
+    if (s < 60) return s + ' s ago';
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + ' min ago';
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + ' h ago';
+    return plural(Math.floor(h / 24), 'day') + ' ago';
+  }
+
+  // <time> showing "3 min ago", the local date and time on hover; refreshed while shown.
+  function timeElement(tsMs) {
+    const t = document.createElement('time');
+    const d = new Date(tsMs);
+    t.dateTime = d.toISOString();
+    t.title = d.toLocaleString();
+    t.dataset.ts = String(tsMs);
+    t.textContent = fmtAgo(Date.now() - tsMs);
+    if (!S.timeTimer) S.timeTimer = setTimeout(tickTimes, TIME_TICK_MS);
+    return t;
+  }
+
+  function tickTimes() {
+    S.timeTimer = 0;
+    let any = false;
+    for (const t of document.querySelectorAll('time[data-ts]')) {
+      const text = fmtAgo(Date.now() - Number(t.dataset.ts));
+      if (t.textContent !== text) t.textContent = text;
+      any = true;
+    }
+    if (any) S.timeTimer = setTimeout(tickTimes, TIME_TICK_MS);
+  }
+
+  function validTs(v) { return typeof v === 'number' && Number.isFinite(v) && v > 0; }
+
+  function swatchElement(color) {
+    const sw = document.createElement('span');
+    sw.className = 'pixel-swatch';
+    const hex = S.palette[color];
+    sw.style.background = hex || 'transparent';
+    sw.title = hex || 'color ' + color;
+    return sw;
+  }
+
+  // ---------------------------------------------------------------- the address (#x=&y=&zoom=)
+  // The fragment carries the view (center pixel and zoom) and, optionally, a template. It is
+  // rewritten with history.replaceState as the view moves; other parts of it are kept.
+  function hashParams() {
+    const out = new Map();
+    for (const part of location.hash.replace(/^#/, '').split('&')) {
+      if (!part) continue;
+      const eq = part.indexOf('=');
+      const key = eq < 0 ? part : part.slice(0, eq);
+      let v = eq < 0 ? '' : part.slice(eq + 1);
+      try { v = decodeURIComponent(v); } catch (_) { continue; }
+      out.set(key, v);
+    }
+    return out;
+  }
+
+  function intParam(v) {
+    if (typeof v !== 'string' || !/^-?\d{1,9}$/.test(v.trim())) return null;
+    return Number(v);
+  }
+
+  function numParam(v) {
+    if (typeof v !== 'string' || !/^-?(\d+\.?\d*|\.\d+)(e-?\d+)?$/i.test(v.trim())) return null;
+    const n = Number(v);
+    return Number.isFinite(n) ? n : null;
+  }
+
+  function viewFromHash() {
+    const p = hashParams();
+    if (!p.has('x') && !p.has('y') && !p.has('zoom')) return;
+    S.hashView = { x: intParam(p.get('x')), y: intParam(p.get('y')), zoom: numParam(p.get('zoom')) };
+    if (S.width && S.cssW) {
+      applyHashView();
+      clampView();
+      requestDraw();
+    }
+  }
+
+  // Applies the view from the address; values that are not numbers, or pixels off the canvas,
+  // are ignored (the zoom is brought into the allowed range).
+  function applyHashView() {
+    const v = S.hashView;
+    S.hashView = null;
+    if (!v || !S.width || !S.cssW) return;
+    const scale = v.zoom !== null && v.zoom > 0 ? clamp(v.zoom, minScale(), MAX_SCALE) : S.scale;
+    const onCanvas = v.x !== null && v.y !== null && v.x >= 0 && v.y >= 0 && v.x < S.width && v.y < S.height;
+    if (onCanvas) {
+      S.scale = scale;
+      S.ox = S.cssW / 2 - (v.x + 0.5) * scale;
+      S.oy = S.cssH / 2 - (v.y + 0.5) * scale;
+    } else if (scale !== S.scale) {
+      const ix = (S.cssW / 2 - S.ox) / S.scale;
+      const iy = (S.cssH / 2 - S.oy) / S.scale;
+      S.scale = scale;
+      S.ox = S.cssW / 2 - ix * scale;
+      S.oy = S.cssH / 2 - iy * scale;
+    }
+    S.fitted = true;
+  }
+
+  function scheduleHash() {
+    if (!S.loaded || S.hashTimer) return;
+    S.hashTimer = setTimeout(() => { S.hashTimer = 0; writeHash(); }, HASH_THROTTLE_MS);
+  }
+
+  function writeHash() {
+    // Changed by someone else (a pasted link): its hashchange comes next and must win.
+    if (!S.width || location.hash !== S.lastHash) return;
+    const c = viewCenter();
+    const parts = ['x=' + c.x, 'y=' + c.y, 'zoom=' + c.zoom];
+    const T = S.tpl;
+    if (T.inHash && T.url) {
+      parts.push('template=' + encodeURIComponent(T.url), 'tx=' + T.x, 'ty=' + T.y, 'to=' + T.opacity);
+    }
+    const rest = location.hash.replace(/^#/, '').split('&')
+      .filter((p) => p && !/^(x|y|zoom|template|tx|ty|to)(=|$)/.test(p));
+    const hash = '#' + parts.concat(rest).join('&');
+    if (hash === location.hash) return;
+    try {
+      history.replaceState(history.state, '', location.pathname + location.search + hash);
+    } catch (_) { /* sandboxed, or too many calls: the next move tries again */ }
+    S.lastHash = location.hash;
+  }
+
+  // ---------------------------------------------------------------- panels and tools
+  function setExpanded(button, panel, open) {
+    panel.hidden = !open;
+    button.setAttribute('aria-expanded', String(open));
+  }
+
+  function toggleSidePanel(which) {
+    const pairs = [[el.toolTemplate, el.templatePanel], [el.toolHelp, el.helpPanel]];
+    for (const [b, p] of pairs) setExpanded(b, p, p === which ? p.hidden : false);
+    if (which === el.templatePanel && !which.hidden) syncTemplateForm();
+  }
+
+  function closePanel(panel) {
+    if (panel === el.pixelPanel) {
+      el.pixelPanel.hidden = true;
+      S.inspect.seq++;
+      S.inspect.sel = null;
+      requestDraw();
+    } else if (panel === el.historyPanel) {
+      closeHistory();
+    } else if (panel === el.templatePanel || panel === el.helpPanel) {
+      toggleSidePanel(null);
+    }
+  }
+
+  function closePanels() {
+    closePanel(el.pixelPanel);
+    toggleSidePanel(null);
+    setInspectMode(false);
+  }
+
+  function setInspectMode(on) {
+    S.inspect.mode = !!on;
+    el.toolInspect.setAttribute('aria-pressed', String(S.inspect.mode));
+    document.body.classList.toggle('inspecting', S.inspect.mode);
+    updateCooldown();
+  }
+
+  function bootTools() {
+    el.toolInspect.addEventListener('click', () => setInspectMode(!S.inspect.mode));
+    el.toolHistory.addEventListener('click', () => (el.historyPanel.hidden ? openHistory() : closeHistory()));
+    el.toolTemplate.addEventListener('click', () => toggleSidePanel(el.templatePanel));
+    el.toolHelp.addEventListener('click', () => toggleSidePanel(el.helpPanel));
+    for (const b of document.querySelectorAll('[data-close]')) {
+      b.addEventListener('click', () => closePanel($(b.dataset.close)));
+    }
+    el.pixelHistoryToggle.addEventListener('click', togglePixelHistory);
+    el.historyRange.addEventListener('input', onHistoryInput);
+    el.historyLive.addEventListener('click', goLive);
+    el.templateForm.addEventListener('submit', (e) => { e.preventDefault(); templateFromForm(); });
+    for (const input of [el.templateUrl, el.templateX, el.templateY]) input.addEventListener('change', templateFromForm);
+    el.templateOpacity.addEventListener('input', () => setTemplate({ opacity: Number(el.templateOpacity.value) }));
+    el.templateShow.addEventListener('change', () => setTemplate({ show: el.templateShow.checked }));
+    el.templateClear.addEventListener('click', () => {
+      S.tpl.inHash = false;
+      setTemplate({ url: '' });
+      writeHash();
+    });
+    bootNotify();
+    syncTemplateForm();
+  }
+
+  // ---------------------------------------------------------------- pixel info
+  async function inspectAt(x, y) {
+    const P = S.inspect;
+    P.sel = { x, y };
+    const seq = ++P.seq;
+    P.data = null;
+    el.pixelPanel.hidden = false;
+    el.pixelTitle.textContent = 'Pixel ' + x + ', ' + y;
+    renderPixelPanel();
+    requestDraw();
+    const r = await fetchPixel(x, y, P.historyOpen ? PIXEL_HISTORY : 0);
+    if (seq !== P.seq) return;
+    P.data = r;
+    renderPixelPanel();
+  }
+
+  async function fetchPixel(x, y, n) {
+    let res;
+    try {
+      res = await request(URLS.pixel + '?x=' + x + '&y=' + y + (n ? '&history=' + n : ''), { cache: 'no-store' });
+    } catch (_) {
+      return { x, y, error: "Can't reach the server to look this pixel up." };
+    }
+    if (!res.ok) {
+      const err = await readError(res);
+      // No lookups here at all (turned off, or a server without the route): no history either.
+      const none = err.code === 'pixel_lookup_off' || err.status === 404 || err.status === 405;
+      return { x, y, code: err.code, error: pixelErrorText(err), none };
+    }
+    try {
+      const b = await res.json();
+      const entry = (e) => (e && typeof e === 'object' && typeof e.version === 'number' ? e : null);
+      const history = Array.isArray(b.history) ? b.history.map(entry).filter(Boolean) : null;
+      if (history) history.sort((a, c) => c.version - a.version); // newest first
+      return { x, y, last: entry(b.last), history };
+    } catch (_) {
+      return { x, y, error: 'The server sent an answer this page cannot read.' };
+    }
+  }
+
+  function pixelErrorText(err) {
+    switch (err.code) {
+      case 'pixel_lookup_off': return 'Lookups are off on this server.';
+      case 'bad_coordinates': return 'That spot is outside the canvas.';
+      default:
+        if (err.status === 404 || err.status === 405) return "This server doesn't look pixels up.";
+        if (err.status === 429 || err.status === 503) return 'The server is busy. Please try again in a moment.';
+        return err.message || "Couldn't look this pixel up (" + err.code + ').';
+    }
+  }
+
+  function userElement(user) {
+    const u = document.createElement('span');
+    u.className = 'pixel-user';
+    if (typeof user === 'string' && user) {
+      u.textContent = user;
+      u.title = user;
+    } else {
+      u.textContent = 'anonymous';
+      u.classList.add('muted');
+    }
+    return u;
+  }
+
+  function renderPixelPanel() {
+    const P = S.inspect;
+    const sel = P.sel;
+    if (!sel) return;
+    const d = P.data;
+    const body = el.pixelBody;
+    body.textContent = '';
+    const row = (...kids) => {
+      const r = document.createElement('div');
+      r.className = 'row';
+      for (const k of kids) r.append(k);
+      body.appendChild(r);
+      return r;
+    };
+    const last = d && d.last;
+    const color = last ? last.color : Math.max(0, (S.indices && S.indices[sel.y * S.width + sel.x]) || 0);
+    const hex = document.createElement('span');
+    hex.className = 'pixel-color';
+    hex.textContent = S.palette[color] || 'color ' + color;
+    row(swatchElement(color), hex);
+    if (!d) {
+      row('Looking it up…');
+    } else if (!d.error) {
+      if (last) {
+        const by = row('Placed by ', userElement(last.user));
+        by.classList.add('pixel-by');
+        const when = row();
+        when.classList.add('pixel-when');
+        if (validTs(last.ts_ms)) when.append(timeElement(last.ts_ms), ' · ');
+        const v = document.createElement('span');
+        v.className = 'pixel-version';
+        v.textContent = 'version ' + last.version;
+        when.append(v);
+      } else {
+        row('Nobody has placed this pixel yet.').classList.add('muted');
+      }
+    }
+    let note = d && d.error ? d.error : '';
+    if (!note && S.hist.active && d) note = 'This is the pixel as it is now; the canvas shows version ' + (S.hist.shown !== null ? S.hist.shown : S.hist.want) + '.';
+    el.pixelNote.textContent = note;
+    el.pixelNote.dataset.kind = d && d.error ? 'error' : '';
+    el.pixelHistoryToggle.hidden = !!(d && d.none);
+    el.pixelHistoryToggle.setAttribute('aria-expanded', String(P.historyOpen));
+    el.pixelHistoryToggle.textContent = P.historyOpen ? 'Hide the edits' : 'Show the last ' + PIXEL_HISTORY + ' edits';
+    renderPixelHistory();
+  }
+
+  function renderPixelHistory() {
+    const P = S.inspect;
+    const list = el.pixelHistory;
+    list.hidden = !P.historyOpen || el.pixelHistoryToggle.hidden;
+    list.textContent = '';
+    if (list.hidden) return;
+    const d = P.data;
+    const item = (...kids) => {
+      const li = document.createElement('li');
+      for (const k of kids) li.append(k);
+      list.appendChild(li);
+      return li;
+    };
+    if (!d || (!d.error && !d.history)) {
+      item('Loading…').classList.add('muted');
+    } else if (d.error) {
+      // said in the note
+    } else if (!d.history.length) {
+      item('No edits yet.').classList.add('muted');
+    } else {
+      for (const e of d.history.slice(0, PIXEL_HISTORY)) {
+        const li = item(swatchElement(e.color), userElement(e.user));
+        li.dataset.version = String(e.version);
+        if (validTs(e.ts_ms)) li.append(timeElement(e.ts_ms));
+        const v = document.createElement('span');
+        v.className = 'muted';
+        v.textContent = 'v' + e.version;
+        li.append(v);
+      }
+    }
+  }
+
+  async function togglePixelHistory() {
+    const P = S.inspect;
+    P.historyOpen = !P.historyOpen;
+    renderPixelPanel();
+    if (!P.historyOpen || !P.sel || (P.data && P.data.history)) return;
+    const { x, y } = P.sel;
+    const seq = ++P.seq;
+    const r = await fetchPixel(x, y, PIXEL_HISTORY);
+    if (seq !== P.seq) return;
+    P.data = r;
+    renderPixelPanel();
+  }
+
+  // ---------------------------------------------------------------- history view
+  function allocHist(w, h) {
+    const H = S.hist;
+    H.width = w;
+    H.height = h;
+    H.indices = new Uint8Array(w * h);
+    H.image = new ImageData(w, h);
+    H.img32 = new Uint32Array(H.image.data.buffer);
+    H.off = document.createElement('canvas');
+    H.off.width = w;
+    H.off.height = h;
+    H.offCtx = H.off.getContext('2d');
+  }
+
+  function openHistory() {
+    setExpanded(el.toolHistory, el.historyPanel, true);
+    const H = S.hist;
+    if (!H.max) H.max = S.version;
+    showHistoryLabel();
+    refreshHistoryInfo();
+  }
+
+  function closeHistory() {
+    goLive();
+    setExpanded(el.toolHistory, el.historyPanel, false);
+  }
+
+  async function refreshHistoryInfo() {
+    const H = S.hist;
+    const seq = ++H.infoSeq;
+    let info = null;
+    let error = '';
+    try {
+      const res = await request(URLS.historyInfo, { cache: 'no-store' });
+      if (res.ok) info = await res.json();
+      else {
+        const err = await readError(res);
+        error = err.status === 404 || err.status === 405 ? "This server doesn't keep the canvas's history."
+          : err.message || "The history isn't available (" + err.code + ').';
+      }
+    } catch (_) {
+      error = "Can't reach the server to load the history.";
+    }
+    if (seq !== H.infoSeq) return;
+    H.infoError = error;
+    if (info) {
+      const first = Number(info.first_version);
+      const last = Number(info.version);
+      H.min = Number.isFinite(first) && first >= 0 ? first : 0;
+      H.max = Math.max(H.min, Number.isFinite(last) ? last : 0);
+      H.firstTs = validTs(info.first_ts_ms) ? info.first_ts_ms : null;
+      H.lastTs = validTs(info.last_ts_ms) ? info.last_ts_ms : null;
+      el.historyRange.min = String(H.min);
+      el.historyRange.max = String(H.max);
+      if (H.active && H.want !== null) el.historyRange.value = String(clamp(H.want, H.min, H.max));
+      else el.historyRange.value = String(H.max);
+    }
+    el.historyRange.disabled = !info;
+    showHistoryLabel();
+  }
+
+  // A live batch while the panel is open: the slider reaches the new version (and stays at the
+  // end when showing the live canvas).
+  function historyFollowLive() {
+    const H = S.hist;
+    if (S.version <= H.max || el.historyRange.disabled) return;
+    H.max = S.version;
+    el.historyRange.max = String(H.max);
+    if (!H.active) {
+      el.historyRange.value = String(H.max);
+      showHistoryLabel();
+    }
+  }
+
+  function onHistoryInput() {
+    const H = S.hist;
+    const v = clamp(Math.round(Number(el.historyRange.value)), H.min, H.max);
+    H.want = v;
+    H.error = '';
+    if (!H.active) {
+      H.active = true;
+      document.body.classList.add('history-view');
+      el.historyLive.disabled = false;
+      requestDraw();
+    }
+    updateCooldown();
+    showHistoryLabel();
+    clearTimeout(H.timer);
+    H.timer = setTimeout(() => { H.timer = 0; loadHistoryVersion(); }, HISTORY_DEBOUNCE_MS);
+  }
+
+  // Loads the version the slider asks for; one request at a time, the newest wish next.
+  async function loadHistoryVersion() {
+    const H = S.hist;
+    if (H.inflight || !H.active || H.want === null || H.want === H.shown) return;
+    const v = H.want;
+    const seq = H.seq;
+    H.inflight = true;
+    showHistoryLabel();
+    try {
+      let retried = false;
+      for (;;) {
+        let res;
+        try {
+          res = await request(URLS.snapshot + '?at=' + v, {});
+        } catch (_) {
+          if (seq === H.seq) H.error = "Can't reach the server to load version " + v + '.';
+          return;
+        }
+        if (seq !== H.seq) return;
+        if (res.ok) {
+          const buf = await res.arrayBuffer();
+          if (seq !== H.seq) return;
+          H.shown = decodeSnapshot(buf, H, allocHist);
+          const t = Number(res.headers.get('X-Canvas-Time-Ms'));
+          H.timeMs = validTs(t) ? t : null;
+          H.error = '';
+          H.offCtx.putImageData(H.image, 0, 0);
+          requestDraw();
+          if (!el.pixelPanel.hidden) renderPixelPanel();
+          return;
+        }
+        const err = await readError(res);
+        if (seq !== H.seq) return;
+        if (err.code === 'history_busy' && !retried) {
+          // Too many past canvases being built: once more, after the server's hint.
+          retried = true;
+          await sleep(clamp(err.retryAfterMs > 0 ? err.retryAfterMs : 1000, 100, 10000));
+          if (seq !== H.seq) return;
+          continue;
+        }
+        if (err.code === 'version_not_yet') {
+          H.error = "Version " + v + " isn't on this server yet.";
+          refreshHistoryInfo();
+        } else if (err.code === 'history_unavailable') {
+          H.error = 'This server no longer has the canvas at version ' + v + '.';
+          refreshHistoryInfo();
+        } else if (err.code === 'history_busy') {
+          H.error = 'The server is busy building past canvases. Please try again in a moment.';
+        } else if (err.status === 404 || err.status === 400) {
+          H.error = "This server can't show version " + v + (err.message ? ': ' + err.message : '.');
+        } else {
+          H.error = err.message || "Couldn't load version " + v + ' (' + err.code + ').';
+        }
+        return;
+      }
+    } catch (err) {
+      if (seq === H.seq) H.error = "Couldn't read version " + v + ': ' + (err && err.message || err);
+    } finally {
+      H.inflight = false;
+      showHistoryLabel();
+      if (H.active && H.want !== null && H.want !== H.shown && !H.timer && (seq !== H.seq || H.want !== v)) loadHistoryVersion();
+    }
+  }
+
+  function goLive() {
+    const H = S.hist;
+    H.seq++;
+    clearTimeout(H.timer);
+    H.timer = 0;
+    const was = H.active;
+    H.active = false;
+    H.want = null;
+    H.shown = null;
+    H.timeMs = null;
+    H.error = '';
+    document.body.classList.remove('history-view');
+    el.historyLive.disabled = true;
+    if (S.version > H.max && !el.historyRange.disabled) {
+      H.max = S.version;
+      el.historyRange.max = String(H.max);
+    }
+    el.historyRange.value = String(H.max);
+    showHistoryLabel();
+    if (was) {
+      updateCooldown();
+      requestDraw();
+      if (!el.pixelPanel.hidden) renderPixelPanel();
+    }
+  }
+
+  function showHistoryLabel() {
+    const H = S.hist;
+    const label = el.historyLabel;
+    label.textContent = '';
+    label.dataset.kind = '';
+    if (H.error || (H.infoError && !H.active)) {
+      label.textContent = H.error || H.infoError;
+      label.dataset.kind = 'error';
+      return;
+    }
+    if (!H.active) {
+      label.append('Live: version ' + S.version);
+      if (H.firstTs) label.append(' · history from ', timeElement(H.firstTs));
+      if (!el.historyRange.disabled && H.max > H.min) label.append(' · drag the slider to go back');
+      return;
+    }
+    const v = H.want !== null ? H.want : H.shown;
+    label.append('Version ' + v + ' of ' + H.max);
+    if (H.shown !== v || H.inflight) {
+      label.append(' · loading…');
+    } else if (H.timeMs) {
+      label.append(' · ' + new Date(H.timeMs).toLocaleString() + ' (', timeElement(H.timeMs), ')');
+    }
+  }
+
+  // ---------------------------------------------------------------- template overlay
+  function loadTemplateSettings() {
+    const raw = storageGet(TEMPLATE_KEY);
+    if (!raw) return;
+    try {
+      const t = JSON.parse(raw);
+      if (t && typeof t === 'object') setTemplate(t, { store: false });
+    } catch (_) { /* ignore */ }
+  }
+
+  // The template from the address (#template=<url-encoded>&tx=&ty=&to=): taken and stored;
+  // values that are not numbers are ignored.
+  function templateFromHash() {
+    const p = hashParams();
+    if (!p.has('template')) return;
+    const t = { url: p.get('template'), show: true };
+    const tx = intParam(p.get('tx'));
+    const ty = intParam(p.get('ty'));
+    const to = numParam(p.get('to'));
+    if (tx !== null) t.x = tx;
+    if (ty !== null) t.y = ty;
+    if (to !== null && to >= 0 && to <= 1) t.opacity = to;
+    S.tpl.inHash = true;
+    setTemplate(t);
+  }
+
+  function templateFromForm() {
+    const t = { url: el.templateUrl.value.trim() };
+    const x = intParam(el.templateX.value);
+    const y = intParam(el.templateY.value);
+    if (x !== null) t.x = x;
+    if (y !== null) t.y = y;
+    setTemplate(t);
+  }
+
+  function setTemplate(t, { store = true } = {}) {
+    const T = S.tpl;
+    const before = T.url;
+    if (typeof t.url === 'string') T.url = t.url.trim();
+    if (Number.isInteger(t.x)) T.x = clamp(t.x, -1e6, 1e6);
+    if (Number.isInteger(t.y)) T.y = clamp(t.y, -1e6, 1e6);
+    if (typeof t.opacity === 'number' && Number.isFinite(t.opacity)) T.opacity = clamp(Math.round(t.opacity * 100) / 100, 0, 1);
+    if (typeof t.show === 'boolean') T.show = t.show;
+    if (store) {
+      if (T.url) storageSet(TEMPLATE_KEY, JSON.stringify({ url: T.url, x: T.x, y: T.y, opacity: T.opacity, show: T.show }));
+      else storageDel(TEMPLATE_KEY);
+      if (T.inHash) scheduleHash(); // a template link keeps showing the current settings
+    }
+    if (T.url !== before || (typeof t.url === 'string' && T.state === 'error')) loadTemplateImage();
+    syncTemplateForm();
+    positionTemplate();
+  }
+
+  function loadTemplateImage() {
+    const T = S.tpl;
+    const seq = ++T.seq;
+    T.error = '';
+    T.width = 0;
+    T.height = 0;
+    if (!T.url) {
+      T.state = 'none';
+      el.tplImg.removeAttribute('src');
+      positionTemplate();
+      syncTemplateForm();
+      return;
+    }
+    let url;
+    try { url = new URL(T.url, location.href); } catch (_) { url = null; }
+    if (!url || !/^(https?|data|blob):$/.test(url.protocol)) {
+      templateFailed('That is not an image address (it must start with https://, http:// or data:).');
+      return;
+    }
+    T.state = 'loading';
+    syncTemplateForm();
+    // A new element per address: a late answer for an earlier one cannot replace it. An <img>
+    // needs no CORS; nothing reads its pixels.
+    const img = new Image();
+    img.decoding = 'async';
+    img.onload = () => {
+      if (seq !== T.seq) return;
+      if (!img.naturalWidth || !img.naturalHeight) {
+        templateFailed("The template image at that address is empty.");
+        return;
+      }
+      T.state = 'ok';
+      T.width = img.naturalWidth;
+      T.height = img.naturalHeight;
+      img.id = 'template-img';
+      img.className = 'template-img';
+      img.alt = '';
+      img.hidden = true;
+      el.tplImg.replaceWith(img);
+      el.tplImg = img;
+      syncTemplateForm();
+      positionTemplate();
+    };
+    img.onerror = () => {
+      if (seq !== T.seq) return;
+      templateFailed("The template image couldn't be loaded. Check the address: it must point straight to an image (PNG, GIF, WebP…) that is online.");
+    };
+    img.src = url.href;
+  }
+
+  function templateFailed(text) {
+    const T = S.tpl;
+    T.state = 'error';
+    T.error = text;
+    positionTemplate();
+    syncTemplateForm();
+    // The open panel says it already; a template from the address or from storage needs a word.
+    if (el.templatePanel.hidden) showMessage(text, 'warn');
+  }
+
+  function syncTemplateForm() {
+    const T = S.tpl;
+    if (document.activeElement !== el.templateUrl) el.templateUrl.value = T.url;
+    if (document.activeElement !== el.templateX) el.templateX.value = String(T.x);
+    if (document.activeElement !== el.templateY) el.templateY.value = String(T.y);
+    el.templateOpacity.value = String(T.opacity);
+    el.templateOpacityOut.value = T.opacity.toFixed(2);
+    el.templateShow.checked = T.show;
+    el.templateClear.disabled = !T.url;
+    const st = el.templateStatus;
+    st.dataset.kind = T.state === 'error' ? 'error' : '';
+    st.textContent = T.state === 'error' ? T.error
+      : T.state === 'loading' ? 'Loading the image…'
+        : T.state === 'ok' ? T.width + ' × ' + T.height + ' image at x ' + T.x + ', y ' + T.y + (T.show ? '' : ' (hidden)')
+          : 'No template.';
+  }
+
+  // Places the overlay over the canvas: its top-left pixel on canvas pixel (x, y), one image
+  // pixel per canvas pixel. Called on every frame (pan, zoom) and when the settings change.
+  function positionTemplate() {
+    const T = S.tpl;
+    const img = el.tplImg;
+    const on = T.show && T.state === 'ok' && S.width > 0 && S.cssW > 0;
+    if (!on) {
+      if (!img.hidden) img.hidden = true;
+      return;
+    }
+    const s = S.scale;
+    const st = img.style;
+    const left = (S.ox + T.x * s) + 'px';
+    const top = (S.oy + T.y * s) + 'px';
+    const w = (T.width * s) + 'px';
+    const h = (T.height * s) + 'px';
+    if (st.left !== left) st.left = left;
+    if (st.top !== top) st.top = top;
+    if (st.width !== w) st.width = w;
+    if (st.height !== h) st.height = h;
+    const o = String(T.opacity);
+    if (st.opacity !== o) st.opacity = o;
+    if (img.hidden) img.hidden = false;
+  }
+
+  // ---------------------------------------------------------------- cooldown notification
+  function bootNotify() {
+    const box = el.notify;
+    if (typeof Notification !== 'function') {
+      box.disabled = true;
+      box.parentElement.title = "This browser can't show notifications";
+      return;
+    }
+    S.notifyOn = storageGet(NOTIFY_KEY) === '1' && Notification.permission === 'granted';
+    box.checked = S.notifyOn;
+    box.addEventListener('change', onNotifyToggle);
+  }
+
+  async function onNotifyToggle() {
+    const box = el.notify;
+    if (!box.checked) {
+      S.notifyOn = false;
+      storageSet(NOTIFY_KEY, '0');
+      scheduleNotify();
+      return;
+    }
+    let perm = Notification.permission;
+    if (perm !== 'granted') {
+      perm = await new Promise((resolve) => {
+        try {
+          const r = Notification.requestPermission(resolve); // old Safari: a callback
+          if (r && typeof r.then === 'function') r.then(resolve, () => resolve('denied'));
+        } catch (_) {
+          resolve('denied');
+        }
+      });
+    }
+    if (!box.checked) return; // unticked while the browser asked
+    if (perm === 'granted') {
+      S.notifyOn = true;
+      storageSet(NOTIFY_KEY, '1');
+      scheduleNotify();
+    } else {
+      box.checked = false;
+      S.notifyOn = false;
+      storageSet(NOTIFY_KEY, '0');
+      showMessage(perm === 'denied'
+        ? "Notifications are blocked for this site. Allow them in your browser's site settings to be told when you can place again."
+        : 'Notifications were not allowed.', 'warn');
+    }
+  }
+
+  function scheduleNotify() {
+    clearTimeout(S.notifyTimer);
+    S.notifyTimer = 0;
+    if (!S.notifyOn) return;
+    const left = S.cooldownUntil - Date.now();
+    if (left > 0) S.notifyTimer = setTimeout(cooldownOver, left + 50);
+  }
+
+  // The cooldown is over: a notification if the tab is hidden (the page itself says so otherwise).
+  function cooldownOver() {
+    S.notifyTimer = 0;
+    if (S.cooldownUntil - Date.now() > 0) {
+      scheduleNotify();
+      return;
+    }
+    if (!S.notifyOn || !document.hidden || typeof Notification !== 'function' || Notification.permission !== 'granted') return;
+    try {
+      const n = new Notification('You can place a pixel again', {
+        body: 'Your cooldown on ' + location.host + ' is over.',
+        tag: 'placecast-cooldown',
+      });
+      n.onclick = () => {
+        try { window.focus(); } catch (_) { /* not allowed */ }
+        n.close();
+      };
+      S.notifications++;
+    } catch (err) {
+      // Some browsers (Chrome on Android) only show notifications from a service worker.
+      console.warn('placecast: cannot show a notification:', err);
+    }
+  }
+
   // ---------------------------------------------------------------- start-up
   function boot() {
     const stored = Number(storageGet(COLOR_KEY));
     if (Number.isInteger(stored) && stored >= 0 && stored < 32) S.color = stored;
     loadStoredSession();
     tokenFromFragment();
+    viewFromHash();
+    loadTemplateSettings();
+    templateFromHash();
+    S.lastHash = location.hash;
 
     el.view.addEventListener('pointerdown', onPointerDown);
     el.view.addEventListener('pointermove', onPointerMove);
@@ -1671,10 +2624,16 @@
     document.addEventListener('keydown', onKey);
     el.zoomIn.addEventListener('click', () => zoomAt(S.cssW / 2, S.cssH / 2, S.scale * 2));
     el.zoomOut.addEventListener('click', () => zoomAt(S.cssW / 2, S.cssH / 2, S.scale / 2));
-    el.zoomFit.addEventListener('click', fitView);
+    el.zoomFit.addEventListener('click', userFit);
     el.message.addEventListener('click', hideMessage);
     document.addEventListener('visibilitychange', onVisibility);
-    window.addEventListener('hashchange', tokenFromFragment);
+    window.addEventListener('hashchange', () => {
+      tokenFromFragment();
+      viewFromHash();
+      templateFromHash();
+      S.lastHash = location.hash;
+    });
+    bootTools();
     window.addEventListener('online', retryNow);
     window.addEventListener('offline', () => { if (S.retryTimer) retryStatus(); });
     window.addEventListener('resize', layout);
@@ -1722,6 +2681,30 @@
     },
     /** A copy of every pixel's palette index, row-major (a Uint8Array). */
     indices() { return S.indices ? S.indices.slice() : new Uint8Array(0); },
+    /** Palette index of pixel (x, y) as shown: the history view's version while in it, else live. */
+    shownPixel(x, y) {
+      const H = S.hist;
+      if (!(H.active && H.shown !== null && H.indices)) return this.pixel(x, y);
+      if (x < 0 || y < 0 || x >= H.width || y >= H.height) return -1;
+      return H.indices[y * H.width + x];
+    },
+    /** The history view: {open, active, version (shown), wanted, min, max, timeMs, loading, error}. */
+    get historyView() {
+      const H = S.hist;
+      return { open: !el.historyPanel.hidden, active: H.active, version: H.shown, wanted: H.want, min: H.min, max: H.max,
+        timeMs: H.timeMs, loading: H.inflight || !!H.timer, error: H.error || H.infoError };
+    },
+    /** The inspected pixel {x, y} (pixel panel open), or null. */
+    get inspected() { return S.inspect.sel && !el.pixelPanel.hidden ? Object.assign({}, S.inspect.sel) : null; },
+    get inspectMode() { return S.inspect.mode; },
+    /** Template overlay: {url, x, y, opacity, show, state: 'none'|'loading'|'ok'|'error', width, height, error}. */
+    get template() {
+      const T = S.tpl;
+      return { url: T.url, x: T.x, y: T.y, opacity: T.opacity, show: T.show, state: T.state, width: T.width, height: T.height, error: T.error };
+    },
+    /** Whether the page notifies when the cooldown ends, and how many notifications it showed. */
+    get notifyOn() { return S.notifyOn; },
+    get notifications() { return S.notifications; },
     /** Viewport (client) coordinates of the center of pixel (x, y) as currently drawn. */
     screenPoint(x, y) {
       const r = el.view.getBoundingClientRect();

@@ -40,6 +40,9 @@ pub enum Cmd {
     Abuse(AbuseArgs),
     /// Compare result files of placecast and the baseline: medians and ratios.
     Compare(CompareArgs),
+    /// Write a synthetic r/place-like event as CSV (timestamp,user_hash,x,y,color,version),
+    /// deterministic from the seed: the input of `placecast import` and the history benchmarks.
+    Trace(TraceArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -269,6 +272,40 @@ pub struct CompareArgs {
     /// Write the comparison JSON here (else stdout).
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Edits (rows) to write, 1 to 100000000 (16.5 M in the 2017 event).
+    #[arg(long)]
+    pub edits: u64,
+    /// Seed: the same arguments give the same bytes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Canvas width in pixels (width*height at most 2^27).
+    #[arg(long, default_value_t = 1000)]
+    pub width: u32,
+    /// Canvas height in pixels.
+    #[arg(long, default_value_t = 1000)]
+    pub height: u32,
+    /// Palette size, 2 to 32 (colors are 0 to C-1).
+    #[arg(long, default_value_t = 16)]
+    pub colors: u32,
+    /// Least time between two edits of one user, in seconds (1 to 86400).
+    #[arg(long, default_value_t = 300)]
+    pub cooldown_s: u64,
+    /// Length of the event in hours (1 to 720).
+    #[arg(long, default_value_t = 72)]
+    pub hours: u64,
+    /// Start of the event, unix milliseconds (default 2017-04-03T17:00:00Z).
+    #[arg(long, default_value_t = crate::trace::DEFAULT_START_MS)]
+    pub start_ms: u64,
+    /// Distinct users (default: edits / 15, at least 1).
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Output file; `-` writes to stdout.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 impl Common {

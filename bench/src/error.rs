@@ -100,6 +100,8 @@ pub enum LoadError {
     Clients(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("{0}")]
+    Trace(#[from] crate::trace::TraceError),
 }
 
 impl LoadError {
@@ -112,6 +114,7 @@ impl LoadError {
         match self {
             LoadError::Limit(_) => 3,
             LoadError::Args(_) | LoadError::TargetNotAllowed(_) => 2,
+            LoadError::Trace(e) => e.exit_code(),
             _ => 1,
         }
     }

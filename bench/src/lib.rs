@@ -4,7 +4,7 @@
 //! Layout: wire formats ([`ws`], [`batch`]), system calls ([`sys`], [`procfs`], [`signals`]),
 //! the lean epoll client engine ([`engine`]) and its process fan-out ([`fleet`]), the HTTP
 //! placement [`driver`], measurement ([`hist`], [`sendtable`]), the [`scenario`]s, their
-//! [`report`] and [`compare`]; and the [`baseline`] server.
+//! [`report`] and [`compare`]; the synthetic event [`trace`]; and the [`baseline`] server.
 
 pub mod abuse;
 pub mod addrs;
@@ -27,4 +27,5 @@ pub mod sendtable;
 pub mod session;
 pub mod signals;
 pub mod sys;
+pub mod trace;
 pub mod ws;

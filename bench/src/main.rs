@@ -1,12 +1,13 @@
 //! `placecast-load`: parses the command line, runs one scenario (or its share of one as a
-//! `--procs` child), prints the table to stderr and the JSON result to stdout or `--json FILE`.
+//! `--procs` child), prints the table to stderr and the JSON result to stdout or `--json FILE`;
+//! or writes a synthetic event trace (`trace`).
 //! Exit codes: 0 ok, 1 failed run or error, 2 bad arguments, 3 a host limit was hit.
 
 use clap::Parser;
 use placecast_load::cli::{Cli, Cmd};
 use placecast_load::error::LoadError;
 use placecast_load::report::Report;
-use placecast_load::{compare, scenario, signals};
+use placecast_load::{compare, scenario, signals, trace};
 use std::io::Write;
 
 #[global_allocator]
@@ -38,6 +39,7 @@ fn run(cli: Cli) -> Result<i32, LoadError> {
         Cmd::Place(a) => (scenario::place(a)?, a.common.json.clone()),
         Cmd::Reconnect(a) => (scenario::reconnect(a)?, a.common.json.clone()),
         Cmd::Abuse(a) => (scenario::abuse(a)?, a.common.json.clone()),
+        Cmd::Trace(a) => return trace::run(a).map(|_| 0).map_err(LoadError::from),
         Cmd::Compare(a) => {
             let (c, table) = compare::compare(a)?;
             eprint!("{table}");

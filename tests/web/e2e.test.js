@@ -93,9 +93,9 @@ function exited(proc) {
 }
 
 // Starts a server process and waits until it is healthy. The log goes to artifacts/server.log.
-async function launch({ name, port: p, dataDir: dir, extra = [] }) {
+async function launch({ name, port: p, dataDir: dir, extra = [], cooldown = COOLDOWN_S }) {
   const args = ['serve', '--listen', `127.0.0.1:${p}`, '--shards', '2', '--data-dir', dir,
-    '--cooldown', String(COOLDOWN_S), '--window', String(WINDOW), '--admin-token', ADMIN_TOKEN, '--secret', SECRET,
+    '--cooldown', String(cooldown), '--window', String(WINDOW), '--admin-token', ADMIN_TOKEN, '--secret', SECRET,
     ...SERVER_FLAGS, ...extra];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
   const log = [];
@@ -164,14 +164,14 @@ async function serverSnapshot(b = base) {
   return snap;
 }
 
-async function newSession() {
-  const res = await fetchTimeout(base + '/api/v1/session', { method: 'POST' });
+async function newSession(b = base) {
+  const res = await fetchTimeout(b + '/api/v1/session', { method: 'POST' });
   assert.equal(res.status, 200);
   return (await res.json()).token;
 }
 
-async function placeHttp(token, x, y, color) {
-  const res = await fetchTimeout(base + '/api/v1/place', {
+async function placeHttp(token, x, y, color, b = base) {
+  const res = await fetchTimeout(b + '/api/v1/place', {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + token },
     body: JSON.stringify({ x, y, color }),
@@ -207,9 +207,9 @@ async function newContext(options = {}) {
   contexts.push(context);
   context.setDefaultTimeout(10000);
   if (WEB_FROM_DISK) {
-    // Only the subresources: a document fulfilled by the test has no loopback address space, and
-    // Chromium's local network access checks would then block its requests to 127.0.0.1.
-    await context.route((url) => url.hostname === '127.0.0.1' && /\.(js|css)$/.test(url.pathname) && Object.hasOwn(WEB_FILES, url.pathname), (route) => {
+    // The page too: a document fulfilled by the test has no loopback address space, so the
+    // browser runs without Chromium's local network access checks in this mode (see before()).
+    await context.route((url) => url.hostname === '127.0.0.1' && Object.hasOwn(WEB_FILES, url.pathname), (route) => {
       const file = WEB_FILES[new URL(route.request().url()).pathname];
       const type = file.endsWith('.js') ? 'text/javascript' : file.endsWith('.css') ? 'text/css' : 'text/html';
       return route.fulfill({ status: 200, contentType: type + '; charset=utf-8', body: fs.readFileSync(path.join(WEB_DIR, file)) });
@@ -303,6 +303,31 @@ async function freshPixel(color, b = base) {
   }
 }
 
+// Every placement the page sends (a WebSocket `place` message or POST /api/v1/place), into `into`;
+// for openPage's `setup`.
+function recordPlacements(into) {
+  return (page) => {
+    page.on('websocket', (ws) => ws.on('framesent', (f) => {
+      if (typeof f.payload === 'string' && /"type":"place"/.test(f.payload)) into.push(JSON.parse(f.payload));
+    }));
+    page.on('request', (r) => {
+      if (r.method() === 'POST' && new URL(r.url()).pathname === '/api/v1/place') into.push(JSON.parse(r.postData()));
+    });
+  };
+}
+
+// Right-clicks canvas pixel (x, y): the pixel info panel opens for it.
+async function inspectPixel(page, x, y) {
+  await page.evaluate(([x, y, z]) => window.placecast.centerOn(x, y, z), [x, y, ZOOM]);
+  await nextFrame(page);
+  const p = await page.evaluate(([x, y]) => window.placecast.screenPoint(x, y), [x, y]);
+  await page.mouse.click(p.x, p.y, { button: 'right' });
+  await page.waitForFunction(([x, y]) => {
+    const s = window.placecast.inspected;
+    return s && s.x === x && s.y === y && !/Looking it up/.test(document.getElementById('pixel-body').textContent);
+  }, [x, y], { timeout: 10000, polling: 20 });
+}
+
 async function clickPixel(page, x, y, { touch = false } = {}) {
   await page.evaluate(([x, y, z]) => window.placecast.centerOn(x, y, z), [x, y, ZOOM]);
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => r())));
@@ -344,6 +369,55 @@ async function until(what, fn, timeout = 10000, every = 50) {
   }
 }
 
+// Starts a server of its own for one test (fresh data dir, free port), stopped in after() at the
+// latest.
+async function launchExtra(name, opts = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `placecast-web-e2e-${name}-`));
+  const srv = await launch({ name, port: await freePort(), dataDir: dir, ...opts });
+  extraServers.push(srv);
+  return srv;
+}
+
+// A token for user `name`, as an operator's sign-in service would mint it.
+function mintToken(name) {
+  return execFileSync(BIN, ['mint-token', name, '--secret', SECRET], { encoding: 'utf8' }).trim();
+}
+
+// Makes the page believe it is hidden (or shown again), as a switch to another tab would.
+function setHidden(page, hidden) {
+  return page.evaluate((h) => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+}
+
+function nextFrame(page) {
+  return page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r()))));
+}
+
+// The color the *screen* shows at a viewport point (a screenshot of one pixel, decoded by the
+// browser): what a person sees, DOM overlays included.
+async function screenColor(page, x, y) {
+  const png = await page.screenshot({ clip: { x: Math.floor(x), y: Math.floor(y), width: 1, height: 1 }, timeout: 10000 });
+  return page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = 'data:image/png;base64,' + b64;
+    await img.decode();
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth;
+    c.height = img.naturalHeight;
+    const g = c.getContext('2d');
+    g.drawImage(img, 0, 0);
+    return Array.from(g.getImageData(0, 0, 1, 1).data);
+  }, png.toString('base64'));
+}
+
+function near(got, want, tol, what) {
+  assert.ok(got.length === want.length && got.every((v, i) => Math.abs(v - want[i]) <= tol),
+    `${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)} (within ${tol})`);
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: path.join(ARTIFACTS, name + '.png'), timeout: 10000 });
 }
@@ -373,7 +447,10 @@ before(async () => {
     headless: true, // playwright passes --headless and a fresh temporary --user-data-dir
     timeout: 30000,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      // PLACECAST_WEB_FROM_DISK fulfills the page from web/: such a document is not in the
+      // loopback address space and its WebSocket to 127.0.0.1 would be blocked.
+      ...(WEB_FROM_DISK ? ['--disable-features=LocalNetworkAccessChecks'] : [])],
   });
 });
 
@@ -538,11 +615,6 @@ test('a bad stored token is replaced by a new session and the placement goes thr
 });
 
 test('a hidden tab applies batches without drawing, and draws them when shown again', async () => {
-  const setHidden = (page, hidden) => page.evaluate((h) => {
-    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
-    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
-    document.dispatchEvent(new Event('visibilitychange'));
-  }, hidden);
   const { x, y } = await freshPixel(4);
   await pageB.evaluate(([x, y, z]) => window.placecast.centerOn(x, y, z), [x, y, ZOOM]);
   await pageB.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => r()))));
@@ -735,6 +807,455 @@ test('proof-of-work sessions: the page solves the challenge in a worker and plac
     await off.waitForFunction(([x, y]) => window.placecast.pixel(x, y) === 8, [p2.x, p2.y], { timeout: 5000, polling: 20 });
   } finally {
     for (const p of opened) await p.context().close().catch(() => {});
+    await stop(srv);
+  }
+});
+
+test('the address carries the view: a link opens that spot, panning and zooming update it', async () => {
+  const page = await openPage('url', {}, { url: base + '/#x=123&y=45&zoom=12' });
+  const centerOf = () => page.evaluate(() => {
+    const r = document.getElementById('view').getBoundingClientRect();
+    return { x: r.left + r.width / 2, y: r.top + r.height / 2 };
+  });
+  const c = await centerOf();
+  assert.equal(await page.evaluate(() => window.placecast.scale), 12, 'zoom from the address');
+  const p = await page.evaluate(() => window.placecast.screenPoint(123, 45));
+  assert.ok(Math.abs(p.x - c.x) <= 1 && Math.abs(p.y - c.y) <= 1, `pixel (123, 45) is centered: ${JSON.stringify(p)} vs ${JSON.stringify(c)}`);
+  assert.equal(await page.evaluate(() => location.hash), '#x=123&y=45&zoom=12');
+
+  // A mouse drag of (-120, -60) CSS px at zoom 12 moves the center by (10, 5) pixels.
+  const v0 = await page.evaluate(() => window.placecast.version);
+  await page.mouse.move(c.x, c.y);
+  await page.mouse.down();
+  await page.mouse.move(c.x - 120, c.y - 60, { steps: 8 });
+  await page.mouse.up();
+  await until('the address after the drag', async () => (await page.evaluate(() => location.hash)) === '#x=133&y=50&zoom=12', 5000);
+  // Zooming with the wheel at the center keeps the pixel there and updates the zoom.
+  await page.mouse.move(c.x, c.y);
+  await page.mouse.wheel(0, -240);
+  const zoomed = await until('the address after the wheel', async () => {
+    const h = await page.evaluate(() => location.hash);
+    const m = /^#x=133&y=50&zoom=([\d.]+)$/.exec(h);
+    return m && Number(m[1]) > 12 ? Number(m[1]) : null;
+  }, 5000);
+  const s = await page.evaluate(() => window.placecast.scale);
+  assert.ok(Math.abs(s - zoomed) / s < 0.01, `the address's zoom ${zoomed} is the view's ${s}`);
+  assert.equal(await page.evaluate(() => window.placecast.version), v0, 'panning and zooming placed nothing');
+
+  // Changing the fragment in the same page moves the view there.
+  await page.evaluate(() => { location.hash = '#x=300&y=200&zoom=4'; });
+  await page.waitForFunction(() => window.placecast.scale === 4, null, { timeout: 5000, polling: 20 });
+  const q = await page.evaluate(() => window.placecast.screenPoint(300, 200));
+  assert.ok(Math.abs(q.x - c.x) <= 1 && Math.abs(q.y - c.y) <= 1, 'the new spot is centered');
+
+  // A link reopens the same spot.
+  const link = await page.evaluate(() => location.href);
+  const again = await openPage('url-again', {}, { url: link });
+  assert.equal(await again.evaluate(() => window.placecast.scale), 4);
+  const q2 = await again.evaluate(() => window.placecast.screenPoint(300, 200));
+  assert.ok(Math.abs(q2.x - c.x) <= 1 && Math.abs(q2.y - c.y) <= 1, 'the link opens the spot');
+
+  // Invalid values are ignored: the page shows the whole canvas as without them.
+  const bad = await openPage('url-bad', {}, { url: base + '/#x=abc&y=12&zoom=-3' });
+  const fit = await bad.evaluate(() => {
+    const r = document.getElementById('view').getBoundingClientRect();
+    return Math.min(r.width / window.placecast.width, r.height / window.placecast.height) * 0.96;
+  });
+  assert.ok(Math.abs(await bad.evaluate(() => window.placecast.scale) - fit) < 0.01, 'fitted view');
+  const off = await openPage('url-off', {}, { url: base + '/#x=5&y=99999&zoom=zz' });
+  assert.ok(Math.abs(await off.evaluate(() => window.placecast.scale) - fit) < 0.01, 'a pixel off the canvas is ignored');
+  for (const p of [page, again, bad, off]) await p.context().close();
+});
+
+test('template overlay: an image at x, y with its opacity follows pan and zoom; settings kept; a broken URL says so', async () => {
+  const page = await openPage('template');
+  // A 3x2 PNG: opaque red at (0, 0), opaque blue elsewhere, made by the browser.
+  const dataUrl = await page.evaluate(() => {
+    const c = document.createElement('canvas');
+    c.width = 3;
+    c.height = 2;
+    const g = c.getContext('2d');
+    g.fillStyle = '#0000ff';
+    g.fillRect(0, 0, 3, 2);
+    g.fillStyle = '#ff0000';
+    g.fillRect(0, 0, 1, 1);
+    return c.toDataURL('image/png');
+  });
+  const TX = 210;
+  const TY = 130;
+  // A link with a template (loaded afresh: a fragment change alone would be a same-page navigation).
+  await page.goto(base + `/#x=${TX + 1}&y=${TY + 1}&zoom=16&template=${encodeURIComponent(dataUrl)}&tx=${TX}&ty=${TY}&to=0.5`, { timeout: 15000 });
+  await page.reload({ timeout: 15000 });
+  await waitLive(page);
+  await page.waitForFunction(() => window.placecast.template.state === 'ok', null, { timeout: 5000, polling: 20 });
+  const tpl = await page.evaluate(() => window.placecast.template);
+  assert.deepEqual([tpl.width, tpl.height, tpl.x, tpl.y, tpl.opacity, tpl.show], [3, 2, TX, TY, 0.5, true]);
+
+  // Where the overlay is drawn: its corner on canvas pixel (TX, TY), 16 CSS px per image pixel.
+  const check = async (what) => {
+    await nextFrame(page);
+    const g = await page.evaluate(([x, y]) => {
+      const img = document.getElementById('template-img');
+      const cs = getComputedStyle(img);
+      return { r: img.getBoundingClientRect().toJSON(), visible: !img.hidden, opacity: cs.opacity, rendering: cs.imageRendering,
+        p: window.placecast.screenPoint(x, y), s: window.placecast.scale };
+    }, [TX, TY]);
+    assert.ok(g.visible, `${what}: shown`);
+    assert.ok(Math.abs(g.r.left - (g.p.x - g.s / 2)) < 0.5 && Math.abs(g.r.top - (g.p.y - g.s / 2)) < 0.5,
+      `${what}: the corner sits on pixel (${TX}, ${TY}): ${JSON.stringify(g)}`);
+    assert.ok(Math.abs(g.r.width - 3 * g.s) < 0.5 && Math.abs(g.r.height - 2 * g.s) < 0.5, `${what}: one image pixel per canvas pixel`);
+    assert.equal(g.rendering, 'pixelated');
+    return g;
+  };
+  let g = await check('from the address');
+  assert.equal(g.opacity, '0.5');
+  // What the screen shows at canvas pixel (TX, TY): red at half opacity over the canvas' color.
+  const palette = await page.evaluate(() => window.placecast.palette);
+  const under = hexToRgba(palette[await page.evaluate(([x, y]) => window.placecast.pixel(x, y), [TX, TY])]);
+  const blend = (over, a) => under.map((u, i) => (i === 3 ? 255 : Math.round(over[i] * a + u * (1 - a))));
+  let sp = await page.evaluate(([x, y]) => window.placecast.screenPoint(x, y), [TX, TY]);
+  near(await screenColor(page, sp.x, sp.y), blend([255, 0, 0], 0.5), 4, 'red at 0.5 over the canvas');
+  sp = await page.evaluate(([x, y]) => window.placecast.screenPoint(x, y), [TX + 2, TY + 1]);
+  near(await screenColor(page, sp.x, sp.y), blend([0, 0, 255], 0.5), 4, 'blue at 0.5 over the canvas');
+  await shot(page, 'template');
+
+  // It follows a drag and a wheel zoom.
+  await page.mouse.move(500, 400);
+  await page.mouse.down();
+  await page.mouse.move(430, 350, { steps: 6 });
+  await page.mouse.up();
+  await check('after a drag');
+  await page.mouse.wheel(0, 300);
+  await page.waitForFunction(() => window.placecast.scale < 16, null, { timeout: 3000, polling: 20 });
+  await check('after zooming out');
+
+  // The settings are kept: the page without the template in its address shows it again.
+  const stored = await page.evaluate(() => JSON.parse(localStorage.getItem('placecast.template')));
+  assert.deepEqual(stored, { url: dataUrl, x: TX, y: TY, opacity: 0.5, show: true });
+  await page.goto(base + `/#x=${TX}&y=${TY}&zoom=8`, { timeout: 15000 });
+  await page.reload({ timeout: 15000 });
+  await waitLive(page);
+  assert.equal(await page.evaluate(() => window.placecast.scale), 8);
+  await page.waitForFunction(() => window.placecast.template.state === 'ok', null, { timeout: 5000, polling: 20 });
+  await check('after a reload');
+
+  // The panel: opacity with the slider (keyboard), hide and show, move it.
+  await page.locator('#tool-template').click();
+  await page.locator('#template-panel').waitFor({ state: 'visible' });
+  assert.equal(await page.locator('#template-url').inputValue(), dataUrl);
+  await page.locator('#template-opacity').focus();
+  await page.keyboard.press('ArrowRight');
+  await page.keyboard.press('ArrowRight');
+  await page.waitForFunction(() => window.placecast.template.opacity === 0.6, null, { timeout: 3000, polling: 20 });
+  g = await check('opacity 0.6');
+  assert.equal(g.opacity, '0.6');
+  assert.equal(await page.locator('#template-opacity-out').textContent(), '0.60');
+  await page.locator('#template-show').uncheck();
+  await page.waitForFunction(() => document.getElementById('template-img').hidden, null, { timeout: 3000, polling: 20 });
+  await page.locator('#template-show').check();
+  await page.locator('#template-x').fill(String(TX - 5));
+  await page.locator('#template-x').press('Enter');
+  await page.waitForFunction((x) => window.placecast.template.x === x, TX - 5, { timeout: 3000, polling: 20 });
+  const moved = await page.evaluate(() => ({ r: document.getElementById('template-img').getBoundingClientRect().left, p: window.placecast.screenPoint(205, 0).x, s: window.placecast.scale }));
+  assert.ok(Math.abs(moved.r - (moved.p - moved.s / 2)) < 0.5, 'moved to the new x');
+  assert.deepEqual(await page.evaluate(() => JSON.parse(localStorage.getItem('placecast.template'))),
+    { url: dataUrl, x: TX - 5, y: TY, opacity: 0.6, show: true });
+
+  // A URL that does not load: a clear message, no overlay.
+  await page.locator('#template-url').fill(base + '/no-such-template.png');
+  await page.locator('#template-url').press('Enter');
+  await page.waitForFunction(() => window.placecast.template.state === 'error', null, { timeout: 5000, polling: 20 });
+  assert.match(await page.locator('#template-status').textContent(), /template image couldn't be loaded/);
+  assert.equal(await page.evaluate(() => document.getElementById('template-img').hidden), true, 'no overlay');
+  await shot(page, 'template-broken');
+  // The same from a link (no panel open): the page says it in its message line.
+  await page.goto(base + `/#template=${encodeURIComponent(base + '/no-such-template.png')}&tx=1&ty=2`, { timeout: 15000 });
+  await page.reload({ timeout: 15000 });
+  await waitLive(page);
+  await page.locator('#message').waitFor({ state: 'visible', timeout: 5000 });
+  assert.match(await page.locator('#message').textContent(), /template image couldn't be loaded/);
+  assert.equal(await page.evaluate(() => window.placecast.template.state), 'error');
+  assert.equal(await page.evaluate(() => document.getElementById('template-img').hidden), true, 'no overlay');
+  await page.locator('#tool-template').click();
+  // Removed: nothing stored.
+  await page.locator('#template-clear').click();
+  assert.equal(await page.evaluate(() => localStorage.getItem('placecast.template')), null);
+  await page.context().close();
+});
+
+test('cooldown notification: opt-in, a notification when the cooldown ends in a hidden tab only', async () => {
+  const srv = await launchExtra('notify', { cooldown: 2 });
+  const context = await newContext();
+  await context.grantPermissions(['notifications'], { origin: srv.base });
+  // Records what the page asks of the browser's Notification API (the real one still runs).
+  await context.addInitScript(() => {
+    const Real = window.Notification;
+    window.__notes = [];
+    function Recorded(title, options) {
+      window.__notes.push({ title, body: options && options.body, hidden: document.hidden, at: Date.now() });
+      return new Real(title, options);
+    }
+    Recorded.requestPermission = (...a) => Real.requestPermission(...a);
+    Object.defineProperty(Recorded, 'permission', { get: () => Real.permission });
+    Recorded.prototype = Real.prototype;
+    window.Notification = Recorded;
+  });
+  try {
+    const page = await context.newPage();
+    watchPage(page, 'notify');
+    await page.goto(srv.base + '/', { timeout: 15000 });
+    await waitLive(page);
+    assert.equal(await page.locator('#notify').isChecked(), false, 'off until asked for');
+    await page.locator('#notify').check();
+    await page.waitForFunction(() => window.placecast.notifyOn, null, { timeout: 5000, polling: 20 });
+    assert.equal(await page.evaluate(() => localStorage.getItem('placecast.notify')), '1');
+
+    // Visible tab: the in-page line says it, no notification.
+    const place = async (color) => {
+      const { x, y } = await freshPixel(color, srv.base);
+      await page.locator(`#palette .swatch[data-index="${color}"]`).click();
+      await clickPixel(page, x, y);
+      await page.waitForFunction(() => document.getElementById('cooldown').dataset.state === 'cooling', null, { timeout: 5000, polling: 20 });
+      return Date.now();
+    };
+    await place(2);
+    await page.waitForFunction(() => document.getElementById('cooldown').dataset.state === 'ready', null, { timeout: 10000, polling: 50 });
+
+    // Hidden tab: a notification once the cooldown is over (and none for the first one, above).
+    await until('the cooldown to be over', async () => (await page.evaluate(() => window.placecast.cooldownRemainingMs)) === 0, 5000);
+    const placedAt = await place(3);
+    const left = await page.evaluate(() => window.placecast.cooldownRemainingMs);
+    await setHidden(page, true);
+    await page.waitForFunction(() => window.__notes.length > 0, null, { timeout: 15000, polling: 50 });
+    const notes = await page.evaluate(() => window.__notes);
+    assert.equal(notes.length, 1, JSON.stringify(notes));
+    assert.equal(notes[0].title, 'You can place a pixel again');
+    assert.equal(notes[0].hidden, true);
+    assert.ok(notes[0].at >= placedAt + left - 1500, `not before the cooldown's end (${notes[0].at - placedAt} ms after placing, ${left} ms left then)`);
+    await page.waitForFunction(() => window.placecast.notifications === 1, null, { timeout: 3000, polling: 20 });
+    await setHidden(page, false);
+
+    // The choice is remembered; unticking it is remembered too.
+    await page.reload({ timeout: 15000 });
+    await waitLive(page);
+    assert.equal(await page.locator('#notify').isChecked(), true, 'still on after a reload');
+    await page.locator('#notify').uncheck();
+    assert.equal(await page.evaluate(() => localStorage.getItem('placecast.notify')), '0');
+    assert.equal(await page.evaluate(() => window.placecast.notifyOn), false);
+  } finally {
+    await context.close().catch(() => {});
+    await stop(srv);
+  }
+});
+
+test('pixel info: right-click, long press or inspect mode shows who placed a pixel, when, and its last edits', async (t) => {
+  const sent = [];
+  const page = await openPage('inspect', {}, { setup: recordPlacements(sent) });
+  const palette = await page.evaluate(() => window.placecast.palette);
+  const { x, y } = await freshPixel(6);
+  await page.locator('#palette .swatch[data-index="6"]').click();
+  await clickPixel(page, x, y);
+  await page.waitForFunction(() => document.getElementById('cooldown').dataset.state === 'cooling', null, { timeout: 5000, polling: 20 });
+  const me = await page.evaluate(() => window.placecast.user);
+  assert.ok(me, 'the page has a user');
+  // The history index follows the log (the applier writes it): wait until it has the edit.
+  const lookup = async (n) => (await fetchTimeout(`${base}/api/v1/pixel?x=${x}&y=${y}${n ? '&history=' + n : ''}`)).json();
+  const server = await until('the pixel in the history index', async () => {
+    const b = await lookup();
+    return b.last && b.last.color === 6 ? b : null;
+  });
+  t.diagnostic('GET /api/v1/pixel: ' + JSON.stringify(server));
+  assert.equal(server.last.user, me, 'the server knows who placed it');
+  assert.equal(server.last.color, 6);
+  const v1 = server.last.version;
+
+  // Right-click: the panel, and nothing placed.
+  assert.equal(sent.length, 1, 'the placement was sent');
+  await inspectPixel(page, x, y);
+  const panel = page.locator('#pixel-panel');
+  assert.equal(await page.locator('#pixel-title').textContent(), `Pixel ${x}, ${y}`);
+  assert.equal(await panel.locator('.pixel-by .pixel-user').textContent(), me);
+  assert.equal(await panel.locator('.pixel-version').textContent(), `version ${v1}`);
+  assert.equal(await panel.locator('.pixel-color').textContent(), palette[6]);
+  const time = panel.locator('.pixel-when time');
+  assert.match(await time.textContent(), /^(just now|\d+ s ago)$/);
+  assert.equal(await time.getAttribute('title'), await page.evaluate((ts) => new Date(ts).toLocaleString(), server.last.ts_ms), 'the local time on hover');
+  assert.equal(sent.length, 1, 'inspecting sent no placement');
+  await shot(page, 'pixel-info');
+
+  // A second user places on the same pixel: the history lists both, newest first.
+  const bob = await placeHttp(mintToken('e2e-bob'), x, y, 9);
+  await page.waitForFunction(([x, y]) => window.placecast.pixel(x, y) === 9, [x, y], { timeout: 5000, polling: 20 });
+  await until("bob's edit in the history index", async () => (await lookup()).last.version === bob.version);
+  await page.locator('#pixel-history-toggle').click();
+  await page.waitForFunction(() => document.querySelectorAll('#pixel-history li[data-version]').length >= 2, null, { timeout: 10000, polling: 20 });
+  const items = await page.locator('#pixel-history li[data-version]').evaluateAll((lis) => lis.map((li) => ({
+    version: Number(li.dataset.version), user: li.querySelector('.pixel-user').textContent, color: li.querySelector('.pixel-swatch').title })));
+  assert.deepEqual(items.slice(0, 2), [
+    { version: bob.version, user: 'e2e-bob', color: palette[9] },
+    { version: v1, user: me, color: palette[6] },
+  ]);
+  assert.ok(items.length <= 10, 'at most 10 edits');
+  assert.equal(await panel.locator('.pixel-by .pixel-user').textContent(), 'e2e-bob', 'the panel shows the newest edit');
+  await shot(page, 'pixel-history');
+  // The next pixel inspected keeps the list open.
+  await inspectPixel(page, x + 1, y);
+  await page.waitForFunction(() => !/Loading/.test(document.getElementById('pixel-history').textContent), null, { timeout: 10000, polling: 20 });
+  assert.equal(await page.locator('#pixel-history').isVisible(), true);
+  await page.keyboard.press('Escape');
+  await panel.waitFor({ state: 'hidden', timeout: 3000 });
+
+  // Touch: a long press inspects and places nothing; a tap in inspect mode inspects too.
+  const sentPhone = [];
+  const phone = await openPage('inspect-phone', { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true },
+    { setup: recordPlacements(sentPhone) });
+  const q = await freshPixel(4);
+  await phone.evaluate(([x, y, z]) => window.placecast.centerOn(x, y, z), [q.x, q.y, ZOOM]);
+  await nextFrame(phone);
+  const pt = await phone.evaluate(([x, y]) => window.placecast.screenPoint(x, y), [q.x, q.y]);
+  const cdp = await phone.context().newCDPSession(phone);
+  const before = await phone.evaluate(([x, y]) => window.placecast.pixel(x, y), [q.x, q.y]);
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: [{ x: pt.x, y: pt.y, id: 1 }] });
+  await phone.waitForFunction(([x, y]) => { const s = window.placecast.inspected; return s && s.x === x && s.y === y; }, [q.x, q.y], { timeout: 5000, polling: 20 });
+  await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
+  await phone.locator('#pixel-panel').waitFor({ state: 'visible' });
+  await phone.locator('#tool-inspect').tap();
+  assert.equal(await phone.evaluate(() => window.placecast.inspectMode), true);
+  await clickPixel(phone, q.x + 1, q.y, { touch: true });
+  await phone.waitForFunction(([x, y]) => { const s = window.placecast.inspected; return s && s.x === x && s.y === y; }, [q.x + 1, q.y], { timeout: 5000, polling: 20 });
+  await shot(phone, 'pixel-info-phone');
+  assert.equal(await phone.locator('#cooldown').getAttribute('data-state'), 'ready', 'nothing placed: no cooldown');
+  assert.equal(await phone.evaluate(([x, y]) => window.placecast.pixel(x, y), [q.x, q.y]), before, 'nothing placed');
+  assert.deepEqual(sentPhone, [], 'no placement sent');
+  // Inspect mode off again: a tap places as before.
+  await phone.locator('#tool-inspect').tap();
+  await phone.locator('#palette .swatch[data-index="4"]').tap();
+  await clickPixel(phone, q.x, q.y, { touch: true });
+  await phone.waitForFunction(([x, y]) => window.placecast.pixel(x, y) === 4, [q.x, q.y], { timeout: 5000, polling: 20 });
+  assert.deepEqual(sentPhone.map((m) => [m.x, m.y, m.color]), [[q.x, q.y, 4]]);
+  await page.context().close();
+  await phone.context().close();
+
+  // A server with lookups turned off says so.
+  const off = await launchExtra('lookup-off', { extra: ['--pixel-lookup', 'off'] });
+  try {
+    const p3 = await openPage('lookup-off', {}, { url: off.base + '/' });
+    await inspectPixel(p3, 5, 5);
+    assert.equal(await p3.locator('#pixel-note').textContent(), 'Lookups are off on this server.');
+    assert.equal(await p3.locator('#pixel-history-toggle').isVisible(), false);
+    await p3.context().close();
+  } finally {
+    await stop(off);
+  }
+});
+
+test('history slider: an earlier version is shown, placing is off, live edits keep coming, Live returns at once', async (t) => {
+  const srv = await launchExtra('history', { cooldown: 0, extra: ['--catchups-per-addr-per-min', '0'] });
+  try {
+    const token = await newSession(srv.base);
+    const edits = [[10, 10, 3], [10, 10, 5], [11, 10, 7]];
+    const versions = [];
+    for (const [x, y, c] of edits) versions.push((await placeHttp(token, x, y, c, srv.base)).version);
+    const info = await until('the edits in the history index', async () => {
+      const b = await (await fetchTimeout(srv.base + '/api/v1/history/info')).json();
+      return b.version === versions[2] ? b : null;
+    });
+    t.diagnostic('history/info: ' + JSON.stringify(info));
+
+    // Every canvas request of the page, and how many were in flight at once.
+    const atRequests = [];
+    let inflight = 0;
+    let maxInflight = 0;
+    let injected = 0;
+    const sent = [];
+    const page = await openPage('history', {}, {
+      url: srv.base + '/#x=11&y=10&zoom=16',
+      setup: async (p) => {
+        recordPlacements(sent)(p);
+        const isAt = (r) => /\/api\/v1\/canvas\?at=/.test(r.url());
+        p.on('request', (r) => { if (isAt(r)) { atRequests.push(r.url()); maxInflight = Math.max(maxInflight, ++inflight); } });
+        const done = (r) => { if (isAt(r)) inflight--; };
+        p.on('requestfinished', done);
+        p.on('requestfailed', done);
+        // The first past canvas is refused as busy (as a loaded server would): retried after
+        // its Retry-After. (Injected; every other answer is the server's.)
+        await p.route((u) => u.pathname === '/api/v1/canvas' && u.searchParams.has('at'), (route) => {
+          if (injected++ === 0) {
+            return route.fulfill({ status: 503, contentType: 'application/json', headers: { 'Retry-After': '1' },
+              body: JSON.stringify({ error: { code: 'history_busy', message: 'injected by the test' } }) });
+          }
+          return route.continue();
+        });
+      },
+    });
+    const palette = await page.evaluate(() => window.placecast.palette);
+    const rgba = (c) => hexToRgba(palette[c]);
+    await waitVisiblePixel(page, 10, 10, rgba(5), 5000);
+    const loads0 = await page.evaluate(() => window.placecast.snapshotLoads);
+
+    await page.locator('#tool-history').click();
+    await page.waitForFunction((v) => !document.getElementById('history-range').disabled && window.placecast.historyView.max === v,
+      versions[2], { timeout: 10000, polling: 20 });
+    assert.match(await page.locator('#history-label').textContent(), new RegExp(`^Live: version ${versions[2]}`));
+    // Back two versions with the keyboard: the canvas as it was after the first edit.
+    await page.locator('#history-range').focus();
+    await page.keyboard.press('ArrowLeft');
+    await page.keyboard.press('ArrowLeft');
+    await page.waitForFunction((v) => { const h = window.placecast.historyView; return h.active && h.version === v && !h.loading; },
+      versions[0], { timeout: 15000, polling: 20 });
+    await waitVisiblePixel(page, 10, 10, rgba(3));
+    await waitVisiblePixel(page, 11, 10, rgba(0));
+    assert.equal(await page.evaluate(() => window.placecast.shownPixel(10, 10)), 3);
+    assert.equal(await page.evaluate(() => window.placecast.pixel(10, 10)), 5, 'the live model is untouched');
+    const hv = await page.evaluate(() => window.placecast.historyView);
+    t.diagnostic(`history view: ${JSON.stringify(hv)}; canvas requests: ${atRequests.length}, at most ${maxInflight} at once`);
+    assert.ok(hv.timeMs >= info.first_ts_ms && hv.timeMs <= Date.now(), 'the time of the version');
+    const label = await page.locator('#history-label').textContent();
+    assert.ok(label.startsWith(`Version ${versions[0]} of ${versions[2]} · ${await page.evaluate((ts) => new Date(ts).toLocaleString(), hv.timeMs)}`), label);
+    assert.equal(maxInflight, 1, 'one canvas request at a time');
+    assert.ok(injected >= 2, 'the busy answer was retried');
+    assert.ok(atRequests.every((u) => /at=\d+$/.test(u)));
+    assert.equal(await page.locator('#cooldown').getAttribute('data-state'), 'history');
+    await shot(page, 'history-view');
+
+    // Placing is off: a click says so and nothing reaches the server.
+    await page.locator('#palette .swatch[data-index="8"]').click();
+    await clickPixel(page, 12, 10);
+    await page.locator('#message').waitFor({ state: 'visible', timeout: 3000 });
+    assert.match(await page.locator('#message').textContent(), /as it was at version \d+\. Press Live to place pixels/);
+    // A live edit meanwhile reaches the live model (the socket stays up), not the picture.
+    const live = await placeHttp(token, 12, 10, 9, srv.base);
+    await page.waitForFunction(() => window.placecast.pixel(12, 10) === 9, null, { timeout: 5000, polling: 20 });
+    assert.equal(await page.evaluate(() => window.placecast.status), 'live');
+    await waitVisiblePixel(page, 12, 10, rgba(0));
+    await page.waitForFunction((v) => window.placecast.historyView.max === v, live.version, { timeout: 3000, polling: 20 });
+    assert.equal(live.version, versions[2] + 1, 'the click in the history view placed nothing');
+    assert.deepEqual(sent, [], 'no placement sent from the history view');
+
+    // Live: the current canvas at once (no reload), the live edit included, placing back on.
+    await page.locator('#history-live').click();
+    await waitVisiblePixel(page, 12, 10, rgba(9));
+    await waitVisiblePixel(page, 10, 10, rgba(5));
+    await waitVisiblePixel(page, 11, 10, rgba(7));
+    const after = await page.evaluate(() => ({ h: window.placecast.historyView, loads: window.placecast.snapshotLoads }));
+    assert.equal(after.h.active, false);
+    assert.equal(after.loads, loads0, 'no snapshot reload');
+    assert.equal(await page.locator('#cooldown').getAttribute('data-state'), 'ready');
+    await clickPixel(page, 13, 10);
+    await until('the placement after Live', async () => { const s = await serverSnapshot(srv.base); return s.px[10 * s.width + 13] === 8; });
+    await shot(page, 'history-live');
+
+    // The slider's far end: version 0, the empty canvas; closing the panel is Live too.
+    await page.locator('#history-range').focus();
+    await page.keyboard.press('Home');
+    await page.waitForFunction(() => { const h = window.placecast.historyView; return h.active && h.version === h.min && !h.loading; },
+      null, { timeout: 15000, polling: 20 });
+    await waitVisiblePixel(page, 11, 10, rgba(0));
+    await page.locator('#history-panel .close').click();
+    await waitVisiblePixel(page, 11, 10, rgba(7));
+    assert.equal(await page.evaluate(() => window.placecast.historyView.open), false);
+    await page.context().close();
+  } finally {
     await stop(srv);
   }
 });
