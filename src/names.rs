@@ -76,7 +76,9 @@ fn encode(key: u64, name: &str, out: &mut Vec<u8>) {
 
 /// Reads records from `r` until the end or the first bad one; returns them and the length of the
 /// valid prefix.
-fn load(mut r: impl Read) -> io::Result<(Vec<(u64, Box<str>)>, u64)> {
+type Loaded = (Vec<(u64, Box<str>)>, u64);
+
+fn load(mut r: impl Read) -> io::Result<Loaded> {
     let mut all = Vec::new();
     r.read_to_end(&mut all)?;
     let (mut at, mut out) = (0usize, Vec::new());
