@@ -31,6 +31,7 @@ pub mod shard;
 pub mod shared;
 pub mod snapshot;
 pub mod sys;
+pub mod timelapse;
 pub mod token;
 pub mod verdict;
 pub mod ws;
