@@ -473,6 +473,9 @@ fn raster_frames_are_tight_rectangles_of_changes() {
 
 /// The published benchmark: 16M clustered edits on 1000x1000, 60 s at 30 fps, as APNG and GIF.
 /// `cargo test --release --no-default-features --lib timelapse::tests::bench -- --ignored --nocapture`
+/// Measured on the 2-core dev VM (one core): 16M edits alone (one frame) 0.1 s; APNG, 1800
+/// frames, 1.7 s (45 MB) in either pace; GIF 20.6 s (31 MB), its LZW being the cost. ffmpeg's
+/// own decoders agree that the last frame of each equals the one-frame render.
 #[test]
 #[ignore]
 fn bench_16m_edits_1800_frames() {
