@@ -34,6 +34,7 @@ pub mod shard;
 pub mod shared;
 pub mod snapshot;
 pub mod sys;
+pub mod timelapse;
 pub mod token;
 pub mod tools;
 pub mod verdict;
