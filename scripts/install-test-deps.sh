@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, skipping what is already there:
 # Debian's chromium (browser tests), haproxy (the load balancer tests/edge.rs puts in front of
-# the nodes), systemd-analyze (tests/systemd_unit.rs checks the unit), the npm packages of
-# tests/web, and tansu (the Kafka-protocol broker the Kafka tests start on loopback; about 11
+# the nodes), systemd-analyze (tests/systemd_unit.rs checks the unit), ffmpeg (timelapse video
+# and decoding), the npm packages of tests/web, and tansu (the Kafka-protocol broker the Kafka tests start on loopback; about 11
 # minutes to build once).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +23,8 @@ done
 apt_missing=()
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || apt_missing+=(haproxy)
 command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
+# ffmpeg and ffprobe: the timelapse's MP4/WebM output and the tests that decode every format.
+{ command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; } || apt_missing+=(ffmpeg)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing ${apt_missing[*]} (apt-get)" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -49,6 +49,9 @@ pub enum Command {
     Export(crate::tools::ExportArgs),
     /// Read such a CSV (ours, or Reddit's 2017/2022 files) into an empty embedded log.
     Import(crate::tools::ImportArgs),
+    /// Render a span of the log as an animation: APNG or GIF written here, MP4 or WebM through
+    /// ffmpeg; reads the embedded log or the Kafka topic, works while the server runs.
+    Timelapse(crate::tools::TimelapseCommand),
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -427,6 +430,7 @@ where
         Command::CheckConfig(a) => ("check-config", a),
         Command::Export(a) => ("export", &a.serve),
         Command::Import(a) => ("import", &a.serve),
+        Command::Timelapse(a) => ("timelapse", &a.serve),
         _ => return Ok((cli, Sources::default())),
     };
     let sub = matches.subcommand_matches(name).expect("subcommand matched");

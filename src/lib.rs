@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod names;
 pub mod place;
 pub mod pow;
+pub mod progress;
 pub mod protocol;
 pub mod proxy_header;
 pub mod secrets;

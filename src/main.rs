@@ -63,6 +63,7 @@ fn main() {
         Command::Log(cmd) => std::process::exit(placecast::edit_log::tool::run(&cmd)),
         Command::Export(args) => std::process::exit(placecast::tools::export(&args)),
         Command::Import(args) => std::process::exit(placecast::tools::import(&args)),
+        Command::Timelapse(args) => std::process::exit(placecast::tools::timelapse(&args)),
         Command::MintToken { user, ttl, secret } => {
             if let Err(e) = placecast::secrets::check("--secret", &secret) {
                 eprintln!("placecast: {e}");

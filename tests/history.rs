@@ -351,3 +351,132 @@ fn export_and_import_round_trip_a_generated_event_byte_for_byte() {
     assert_eq!(snap.version, 20_000);
     assert_eq!(snap.pixels, replay(&rows(&csv), 20_000));
 }
+
+/// Every frame ffmpeg decodes from `path`, as RGB24 frames of `w`x`h`.
+fn decoded_frames(path: &Path, w: u32, h: u32) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .output()
+        .expect("ffmpeg is part of the test setup (scripts/install-test-deps.sh)");
+    assert!(out.status.success(), "ffmpeg decoding {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let frame = (w * h * 3) as usize;
+    assert_eq!(out.stdout.len() % frame, 0, "whole {w}x{h} frames");
+    out.stdout.chunks(frame).map(<[u8]>::to_vec).collect()
+}
+
+fn rgb(pixels: &[u8]) -> Vec<u8> {
+    let p = placecast::canvas::RPLACE_2017_PALETTE;
+    pixels
+        .iter()
+        .flat_map(|&c| [(p[c as usize] >> 16) as u8, (p[c as usize] >> 8) as u8, p[c as usize] as u8])
+        .collect()
+}
+
+/// (frames, width, height, duration in seconds) as ffprobe reads them.
+fn probe(path: &Path) -> (u64, u32, u32, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=width,height,nb_read_frames:format=duration", "-of", "default=nw=1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap().to_string();
+    (
+        field("nb_read_frames").parse().unwrap(),
+        field("width").parse().unwrap(),
+        field("height").parse().unwrap(),
+        field("duration").parse().unwrap(),
+    )
+}
+
+#[test]
+fn a_timelapse_of_a_generated_event_ends_on_the_canvas_the_log_replays_to_in_every_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = trace(tmp.path(), 20_000, 11);
+    let data = tmp.path().join("data");
+    import(&data, &csv);
+    let rows = rows(&csv);
+    // The server keeps running on the log: the timelapse reads beside it.
+    let s = Server::start_in(&data, free_port(), &canvas_flags());
+    let dir = data.to_str().unwrap();
+    let film = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["timelapse", "--data-dir", dir, "--width", "64", "--height", "32"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        tool(&a)
+    };
+    // APNG and GIF, written by placecast: lossless, so the last frame is the replay to --to.
+    for (name, to) in [("a.apng", 20_000u64), ("b.gif", 12_345)] {
+        let out = tmp.path().join(name);
+        let to_s = to.to_string();
+        let o = film(&out, &["--to", &to_s, "--duration", "2", "--fps", "10", "--pace", "edits"]);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("20 frames of 64x32"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let frames = decoded_frames(&out, W, H);
+        assert_eq!(frames.len(), 20, "{name}");
+        assert_eq!(frames.last().unwrap(), &rgb(&replay(&rows, to)), "{name}: the last frame is the canvas at {to}");
+        // Frames are evenly spaced in versions (`--pace edits`): frame i shows the canvas at the
+        // i-th cut, and the picture changes along the way.
+        assert_ne!(frames[0], frames[19], "{name}");
+        assert!(!Path::new(&format!("{}.partial", out.display())).exists());
+    }
+    // A region, scaled: the window of the replay, each pixel 2x2.
+    let out = tmp.path().join("c.apng");
+    film(&out, &["--region", "8,4,16,8", "--scale", "2", "--duration", "1", "--fps", "5"]);
+    let last = decoded_frames(&out, 32, 16).pop().unwrap();
+    let full = replay(&rows, 20_000);
+    let window: Vec<u8> = (0..16)
+        .flat_map(|y| (0..32).map(move |x| (x, y)))
+        .map(|(x, y)| full[((4 + y / 2) * W + 8 + x / 2) as usize])
+        .collect();
+    assert_eq!(last, rgb(&window), "the region, scaled");
+    // MP4 and WebM through ffmpeg: the frames, the size and the playing time are what was asked.
+    for name in ["d.mp4", "e.webm"] {
+        let out = tmp.path().join(name);
+        film(&out, &["--duration", "3", "--fps", "10", "--scale", "2"]);
+        let (frames, w, h, secs) = probe(&out);
+        assert_eq!((frames, w, h), (30, 128, 64), "{name}");
+        assert!((secs - 3.0).abs() < 0.2, "{name}: {secs} s");
+    }
+    // Bad flags: exit 2 and a message, no file.
+    let bad = Command::new(common::bin())
+        .args(["timelapse", "--data-dir", dir, "--width", "64", "--height", "32", "--region", "60,0,10,10"])
+        .args(["--out", tmp.path().join("f.gif").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(!tmp.path().join("f.gif").exists());
+    drop(s);
+}
+
+#[test]
+fn a_timelapse_stops_cleanly_on_sigint_and_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = trace(tmp.path(), 20_000, 5);
+    let data = tmp.path().join("data");
+    import(&data, &csv);
+    let out = tmp.path().join("long.webm");
+    let partial = tmp.path().join("long.webm.partial");
+    // Minutes of VP9 at 1024x512: far longer than it takes to see it start and stop it.
+    let mut child = Command::new(common::bin())
+        .args(["timelapse", "--data-dir", data.to_str().unwrap(), "--width", "64", "--height", "32"])
+        .args(["--scale", "16", "--fps", "60", "--duration", "60", "--out", out.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(60, "the render to start", || partial.exists().then_some(()));
+    // SAFETY: signalling our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    assert!(!partial.exists() && !out.exists(), "nothing left behind");
+}

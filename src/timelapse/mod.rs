@@ -18,7 +18,6 @@ mod apng;
 mod args;
 mod encode;
 mod gifenc;
-mod progress;
 mod raster;
 mod schedule;
 #[cfg(test)]
@@ -31,9 +30,9 @@ pub use args::{
 };
 
 use crate::canvas::{Canvas, Geometry};
+use crate::progress::Progress;
 use args::Plan;
 use encode::Sink;
-use progress::{Progress, Tick};
 use raster::{Raster, Rect, KEEP};
 use schedule::{Cut, Schedule};
 use std::ffi::OsString;
@@ -170,11 +169,11 @@ pub(crate) fn run_with(
     // file is removed.
     let partial = Partial::new(&plan.out);
     let sink = open_sink(&plan, geometry, &partial.path, opts)?;
-    let target = match plan.to {
-        Point::Version(v) => v,
-        Point::Time(_) => head.version,
+    let target = progress_target(&plan, head);
+    let progress = match opts.progress {
+        true => Progress::new("timelapse", target, "versions"),
+        false => Progress::hidden("timelapse", target, "versions"),
     };
-    let progress = Progress::new(opts.progress, plan.frames, target);
     let mut renderer = Renderer::new(&plan, geometry, head, sink, progress);
     renderer.render(edits, stop)?;
     let edits = renderer.finish()?;
@@ -209,6 +208,14 @@ fn open_sink(plan: &Plan, g: &Geometry, path: &Path, opts: &Options) -> Result<B
     })
 }
 
+/// The last version the render reads (for progress): `--to`, or the head for a time.
+fn progress_target(plan: &Plan, head: Head) -> u64 {
+    match plan.to {
+        Point::Version(v) => v,
+        Point::Time(_) => head.version,
+    }
+}
+
 fn io_error(path: &Path, source: std::io::Error) -> TimelapseError {
     TimelapseError::Io { path: path.to_path_buf(), source }
 }
@@ -226,6 +233,8 @@ struct Renderer<'a> {
     raster: Raster,
     sink: Box<dyn Sink>,
     progress: Progress,
+    /// The version at which the render is complete.
+    target: u64,
     /// The next frame to take, and its cut.
     next: u32,
     cut: Cut,
@@ -241,7 +250,20 @@ impl<'a> Renderer<'a> {
         let r = plan.region;
         let raster = Raster::new(r.x, r.y, r.width, r.height, plan.scale, initial_color(geometry));
         let cut = schedule.cut(0);
-        Renderer { geometry, schedule, raster, sink, progress, next: 0, cut, frame: Vec::new(), applied: 0, last: None }
+        let target = progress_target(plan, head);
+        Renderer {
+            geometry,
+            schedule,
+            raster,
+            sink,
+            progress,
+            target,
+            next: 0,
+            cut,
+            frame: Vec::new(),
+            applied: 0,
+            last: None,
+        }
     }
 
     fn done(&self) -> bool {
@@ -266,7 +288,7 @@ impl<'a> Renderer<'a> {
             if self.applied.is_multiple_of(POLL_EDITS) {
                 check_stop(stop)?;
                 if self.applied.is_multiple_of(PROGRESS_EDITS) {
-                    self.progress.update(self.tick());
+                    self.show_progress();
                 }
             }
         }
@@ -304,18 +326,22 @@ impl<'a> Renderer<'a> {
         if !self.done() {
             self.cut = self.schedule.cut(self.next);
         }
-        self.progress.update(self.tick());
+        self.show_progress();
         Ok(())
     }
 
-    fn tick(&self) -> Tick {
-        Tick { frame: self.next, edits: self.applied, version: self.last.map_or(0, |(v, _)| v) }
+    /// Progress is the version reached, so the ETA follows the edits still to read, which is
+    /// where the time goes.
+    fn show_progress(&mut self) {
+        let (frame, frames, edits) = (self.next, self.schedule.frames(), self.applied);
+        let version = self.last.map_or(0, |(v, _)| v).min(self.target);
+        self.progress.set_detail(version, || format!("frame {frame}/{frames}, {edits} edits"));
     }
 
     /// Completes the output; returns the edits applied.
     fn finish(mut self) -> Result<u64, TimelapseError> {
         self.sink.finish()?;
-        self.progress.finish();
+        self.progress.clear();
         Ok(self.applied)
     }
 }

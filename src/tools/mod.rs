@@ -8,14 +8,13 @@
 //! while a server runs on it. Ctrl-C stops each cleanly (a partial output is removed).
 
 pub mod csv;
-pub mod progress;
 pub mod read;
 
 use crate::canvas::Geometry;
 use crate::config::{Config, ServeArgs};
 use crate::edit_log::file::{encode, lock, sync_dir, LOG_FILE, RECORD};
 use crate::edit_log::Edit;
-use progress::Progress;
+use crate::progress::Progress;
 use read::LogReader;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -36,6 +35,14 @@ pub struct ExportArgs {
     /// dataset should: one user's edits still group, but the key cannot be matched to a name.
     #[arg(long)]
     pub anonymize_users: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TimelapseCommand {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub timelapse: crate::timelapse::TimelapseArgs,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -310,4 +317,35 @@ fn to_edit(row: &csv::Row, g: &Geometry) -> Result<Edit, String> {
         },
     };
     Ok(Edit { x: row.x as u16, y: row.y as u16, color, user: row.user, ts_ms: row.ts_ms })
+}
+
+pub fn timelapse(args: &TimelapseCommand) -> i32 {
+    exit_code(timelapse_inner(args))
+}
+
+/// Feeds `timelapse::run` the applied edits of the configured log (embedded file or Kafka topic).
+fn timelapse_inner(args: &TimelapseCommand) -> Result<(), ToolError> {
+    use crate::timelapse::{FrameEdit, Head, TimelapseError};
+    let config = config(&args.serve).map_err(ToolError::Config)?;
+    let reader = LogReader::open(&config).map_err(ToolError::Failed)?;
+    let e = reader.extent;
+    let head = Head { version: e.head, first_ts_ms: e.first_ts_ms, last_ts_ms: e.last_ts_ms };
+    let stop = stop_flag();
+    let edits = reader.filter_map(|r| match r {
+        Ok(a) if a.applied => {
+            let (v, e) = (a.version, a.edit);
+            Some(Ok(FrameEdit { version: v, ts_ms: e.ts_ms, x: e.x, y: e.y, color: e.color }))
+        }
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    });
+    match crate::timelapse::run(&args.timelapse, &config.geometry, head, edits, &stop) {
+        Ok(summary) => {
+            eprintln!("placecast: {summary}");
+            Ok(())
+        }
+        Err(TimelapseError::Stopped) => Err(ToolError::Stopped),
+        Err(TimelapseError::Args(e)) => Err(ToolError::Config(e.to_string())),
+        Err(e) => Err(ToolError::Failed(e.to_string())),
+    }
 }
