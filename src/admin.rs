@@ -1,9 +1,10 @@
-//! The admin API (`Authorization: Bearer <admin token>`): the cooldown, the admission limits and
-//! session policy, and the drain. Every change is live and logged.
+//! The admin API (`Authorization: Bearer <admin token>`) for what changes only this node: the
+//! admission limits and session policy, and the drain. Every change is live and logged. What
+//! every node must agree on (the cooldown, pause, the end, bans) is a control entry in the log:
+//! `control_routes.rs`.
 //!
 //! Invariant: every route checks the token in constant time before reading the body; values are
 //! validated before any is applied, so a request changes all it names or nothing.
-//! Not here: moderation (issue 11 puts those in the log).
 
 use crate::admission::LimitValues;
 use crate::http::{bearer, Req, Response};
@@ -16,7 +17,7 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `Err(answer)` unless the request carries the admin token.
-fn authorize(req: &Req, shared: &Shared) -> Result<(), Response> {
+pub(crate) fn authorize(req: &Req, shared: &Shared) -> Result<(), Response> {
     let Some(admin) = shared.config.args.admin_token.as_deref() else {
         return Err(Response::error(
             403,
@@ -28,32 +29,6 @@ fn authorize(req: &Req, shared: &Shared) -> Result<(), Response> {
         return Err(Response::error(401, "bad_token", "the admin API needs Authorization: Bearer <admin token>"));
     }
     Ok(())
-}
-
-pub fn cooldown(req: &Req, body: &[u8], shared: &Shared) -> Response {
-    if let Err(r) = authorize(req, shared) {
-        return r;
-    }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        seconds: u64,
-    }
-    if shared.verdicts.is_some() {
-        return Response::error(
-            409,
-            "cooldown_fixed",
-            "on a shared Kafka log the cooldown is part of the rule every node applies in log order: set the same --cooldown on every node and restart them",
-        );
-    }
-    match serde_json::from_slice::<Body>(body) {
-        Ok(b) if b.seconds <= 365 * 24 * 3600 => {
-            shared.limiter.set_cooldown_ms(b.seconds * 1000);
-            tracing::info!(seconds = b.seconds, "cooldown changed");
-            Response::json(200, serde_json::json!({"cooldown_ms": b.seconds * 1000}).to_string())
-        }
-        Ok(_) => Response::error(400, "bad_body", "seconds must be at most one year"),
-        Err(e) => Response::error(400, "bad_json", &format!("expected {{\"seconds\": N}}: {e}")),
-    }
 }
 
 fn limits_json(shared: &Shared) -> serde_json::Value {

@@ -16,10 +16,11 @@
 
 use crate::canvas::Canvas;
 use crate::checkpoint::Checkpoint;
+use crate::control::{Audit, AuditEntry, Control as ControlEntry, Entry, LiveSwitches, Switches};
 use crate::edit_log::{Committed, Edit};
 use crate::history::HistoryWriter;
 use crate::limiter::Limiter;
-use crate::log_rule::LogRule;
+use crate::log_rule::{LogRule, Rejection};
 use crate::protocol::{encode_batch, pack_edit};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::verdict::Verdicts;
@@ -119,10 +120,16 @@ pub struct Applier {
     snapshots: Arc<SnapshotStore>,
     stats: Arc<ApplierStats>,
     cluster: Option<ClusterSetup>,
-    /// The log-order validity rule's state (shared logs only).
-    rule: Option<LogRule>,
+    /// The log-order rule's state: the switches everywhere, the cooldown on shared logs.
+    rule: LogRule,
+    /// The switches changed since they were last published to `switches`.
+    switches_dirty: bool,
+    /// The switches as the shards read them at admission.
+    switches: Arc<LiveSwitches>,
+    /// The control entries applied (the admin API's audit list).
+    audit: Arc<Audit>,
     /// Rejections not yet told to `verdicts`.
-    rejected: Vec<(u64, u64)>,
+    rejected: Vec<(u64, Rejection)>,
     /// Timestamps of the edits in `pending`, for the log-to-batch latency.
     pending_ts: Vec<u64>,
     /// Set once history is replayed: only live edits count for latency.
@@ -143,10 +150,13 @@ pub struct ApplierSetup {
     pub stats: Arc<ApplierStats>,
     pub cluster: Option<ClusterSetup>,
     pub history: Option<HistoryWriter>,
+    pub switches: Arc<LiveSwitches>,
+    pub audit: Arc<Audit>,
 }
 
 impl Applier {
     pub fn new(s: ApplierSetup) -> Self {
+        let embedded_cooldown = s.limiter.cooldown_ms();
         Applier {
             canvas: s.canvas,
             version: 0,
@@ -164,7 +174,13 @@ impl Applier {
             limiter: s.limiter,
             snapshots: s.snapshots,
             stats: s.stats,
-            rule: s.cluster.as_ref().map(|c| LogRule::new(c.cooldown_ms)),
+            rule: match &s.cluster {
+                Some(c) => LogRule::new(c.cooldown_ms),
+                None => LogRule::embedded(embedded_cooldown),
+            },
+            switches_dirty: false,
+            switches: s.switches,
+            audit: s.audit,
             cluster: s.cluster,
             rejected: Vec::new(),
             pending_ts: Vec::new(),
@@ -194,14 +210,22 @@ impl Applier {
         self.window_base = cp.version;
         self.window.clear();
         let rule = LogRule {
-            cooldown_ms: cl.cooldown_ms,
+            cooldown_ms: cp.switches.cooldown_ms.unwrap_or(cl.cooldown_ms),
+            judge_cooldown: true,
             last_valid: cp.last_valid.into_iter().collect(),
             log_clock: cp.log_clock_ms,
+            switches: cp.switches,
         };
         for (&user, &ts) in &rule.last_valid {
             self.limiter.observe(user, ts);
         }
-        self.rule = Some(rule);
+        self.limiter.set_cooldown_ms(rule.cooldown_ms);
+        for e in cp.audit {
+            self.audit.push(e);
+        }
+        self.rule = rule;
+        self.switches_dirty = true;
+        self.publish_switches();
         self.settle();
         self.publish_versions();
         Ok(())
@@ -212,7 +236,7 @@ impl Applier {
     }
 
     fn make_checkpoint(&self) -> Option<Checkpoint> {
-        let (cl, rule) = (self.cluster.as_ref()?, self.rule.as_ref()?);
+        let (cl, rule) = (self.cluster.as_ref()?, &self.rule);
         let mut last_valid: Vec<(u64, u64)> = rule.last_valid.iter().map(|(&u, &t)| (u, t)).collect();
         last_valid.sort_unstable();
         Some(Checkpoint {
@@ -224,6 +248,8 @@ impl Applier {
             log_id: cl.log_id.clone(),
             pixels: self.canvas.pixels().to_vec(),
             last_valid,
+            switches: rule.switches.clone(),
+            audit: self.audit.all(),
         })
     }
 
@@ -247,12 +273,16 @@ impl Applier {
         }
     }
 
-    /// The log-order validity rule (`log_rule.rs`): `Err(next_at_ms)` when the user was cooling
-    /// down. Only on a shared log.
-    fn judge(&mut self, e: &Edit) -> Result<(), u64> {
-        match &mut self.rule {
-            Some(rule) => rule.judge(e),
-            None => Ok(()),
+    /// The switches as of the applied version (the embedded log's writer starts from them).
+    pub fn switches(&self) -> &Switches {
+        &self.rule.switches
+    }
+
+    /// Makes changed switches visible to admission (once per turn of the loop, and after the
+    /// replay, so a replay of many bans copies the banned set once).
+    fn publish_switches(&mut self) {
+        if std::mem::take(&mut self.switches_dirty) {
+            self.switches.publish(&self.rule.switches);
         }
     }
 
@@ -272,6 +302,7 @@ impl Applier {
             }
         }
         self.flush_history();
+        self.publish_switches();
         // History is not re-broadcast: clients get it from snapshots and catch-up.
         self.pending.clear();
         self.pending_ts.clear();
@@ -299,6 +330,7 @@ impl Applier {
                             match edits.try_recv() { Ok(c) => self.apply(c), Err(_) => break }
                         }
                         self.flush_history();
+                        self.publish_switches();
                         self.settle();
                     }
                     Err(_) => return,
@@ -350,44 +382,29 @@ impl Applier {
         assert_eq!(c.version, self.version + 1, "edit versions must be contiguous");
         self.version = c.version;
         let e = c.edit;
-        let g = &self.canvas.geometry;
-        let target = match g.index(e.x as i64, e.y as i64) {
-            Some(i) if g.valid_color(e.color as i64) => Some(i),
-            _ => {
+        let applied = match crate::control::classify(&e) {
+            Entry::Pixel => self.apply_pixel(c.version, &e),
+            Entry::Control(ctl) => {
+                self.apply_control(c.version, &e, ctl);
+                None
+            }
+            Entry::Unknown(kind) => {
                 tracing::warn!(
                     version = c.version,
-                    x = e.x,
-                    y = e.y,
-                    color = e.color,
-                    "edit outside this canvas; applied as no-op"
+                    kind,
+                    "a control entry of a kind this binary does not know (a newer binary wrote it); applied as a no-op"
                 );
                 None
             }
         };
-        let mut applied = None;
-        let packed = match target.map(|i| (i, self.judge(&e))) {
-            Some((i, Ok(()))) => {
-                self.canvas.set(i, e.color);
-                self.limiter.observe(e.user, e.ts_ms);
-                applied = Some(i);
-                pack_edit(i, e.color)
-            }
-            Some((_, Err(next_at))) => {
-                self.rejected.push((c.version, next_at));
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                NO_OP
-            }
-            None => NO_OP,
-        };
+        let packed = applied.map_or(NO_OP, |i| pack_edit(i, e.color));
         if packed != NO_OP {
             self.pending.push(packed);
             if self.live {
                 self.pending_ts.push(e.ts_ms);
             }
         }
-        if let Some(rule) = &mut self.rule {
-            rule.after(c.version);
-        }
+        self.rule.after(c.version);
         if let Some(h) = &mut self.history {
             h.record(c.version, &e, applied, &self.canvas);
         }
@@ -406,6 +423,47 @@ impl Applier {
             }
         }
         self.stats.edits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A pixel edit: the pixel index it changed, or `None` (outside the canvas, or refused by the
+    /// log-order rule).
+    fn apply_pixel(&mut self, version: u64, e: &Edit) -> Option<u32> {
+        let g = &self.canvas.geometry;
+        let Some(i) = g.index(e.x as i64, e.y as i64).filter(|_| g.valid_color(e.color as i64)) else {
+            tracing::warn!(version, x = e.x, y = e.y, color = e.color, "edit outside this canvas; applied as no-op");
+            return None;
+        };
+        match self.rule.judge(e) {
+            Ok(()) => {
+                self.canvas.set(i, e.color);
+                self.limiter.observe(e.user, e.ts_ms);
+                Some(i)
+            }
+            Err(r) => {
+                if self.cluster.is_some() {
+                    self.rejected.push((version, r));
+                } else {
+                    // The embedded writer refuses these before they are logged; only a log
+                    // written another way (an import) can hold one.
+                    tracing::warn!(version, rejection = ?r, "the log holds an edit its switches refuse; applied as a no-op");
+                }
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// A control entry: the switches (and the cooldown) change at its version.
+    fn apply_control(&mut self, version: u64, e: &Edit, ctl: ControlEntry) {
+        self.rule.control(&ctl);
+        if let ControlEntry::Cooldown { ms } = ctl {
+            self.limiter.set_cooldown_ms(ms);
+        }
+        self.switches_dirty = true;
+        self.audit.push(AuditEntry { version, ts_ms: e.ts_ms, control: ctl });
+        if self.live {
+            tracing::info!(version, action = ctl.action(), entry = ?ctl, "control entry applied");
+        }
     }
 
     /// Makes the history's buffered records readable (once per turn of the loop).
@@ -582,6 +640,8 @@ mod tests {
             stats: Arc::new(ApplierStats::new(1)),
             cluster: None,
             history: None,
+            switches: Default::default(),
+            audit: Default::default(),
         });
         (a, rx)
     }
@@ -628,6 +688,8 @@ mod tests {
                 names: Arc::new(crate::names::Names::open(dir).unwrap()),
             }),
             history: None,
+            switches: Default::default(),
+            audit: Default::default(),
         });
         (a, rx, verdicts)
     }
@@ -662,7 +724,8 @@ mod tests {
         // Versions 2, 4 and 6 came within the cooldown of user 7's last valid edit.
         assert_eq!(ranges(&[frame]), vec![(0, 6, 3)]);
         let got: Vec<_> = (1..=6).map(|v| verdicts.wait(v).try_recv().unwrap().unwrap()).collect();
-        assert_eq!(got, vec![Ok(()), Err(11_000), Ok(()), Err(11_000), Ok(()), Err(12_000)]);
+        let cd = |next_at_ms| Err(Rejection::Cooldown { next_at_ms });
+        assert_eq!(got, vec![Ok(()), cd(11_000), Ok(()), cd(11_000), Ok(()), cd(12_000)]);
         // A node restored from the checkpoint at version 4 decides versions 5 and 6 the same.
         let (mut b, _rx, _v) = cluster_applier(dir.path());
         b.restore(crate::checkpoint::Checkpoint::load(dir.path()).unwrap().unwrap()).unwrap();

@@ -2,20 +2,26 @@
 //! state of the log-order validity rule (each user's last valid edit), so a restart replays only
 //! the log after it.
 //!
-//! Layout (little-endian): magic "PCK1", version u64, cooldown_ms u64, log_clock_ms u64,
-//! width u32, height u32, log-id length u32 + bytes, pixels (one byte each), entry count u64,
-//! entries (user u64, last_valid_ms u64), then crc32 u32 over everything before it.
+//! Layout (little-endian): magic "PCK2", version u64, cooldown_ms u64 (the configured one),
+//! log_clock_ms u64, width u32, height u32, log-id length u32 + bytes, pixels (one byte each),
+//! entry count u64, entries (user u64, last_valid_ms u64), then the switches (`control.rs`):
+//! cooldown set u8 + ms u64, paused u8, end set u8 + at_ms u64, banned count u64 + user keys,
+//! audit count u64 + entries (version u64, ts_ms u64, kind u16, argument u64), then crc32 u32
+//! over everything before it. "PCK1" (before control entries) is the same without the switches
+//! and the audit, and still loads (no switches, an empty audit).
 //!
 //! Invariants: the file is replaced atomically (temp file, fsync, rename, fsync of the
 //! directory), so a crash leaves the old or the new checkpoint, never a torn one; a checkpoint is
 //! used only if its CRC, canvas size, cooldown rule and log id match this node's configuration
 //! (otherwise the node replays the whole log, which gives the same state, only slower).
 
+use crate::control::{classify, AuditEntry, Entry, Switches};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-const MAGIC: &[u8; 4] = b"PCK1";
+const MAGIC: &[u8; 4] = b"PCK2";
+const MAGIC_1: &[u8; 4] = b"PCK1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -30,6 +36,10 @@ pub struct Checkpoint {
     pub pixels: Vec<u8>,
     /// Each user's last valid edit time, sorted by user.
     pub last_valid: Vec<(u64, u64)>,
+    /// The switches at `version`.
+    pub switches: Switches,
+    /// The audit list at `version` (the newest `control::AUDIT_KEEP`).
+    pub audit: Vec<AuditEntry>,
 }
 
 #[derive(Debug, Error)]
@@ -61,15 +71,42 @@ impl Checkpoint {
             b.extend_from_slice(&u.to_le_bytes());
             b.extend_from_slice(&t.to_le_bytes());
         }
+        self.encode_switches(&mut b);
         let crc = crc32fast::hash(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
     }
 
+    fn encode_switches(&self, b: &mut Vec<u8>) {
+        let s = &self.switches;
+        let opt = |b: &mut Vec<u8>, v: Option<u64>| {
+            b.push(v.is_some() as u8);
+            b.extend_from_slice(&v.unwrap_or(0).to_le_bytes());
+        };
+        opt(b, s.cooldown_ms);
+        b.push(s.paused as u8);
+        opt(b, s.end_at_ms);
+        let mut banned: Vec<u64> = s.banned.iter().copied().collect();
+        banned.sort_unstable();
+        b.extend_from_slice(&(banned.len() as u64).to_le_bytes());
+        for u in banned {
+            b.extend_from_slice(&u.to_le_bytes());
+        }
+        b.extend_from_slice(&(self.audit.len() as u64).to_le_bytes());
+        for a in &self.audit {
+            let e = a.control.to_edit(a.ts_ms);
+            b.extend_from_slice(&a.version.to_le_bytes());
+            b.extend_from_slice(&a.ts_ms.to_le_bytes());
+            b.extend_from_slice(&e.y.to_le_bytes());
+            b.extend_from_slice(&e.user.to_le_bytes());
+        }
+    }
+
     pub fn decode(b: &[u8]) -> Option<Checkpoint> {
-        if b.len() < 40 || &b[..4] != MAGIC {
+        if b.len() < 40 || (&b[..4] != MAGIC && &b[..4] != MAGIC_1) {
             return None;
         }
+        let with_switches = &b[..4] == MAGIC;
         let (body, crc) = b.split_at(b.len() - 4);
         if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
             return None;
@@ -93,10 +130,49 @@ impl Checkpoint {
         let n = u64_(take(8)?) as usize;
         let raw = take(n.checked_mul(16)?)?;
         let last_valid = raw.chunks_exact(16).map(|c| (u64_(&c[..8]), u64_(&c[8..]))).collect();
+        let mut switches = Switches::default();
+        let mut audit = Vec::new();
+        if with_switches {
+            let flag = take(1)?[0];
+            let v = u64_(take(8)?);
+            switches.cooldown_ms = (flag == 1).then_some(v);
+            switches.paused = take(1)?[0] == 1;
+            let flag = take(1)?[0];
+            let v = u64_(take(8)?);
+            switches.end_at_ms = (flag == 1).then_some(v);
+            let n = u64_(take(8)?) as usize;
+            let raw = take(n.checked_mul(8)?)?;
+            switches.banned = raw.chunks_exact(8).map(u64_).collect();
+            let n = u64_(take(8)?) as usize;
+            let raw = take(n.checked_mul(26)?)?;
+            for c in raw.chunks_exact(26) {
+                let (version, ts_ms) = (u64_(&c[..8]), u64_(&c[8..16]));
+                let e = crate::edit_log::Edit {
+                    x: crate::control::CONTROL_X,
+                    y: u16::from_le_bytes([c[16], c[17]]),
+                    color: 0,
+                    user: u64_(&c[18..26]),
+                    ts_ms,
+                };
+                let Entry::Control(control) = classify(&e) else { return None };
+                audit.push(AuditEntry { version, ts_ms, control });
+            }
+        }
         if take(1).is_some() {
             return None;
         }
-        Some(Checkpoint { version, cooldown_ms, log_clock_ms, width, height, log_id, pixels, last_valid })
+        Some(Checkpoint {
+            version,
+            cooldown_ms,
+            log_clock_ms,
+            width,
+            height,
+            log_id,
+            pixels,
+            last_valid,
+            switches,
+            audit,
+        })
     }
 
     /// Writes the checkpoint atomically to `dir/checkpoint.bin`.
@@ -145,6 +221,8 @@ mod tests {
             log_id: "kafka:edits".into(),
             pixels: vec![1, 2, 3, 4, 5, 6],
             last_valid: vec![(7, 100), (9, 200)],
+            switches: Switches::default(),
+            audit: Vec::new(),
         };
         c.write(dir.path()).unwrap();
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(c.clone()));
@@ -153,5 +231,42 @@ mod tests {
         assert_eq!(Checkpoint::decode(&b), None);
         std::fs::write(path_in(dir.path()), &b[..30]).unwrap();
         assert!(matches!(Checkpoint::load(dir.path()), Err(CheckpointError::Damaged(_))));
+    }
+
+    #[test]
+    fn switches_and_audit_round_trip_and_a_format_1_checkpoint_loads() {
+        use crate::control::Control;
+        let mut switches = Switches::default();
+        for c in [Control::Cooldown { ms: 5_000 }, Control::Pause, Control::End { at_ms: 9 }, Control::Ban { user: 3 }]
+        {
+            switches.apply(&c);
+        }
+        let audit = vec![
+            AuditEntry { version: 5, ts_ms: 50, control: Control::Pause },
+            AuditEntry { version: 6, ts_ms: 60, control: Control::Ban { user: 3 } },
+        ];
+        let c = Checkpoint {
+            version: 6,
+            cooldown_ms: 1_000,
+            log_clock_ms: 60,
+            width: 2,
+            height: 1,
+            log_id: "t".into(),
+            pixels: vec![0, 1],
+            last_valid: vec![(1, 2)],
+            switches,
+            audit,
+        };
+        assert_eq!(Checkpoint::decode(&c.encode()), Some(c.clone()));
+        // Format 1: the same bytes up to the rule's entries, magic PCK1, no switches.
+        let mut old = c.encode();
+        old.truncate(old.len() - 4);
+        let cut = 4 + 24 + 8 + 4 + 1 + 2 + 8 + 16;
+        old.truncate(cut);
+        old[..4].copy_from_slice(b"PCK1");
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        let loaded = Checkpoint::decode(&old).unwrap();
+        assert_eq!((loaded.switches, loaded.audit.len(), loaded.pixels), (Switches::default(), 0, vec![0, 1]));
     }
 }

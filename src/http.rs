@@ -303,7 +303,13 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("POST", "/api/v1/session") => crate::session::create(shared, &ctx.client, body),
         ("GET", "/api/v1/session/challenge") => crate::session::challenge(shared),
         ("POST", "/api/v1/place") => place_http(req, body, shared, ctx.client.key).await,
-        ("POST", "/api/v1/admin/cooldown") => crate::admin::cooldown(req, body, shared),
+        ("POST", "/api/v1/admin/cooldown") => crate::control_routes::post(req, body, shared, "cooldown").await,
+        ("POST", "/api/v1/admin/pause") => crate::control_routes::post(req, body, shared, "pause").await,
+        ("POST", "/api/v1/admin/resume") => crate::control_routes::post(req, body, shared, "resume").await,
+        ("POST", "/api/v1/admin/end") => crate::control_routes::post(req, body, shared, "end").await,
+        ("POST", "/api/v1/admin/ban") => crate::control_routes::post(req, body, shared, "ban").await,
+        ("POST", "/api/v1/admin/unban") => crate::control_routes::post(req, body, shared, "unban").await,
+        ("GET", "/api/v1/admin/audit") => crate::control_routes::audit(req, shared),
         ("GET", "/api/v1/admin/limits") => crate::admin::get_limits(req, shared),
         ("POST", "/api/v1/admin/limits") => crate::admin::set_limits(req, body, shared),
         ("POST", "/api/v1/admin/drain") => crate::admin::drain(req, shared),
@@ -327,6 +333,12 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
             | "/api/v1/session/challenge"
             | "/api/v1/place"
             | "/api/v1/admin/cooldown"
+            | "/api/v1/admin/pause"
+            | "/api/v1/admin/resume"
+            | "/api/v1/admin/end"
+            | "/api/v1/admin/ban"
+            | "/api/v1/admin/unban"
+            | "/api/v1/admin/audit"
             | "/api/v1/admin/limits"
             | "/api/v1/admin/drain"
             | "/ws",
@@ -402,6 +414,8 @@ fn info(shared: &Shared) -> Response {
         "height": g.height,
         "palette": g.palette_hex(),
         "cooldown_ms": shared.limiter.cooldown_ms(),
+        "paused": shared.switches.paused(),
+        "end_at_ms": shared.switches.end_at_ms(),
         "version": shared.applier.cut_version.load(Ordering::Acquire),
         "edit_stride": shared.config.args.edit_stride,
     });

@@ -13,6 +13,8 @@ pub mod canvas;
 pub mod checkpoint;
 pub mod client_addr;
 pub mod config;
+pub mod control;
+pub mod control_routes;
 pub mod edit_log;
 pub mod history;
 pub mod http;

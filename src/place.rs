@@ -10,8 +10,10 @@
 
 use crate::admission::AdmissionError;
 use crate::client_addr::AddrKey;
+use crate::control::Refusal;
 use crate::edit_log::{AppendAck, Edit, LogError};
 use crate::limiter::Permit;
+use crate::log_rule::Rejection;
 use crate::shared::Shared;
 use crate::token::TokenError;
 use futures_channel::oneshot;
@@ -47,6 +49,8 @@ pub enum PlaceError {
     Admission(AdmissionError),
     #[error("your edit may be in the log, but its version is unknown ({0}); it appears on the canvas if it was valid (do not place it again)")]
     OutcomeUnknown(String),
+    #[error("{0}")]
+    Refused(crate::control::Refusal),
     #[error("your edit is in the log at version {version}, but this node has not applied it within {waited_ms} ms; it appears on the canvas if it was valid (do not place it again)")]
     VerdictPending { version: u64, waited_ms: u64 },
 }
@@ -63,6 +67,12 @@ impl PlaceError {
             PlaceError::LogUnavailable(_) => 503,
             PlaceError::VerdictPending { .. } | PlaceError::OutcomeUnknown(_) => 504,
             PlaceError::Admission(a) => a.status(),
+            PlaceError::Refused(r) => match r {
+                Refusal::Banned => 403,
+                // 423 Locked: it opens again (resume); 410 Gone: it never does.
+                Refusal::Paused => 423,
+                Refusal::Ended => 410,
+            },
         }
     }
 
@@ -80,6 +90,7 @@ impl PlaceError {
             PlaceError::VerdictPending { .. } => "verdict_pending",
             PlaceError::OutcomeUnknown(_) => "outcome_unknown",
             PlaceError::Admission(a) => a.code(),
+            PlaceError::Refused(r) => r.code(),
         }
     }
 
@@ -149,6 +160,11 @@ fn begin_inner(
         return Err(PlaceError::BadColor { color: body.color, max: g.palette.len() - 1 });
     }
     let now = crate::now_ms();
+    // The switches as this node last applied them: an early refusal. The log has the last word
+    // (the embedded writer, or the log-order rule on a shared log).
+    if let Some(r) = shared.switches.refuse(user, now) {
+        return Err(PlaceError::Refused(r));
+    }
     let permit =
         shared.limiter.try_acquire(user, now).map_err(|c| PlaceError::Cooldown { retry_after_ms: c.retry_after_ms })?;
     // The address pays only for placements its user may make: a user cooling down does not use
@@ -195,6 +211,7 @@ impl Pending {
                 self.shared.metrics.place_rejected(&e);
                 return Err(e);
             }
+            Ok(Err(LogError::Refused(r))) => Err(PlaceError::Refused(r)),
             Ok(Err(e)) => Err(PlaceError::LogUnavailable(e)),
             Err(_) => Err(PlaceError::LogUnavailable(LogError::Closed)),
         };
@@ -203,7 +220,8 @@ impl Pending {
             (Ok(p), Some(verdicts)) => match verdict(&self.shared, verdicts, p.version).await {
                 Err(e) => Err(e),
                 Ok(Ok(Ok(()))) => Ok(p),
-                Ok(Ok(Err(next_at_ms))) => {
+                Ok(Ok(Err(Rejection::Switch(r)))) => Err(PlaceError::Refused(r)),
+                Ok(Ok(Err(Rejection::Cooldown { next_at_ms }))) => {
                     // The user's valid edit is already in the limiter (learned from the log), so
                     // the permit is kept: the user is cooling down either way.
                     let retry_after_ms = next_at_ms.saturating_sub(crate::now_ms()).max(1);

@@ -156,6 +156,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         names: names.clone(),
     });
     let head = log.head();
+    let switches = Arc::new(crate::control::LiveSwitches::default());
+    let audit = Arc::new(crate::control::Audit::default());
     let history = HistoryWriter::open(HistorySetup {
         data_dir: &args.data_dir,
         geometry: config.geometry.clone(),
@@ -181,6 +183,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         stats: stats.clone(),
         cluster,
         history: Some(history),
+        switches: switches.clone(),
+        audit: audit.clone(),
     });
     if shared_log {
         restore_checkpoint(&mut applier, &args.data_dir, head, oldest_after, use_checkpoint)?;
@@ -190,6 +194,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let from = applier.version();
     log.tail(from, edits_tx)?;
     applier.replay(&edits_rx, head);
+    log.set_switches(applier.switches().clone())?;
     tracing::info!(edits = head, replayed = head - from, ms = started.elapsed().as_millis() as u64, log = %log.describe(), "history applied");
     std::thread::Builder::new().name("placecast-applier".into()).spawn(move || applier.run(edits_rx, catchup_rx))?;
 
@@ -211,6 +216,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         control: shared_log.then_some(control_tx),
         names: names.clone(),
         history,
+        switches,
+        audit,
         config,
         limiter: limiter.clone(),
         log,

@@ -60,6 +60,10 @@ pub struct Shared {
     pub names: Arc<crate::names::Names>,
     /// What the applier's history index serves (pixel lookups, the canvas at V, edit chunks).
     pub history: Arc<crate::history::HistoryReader>,
+    /// The switches as the applier last applied them (admission's early refusal).
+    pub switches: Arc<crate::control::LiveSwitches>,
+    /// The control entries applied (`GET /api/v1/admin/audit`).
+    pub audit: Arc<crate::control::Audit>,
 }
 
 /// How many client connections the descriptors allow (see the module doc).

@@ -8,14 +8,14 @@
 //! registered for a version not yet applied is always answered; a waiter for an applied version
 //! is answered at once from `rejected`, which remembers the last `KEEP` versions' rejections.
 
+use crate::log_rule::Rejection;
 use futures_channel::oneshot;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-/// `Ok(())` if the edit was applied, `Err(next_at_ms)` if it was rejected because its user was
-/// cooling down until `next_at_ms` (by the edits' own timestamps).
-pub type Verdict = Result<(), u64>;
+/// `Ok(())` if the edit was applied, else why the log-order rule refused it.
+pub type Verdict = Result<(), Rejection>;
 
 /// How many versions back a rejection is still remembered for late waiters.
 const KEEP: u64 = 1 << 20;
@@ -24,7 +24,7 @@ const KEEP: u64 = 1 << 20;
 struct Inner {
     applied: u64,
     waiters: FxHashMap<u64, oneshot::Sender<Verdict>>,
-    rejected: FxHashMap<u64, u64>,
+    rejected: FxHashMap<u64, Rejection>,
     order: VecDeque<u64>,
 }
 
@@ -53,7 +53,7 @@ impl Verdicts {
 
     /// Called by the applier after applying up to `applied`, with the rejections among the
     /// versions applied since the previous call.
-    pub fn settle(&self, applied: u64, rejected: &mut Vec<(u64, u64)>) {
+    pub fn settle(&self, applied: u64, rejected: &mut Vec<(u64, Rejection)>) {
         let mut i = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for &(v, next) in rejected.iter() {
             i.rejected.insert(v, next);
@@ -91,10 +91,11 @@ mod tests {
         let v = Verdicts::new(0);
         let early_ok = v.wait(1);
         let early_bad = v.wait(2);
-        v.settle(2, &mut vec![(2, 5_000)]);
+        let late = Rejection::Cooldown { next_at_ms: 5_000 };
+        v.settle(2, &mut vec![(2, late)]);
         assert_eq!(now(early_ok), Some(Ok(())));
-        assert_eq!(now(early_bad), Some(Err(5_000)));
-        assert_eq!(now(v.wait(2)), Some(Err(5_000)));
+        assert_eq!(now(early_bad), Some(Err(late)));
+        assert_eq!(now(v.wait(2)), Some(Err(late)));
         assert_eq!(now(v.wait(1)), Some(Ok(())));
         let pending = v.wait(3);
         v.settle(2, &mut vec![]);

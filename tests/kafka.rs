@@ -77,14 +77,95 @@ fn three_nodes_agree_one_pixel_per_cooldown_and_a_fourth_matches() {
     let snaps = converged(&all, snaps[0].version);
     assert!(snaps.iter().all(|s| s.pixels == snaps[0].pixels && s.version == snaps[0].version));
     assert_eq!(fourth.s().metric("placecast_rejected_in_log_order"), rejected[0]);
-    // The cooldown is part of the cluster's rule: one node cannot change it live.
-    let r = fourth.s().http(
-        "POST",
-        "/api/v1/admin/cooldown",
-        &[("Authorization", "Bearer admin-secret-1-0123456789abcdefghijklmnop")],
-        br#"{"seconds":0}"#,
-    );
-    assert_eq!((r.status, r.error_code().as_str()), (409, "cooldown_fixed"));
+}
+
+const ADMIN: &str = "admin-secret-1-0123456789abcdefghijklmnop";
+
+fn admin(n: &Node, action: &str, body: &str) -> u64 {
+    let auth = format!("Bearer {ADMIN}");
+    let r = n.s().http("POST", &format!("/api/v1/admin/{action}"), &[("Authorization", &auth)], body.as_bytes());
+    assert_eq!(r.status, 200, "{action}: {}", String::from_utf8_lossy(&r.body));
+    r.json()["version"].as_u64().unwrap()
+}
+
+fn audit(n: &Node) -> serde_json::Value {
+    let auth = format!("Bearer {ADMIN}");
+    n.s().http("GET", "/api/v1/admin/audit", &[("Authorization", &auth)], b"").json()
+}
+
+fn answer(n: &Node, token: &str, x: u32) -> (u16, String) {
+    let r = place_json(n.s().addr, token, x, 9, 3);
+    (r.status, if r.status == 200 { String::new() } else { r.error_code() })
+}
+
+#[test]
+fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted_one() {
+    let broker = Broker::start();
+    let flags = ["--cooldown", "60", "--batch-ms", "20", "--checkpoint-secs", "1", "--admin-token", ADMIN];
+    let mut nodes: Vec<Node> = (0..3).map(|_| Node::start(&broker, &flags)).collect();
+    let mint = |u: &str| placecast::token::Signer::new(TEST_SECRET.as_bytes()).mint(u, 0).unwrap();
+    let (alice, bob) = (mint("alice"), mint("bob"));
+    assert_eq!(answer(&nodes[0], &alice, 0).0, 200);
+    // The cooldown is an entry of the log now, so a cluster changes it live, everywhere.
+    assert_eq!(answer(&nodes[1], &alice, 1), (429, "cooldown".into()));
+    admin(&nodes[1], "cooldown", r#"{"seconds":0}"#);
+    for n in &nodes {
+        wait_for(30, "the new cooldown on every node", || {
+            (n.s().http("GET", "/api/v1/canvas/info", &[], b"").json()["cooldown_ms"] == 0).then_some(())
+        });
+    }
+    assert_eq!(answer(&nodes[2], &alice, 2).0, 200);
+    assert_eq!(answer(&nodes[0], &bob, 3).0, 200);
+
+    // Pause through one node: refused through every other, from the entry's version on (the
+    // log-order rule decides, so a node that has not applied it yet refuses too).
+    admin(&nodes[2], "pause", "");
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(answer(n, &bob, 10 + i as u32), (423, "paused".into()), "node {i}");
+    }
+    admin(&nodes[0], "resume", "");
+    assert_eq!(answer(&nodes[1], &bob, 13).0, 200);
+    // A ban through one node holds on all.
+    let ban = admin(&nodes[1], "ban", r#"{"user":"alice"}"#);
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(answer(n, &alice, 20 + i as u32), (403, "banned".into()), "node {i}");
+        assert_eq!(answer(n, &bob, 30 + i as u32).0, 200, "node {i}");
+    }
+    // The end of the event, then the canvas is final everywhere.
+    let end = admin(&nodes[0], "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms()));
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(answer(n, &bob, 40 + i as u32), (410, "ended".into()), "node {i}");
+    }
+    let head = nodes[0].version().max(end);
+    let all: Vec<&Node> = nodes.iter().collect();
+    let snaps = converged(&all, head);
+    assert!(snaps.iter().all(|s| s.pixels == snaps[0].pixels), "byte-identical canvases");
+    let audits: Vec<serde_json::Value> = nodes.iter().map(|n| audit(n)["entries"].clone()).collect();
+    assert!(audits.iter().all(|a| *a == audits[0]), "one audit list: {audits:?}");
+    let actions: Vec<&str> = audits[0].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["end", "ban", "resume", "pause", "cooldown"]);
+    assert_eq!(audits[0][1]["version"].as_u64(), Some(ban));
+
+    // A late node replays the topic to the same switches, audit and canvas.
+    let late = Node::start(&broker, &flags);
+    let snaps = converged(&[&nodes[0], &late], head);
+    assert!(snaps[1].pixels == snaps[0].pixels);
+    assert_eq!(audit(&late)["entries"], audits[0]);
+    assert_eq!(answer(&late, &bob, 50), (410, "ended".into()));
+
+    // A node restarted from its checkpoint (written after the last entry) has them too.
+    wait_for(30, "a checkpoint past the end entry", || {
+        let cp = placecast::checkpoint::Checkpoint::load(nodes[1].dir.path()).ok().flatten()?;
+        (cp.version >= end).then_some(())
+    });
+    nodes[1].server.take();
+    nodes[1].restart();
+    converged(&[&nodes[0], &nodes[1]], head);
+    assert_eq!(audit(&nodes[1])["entries"], audits[0]);
+    let lift = placecast::now_ms() + 3_600_000;
+    admin(&nodes[1], "end", &format!(r#"{{"at_ms":{lift}}}"#));
+    assert_eq!(answer(&nodes[1], &alice, 60), (403, "banned".into()), "the ban came back from the checkpoint");
+    assert_eq!(answer(&nodes[1], &bob, 61).0, 200);
 }
 
 #[test]

@@ -84,6 +84,8 @@ enum Msg {
     Append(Edit, Option<Box<str>>, Waiter),
     /// The user directory, sent once right after open, before any append.
     Names(Arc<Names>),
+    /// The switches at the head, sent once the applier has replayed the log (see `take`).
+    Switches(crate::control::Switches),
     Tail(u64, Sender<Committed>),
 }
 
@@ -369,6 +371,7 @@ impl FileLog {
             fatal: None,
             names: None,
             names_pending: Vec::new(),
+            switches: Default::default(),
         };
         let writer = std::thread::Builder::new()
             .name("placecast-log".into())
@@ -407,6 +410,10 @@ impl EditLog for FileLog {
         self.head.load(Ordering::Acquire)
     }
 
+    fn set_switches(&self, switches: crate::control::Switches) -> Result<(), LogError> {
+        self.tx.send(Msg::Switches(switches)).map_err(|_| LogError::Closed)
+    }
+
     fn describe(&self) -> String {
         format!("embedded log {}", self.path.display())
     }
@@ -437,6 +444,9 @@ struct Writer {
     /// The user directory, and the names the current group's edits carry (`names.rs`).
     names: Option<Arc<Names>>,
     names_pending: Vec<(u64, Box<str>)>,
+    /// The switches at the end of what is queued (`control.rs`): appends are judged against
+    /// them in the order they are written, so the log never holds an edit they refuse.
+    switches: crate::control::Switches,
 }
 
 impl Writer {
@@ -462,12 +472,23 @@ impl Writer {
     fn take(&mut self, m: Msg, group: &mut Vec<(Edit, Waiter)>) {
         match m {
             Msg::Append(e, name, tx) => {
+                match crate::control::classify(&e) {
+                    crate::control::Entry::Control(c) => self.switches.apply(&c),
+                    crate::control::Entry::Pixel => {
+                        if let Some(r) = self.switches.refuse(&e) {
+                            let _ = tx.send(Err(LogError::Refused(r)));
+                            return;
+                        }
+                    }
+                    crate::control::Entry::Unknown(_) => {}
+                }
                 if let Some(n) = name {
                     self.names_pending.push((e.user, n));
                 }
                 group.push((e, tx))
             }
             Msg::Names(n) => self.names = Some(n),
+            Msg::Switches(s) => self.switches = s,
             Msg::Tail(after, sink) => {
                 // Commit what is pending first, so the replay and the live feed meet exactly.
                 if !group.is_empty() && self.fatal.is_none() {

@@ -52,6 +52,9 @@ pub enum LogError {
     /// broker refused as a duplicate of one it had written).
     #[error("{0}")]
     OutcomeUnknown(String),
+    /// The embedded log's writer refused the edit: the switches at its position refuse it.
+    #[error("{0}")]
+    Refused(crate::control::Refusal),
 }
 
 /// Resolves to the edit's version once it is durable.
@@ -72,6 +75,12 @@ pub trait EditLog: Send + Sync + 'static {
     fn head(&self) -> u64;
     /// One line for logs and /healthz.
     fn describe(&self) -> String;
+    /// The switches at the log's head, once the applier has replayed it: a log that orders
+    /// appends itself (the embedded one) refuses what they refuse, in log order, from then on.
+    /// A shared log leaves that to the log-order rule (`verdict.rs`).
+    fn set_switches(&self, _switches: crate::control::Switches) -> Result<(), LogError> {
+        Ok(())
+    }
     /// Whether the log takes edits now (`/readyz`); the error says why not.
     fn writable(&self) -> Result<(), String> {
         Ok(())

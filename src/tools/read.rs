@@ -4,8 +4,9 @@
 //! beginning up to the end it had when the tool started).
 //!
 //! Invariant: a tool sees the edits the applier would apply, judged the same way: on Kafka the
-//! log-order cooldown rule (`log_rule.rs`, with the configured `--cooldown`) decides which edits
-//! changed a pixel; an edit outside the canvas never does.
+//! log-order rule (`log_rule.rs`: the configured `--cooldown` until a cooldown entry, and the
+//! switches of the control entries) decides which edits changed a pixel; an edit outside the
+//! canvas, or a control entry, never does.
 
 use crate::canvas::Geometry;
 use crate::config::Config;
@@ -142,6 +143,12 @@ impl LogReader {
     fn judge(&mut self, c: Committed) -> Applied {
         let e = c.edit;
         let inside = self.geometry.index(e.x as i64, e.y as i64).is_some() && self.geometry.valid_color(e.color as i64);
+        // A control entry changes no pixel (x = CONTROL_X is outside every canvas); on a shared
+        // log it changes the rule, as in the applier. The embedded writer logged only edits its
+        // switches allowed, so there the rule is not needed.
+        if let (Some(r), crate::control::Entry::Control(ctl)) = (&mut self.rule, crate::control::classify(&e)) {
+            r.control(&ctl);
+        }
         let applied = inside && self.rule.as_mut().is_none_or(|r| r.judge(&e).is_ok());
         if let Some(r) = &mut self.rule {
             r.after(c.version);

@@ -1,0 +1,363 @@
+//! Control entries: the event's switches (cooldown, pause and resume, the end of the event) and
+//! bans, as records of the ordered log, and `Switches`, the state they build.
+//!
+//! A control entry is a log record like an edit, so every node applies it at the same version, a
+//! restart or a late node replays it, and the log is the audit trail. It is encoded in the
+//! 32-byte edit record (log format 2) as an edit at `x = CONTROL_X` (65535: no canvas has that
+//! column, sides being at most 65535), `y` = its kind, `user` = its argument (the cooldown in ms,
+//! the end time, the banned user's key), `ts_ms` = when it was made. Format 1 logs (every log
+//! written before control entries) hold no record with `x = 65535`, so they read unchanged; a
+//! binary that predates format 2 applies a control record as an edit outside its canvas, a no-op,
+//! rather than misreading it. Bytes 24..28 of the record stay zero: the actor of the entry, 0
+//! being the `--admin-token` operator (named roles will fill them).
+//!
+//! What reads edits without knowing this module (the history index, export, the timelapse) sees
+//! a control entry as a version that changed no pixel.
+//!
+//! Invariants: `Switches` after version V depends only on the entries at versions `..=V`, in
+//! order; an unknown kind (a newer binary's) changes nothing and is reported once per version;
+//! the banned set is bounded by `MAX_BANS` (a ban beyond it is refused before it is logged).
+
+use crate::edit_log::Edit;
+use rustc_hash::FxHashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
+use thiserror::Error;
+
+/// The column that marks a record as a control entry.
+pub const CONTROL_X: u16 = u16::MAX;
+/// The log's record format: 1 = edits only; 2 = edits and control entries.
+pub const LOG_FORMAT: u32 = 2;
+/// Users banned at once. A ban is 8 bytes in each of the applier's, the log writer's and the
+/// shards' sets (~24 MB at the bound); r/place 2022 banned far fewer accounts than this.
+pub const MAX_BANS: usize = 1 << 20;
+/// The longest cooldown an operator can set (as the admin route always allowed).
+pub const MAX_COOLDOWN_MS: u64 = 365 * 24 * 3600 * 1000;
+
+const KIND_COOLDOWN: u16 = 1;
+const KIND_PAUSE: u16 = 2;
+const KIND_RESUME: u16 = 3;
+const KIND_END: u16 = 4;
+const KIND_BAN: u16 = 5;
+const KIND_UNBAN: u16 = 6;
+
+/// One control entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// The cooldown for every user from this version on.
+    Cooldown {
+        ms: u64,
+    },
+    /// Placements are refused (`paused`) until a `Resume`.
+    Pause,
+    Resume,
+    /// Placements made at or after `at_ms` are refused (`ended`); a later `End` replaces it.
+    End {
+        at_ms: u64,
+    },
+    Ban {
+        user: u64,
+    },
+    Unban {
+        user: u64,
+    },
+}
+
+impl Control {
+    /// The entry as a log record made at `ts_ms`.
+    pub fn to_edit(self, ts_ms: u64) -> Edit {
+        let (kind, arg) = match self {
+            Control::Cooldown { ms } => (KIND_COOLDOWN, ms),
+            Control::Pause => (KIND_PAUSE, 0),
+            Control::Resume => (KIND_RESUME, 0),
+            Control::End { at_ms } => (KIND_END, at_ms),
+            Control::Ban { user } => (KIND_BAN, user),
+            Control::Unban { user } => (KIND_UNBAN, user),
+        };
+        Edit { x: CONTROL_X, y: kind, color: 0, user: arg, ts_ms }
+    }
+
+    /// The action's name in the audit list and the admin API.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Control::Cooldown { .. } => "cooldown",
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::End { .. } => "end",
+            Control::Ban { .. } => "ban",
+            Control::Unban { .. } => "unban",
+        }
+    }
+}
+
+/// What a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Pixel,
+    Control(Control),
+    /// A control entry of a kind this binary does not know (written by a newer one).
+    Unknown(u16),
+}
+
+pub fn classify(e: &Edit) -> Entry {
+    if e.x != CONTROL_X {
+        return Entry::Pixel;
+    }
+    Entry::Control(match e.y {
+        KIND_COOLDOWN => Control::Cooldown { ms: e.user },
+        KIND_PAUSE => Control::Pause,
+        KIND_RESUME => Control::Resume,
+        KIND_END => Control::End { at_ms: e.user },
+        KIND_BAN => Control::Ban { user: e.user },
+        KIND_UNBAN => Control::Unban { user: e.user },
+        other => return Entry::Unknown(other),
+    })
+}
+
+/// Why the switches refuse a placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum Refusal {
+    #[error("you are banned from placing on this canvas")]
+    Banned,
+    #[error("placing is paused by the operators; try again later")]
+    Paused,
+    #[error("the event has ended; the canvas is final")]
+    Ended,
+}
+
+impl Refusal {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Banned => "banned",
+            Refusal::Paused => "paused",
+            Refusal::Ended => "ended",
+        }
+    }
+}
+
+/// The switches as of a version: built by applying control entries in log order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// The cooldown set in the log, if any (else the configured one holds).
+    pub cooldown_ms: Option<u64>,
+    pub paused: bool,
+    pub end_at_ms: Option<u64>,
+    pub banned: FxHashSet<u64>,
+}
+
+impl Switches {
+    pub fn apply(&mut self, c: &Control) {
+        match *c {
+            Control::Cooldown { ms } => self.cooldown_ms = Some(ms),
+            Control::Pause => self.paused = true,
+            Control::Resume => self.paused = false,
+            Control::End { at_ms } => self.end_at_ms = Some(at_ms),
+            Control::Ban { user } => {
+                // The admin route refuses a ban beyond the bound; a log written elsewhere with
+                // more is applied up to it, the same way on every node.
+                if self.banned.len() < MAX_BANS {
+                    self.banned.insert(user);
+                }
+            }
+            Control::Unban { user } => {
+                self.banned.remove(&user);
+            }
+        }
+    }
+
+    /// Whether a pixel edit by `e.user` at `e.ts_ms` is refused, by the switches alone.
+    pub fn refuse(&self, e: &Edit) -> Option<Refusal> {
+        if self.banned.contains(&e.user) {
+            return Some(Refusal::Banned);
+        }
+        if self.paused {
+            return Some(Refusal::Paused);
+        }
+        match self.end_at_ms {
+            Some(end) if e.ts_ms >= end => Some(Refusal::Ended),
+            _ => None,
+        }
+    }
+}
+
+/// The switches as the shards read them at admission (a fast early refusal; the log writer or
+/// the log-order rule has the last word). Written by the applier only.
+pub struct LiveSwitches {
+    paused: AtomicBool,
+    /// `u64::MAX`: no end.
+    end_at_ms: AtomicU64,
+    any_banned: AtomicBool,
+    banned: RwLock<FxHashSet<u64>>,
+}
+
+impl Default for LiveSwitches {
+    fn default() -> Self {
+        LiveSwitches {
+            paused: AtomicBool::new(false),
+            end_at_ms: AtomicU64::new(u64::MAX),
+            any_banned: AtomicBool::new(false),
+            banned: RwLock::new(FxHashSet::default()),
+        }
+    }
+}
+
+impl LiveSwitches {
+    pub fn publish(&self, s: &Switches) {
+        self.paused.store(s.paused, Ordering::Release);
+        self.end_at_ms.store(s.end_at_ms.unwrap_or(u64::MAX), Ordering::Release);
+        let mut b = self.banned.write().unwrap_or_else(|p| p.into_inner());
+        if *b != s.banned {
+            b.clone_from(&s.banned);
+        }
+        self.any_banned.store(!b.is_empty(), Ordering::Release);
+    }
+
+    pub fn refuse(&self, user: u64, now_ms: u64) -> Option<Refusal> {
+        // No lock unless somebody is banned.
+        if self.any_banned.load(Ordering::Acquire)
+            && self.banned.read().unwrap_or_else(|p| p.into_inner()).contains(&user)
+        {
+            return Some(Refusal::Banned);
+        }
+        if self.paused.load(Ordering::Acquire) {
+            return Some(Refusal::Paused);
+        }
+        (now_ms >= self.end_at_ms.load(Ordering::Acquire)).then_some(Refusal::Ended)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    pub fn end_at_ms(&self) -> Option<u64> {
+        Some(self.end_at_ms.load(Ordering::Acquire)).filter(|&t| t != u64::MAX)
+    }
+
+    pub fn banned_count(&self) -> usize {
+        self.banned.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_banned(&self, user: u64) -> bool {
+        self.banned.read().unwrap_or_else(|p| p.into_inner()).contains(&user)
+    }
+}
+
+/// Control entries the audit list keeps, newest last: at ~40 bytes each, 10,000 is 400 KB, and
+/// an event's moderators make far fewer actions (older ones stay in the log, `placecast export`
+/// does not include them: `log` tools and the topic do).
+pub const AUDIT_KEEP: usize = 10_000;
+
+/// One applied control entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub version: u64,
+    pub ts_ms: u64,
+    pub control: Control,
+}
+
+impl AuditEntry {
+    pub fn json(&self, names: &crate::names::Names) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "version": self.version,
+            "ts_ms": self.ts_ms,
+            "action": self.control.action(),
+            // Bytes 24..28 of every entry so far: the --admin-token operator (see the module doc).
+            "by": "operator",
+        });
+        match self.control {
+            Control::Cooldown { ms } => v["seconds"] = (ms / 1000).into(),
+            Control::End { at_ms } => v["at_ms"] = at_ms.into(),
+            Control::Ban { user } | Control::Unban { user } => {
+                v["user_key"] = format!("{user:016x}").into();
+                v["user"] = names.get(user).map(|n| n.to_string()).into();
+            }
+            Control::Pause | Control::Resume => {}
+        }
+        v
+    }
+}
+
+/// The last `AUDIT_KEEP` control entries applied (the applier writes, the admin route reads).
+#[derive(Default)]
+pub struct Audit {
+    entries: std::sync::Mutex<std::collections::VecDeque<AuditEntry>>,
+}
+
+impl Audit {
+    pub fn push(&self, e: AuditEntry) {
+        let mut q = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == AUDIT_KEEP {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    /// Newest first, at most `n`.
+    pub fn newest(&self, n: usize) -> Vec<AuditEntry> {
+        let q = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        q.iter().rev().take(n).copied().collect()
+    }
+
+    /// Every kept entry, oldest first (for the checkpoint).
+    pub fn all(&self) -> Vec<AuditEntry> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_round_trips_through_a_record() {
+        let all = [
+            Control::Cooldown { ms: 300_000 },
+            Control::Pause,
+            Control::Resume,
+            Control::End { at_ms: 1_491_238_800_000 },
+            Control::Ban { user: 0xdead_beef },
+            Control::Unban { user: u64::MAX },
+        ];
+        for c in all {
+            let e = c.to_edit(42);
+            let mut rec = [0u8; crate::edit_log::file::RECORD];
+            crate::edit_log::file::encode(7, &e, &mut rec);
+            let back = crate::edit_log::file::decode(7, &rec).unwrap();
+            assert_eq!(classify(&back), Entry::Control(c));
+            assert_eq!(back.ts_ms, 42);
+            // Bytes 24..28 (the actor) are zero: the --admin-token operator.
+            assert_eq!(rec[24..28], [0; 4]);
+        }
+        let pixel = Edit { x: 65_534, y: 3, color: 1, user: 9, ts_ms: 1 };
+        assert_eq!(classify(&pixel), Entry::Pixel);
+        assert_eq!(classify(&Edit { x: CONTROL_X, y: 999, color: 0, user: 0, ts_ms: 0 }), Entry::Unknown(999));
+    }
+
+    #[test]
+    fn switches_refuse_in_order_of_precedence() {
+        let mut s = Switches::default();
+        let by = |user, ts_ms| Edit { x: 1, y: 1, color: 1, user, ts_ms };
+        assert_eq!(s.refuse(&by(1, 10)), None);
+        s.apply(&Control::End { at_ms: 100 });
+        assert_eq!(s.refuse(&by(1, 99)), None);
+        assert_eq!(s.refuse(&by(1, 100)), Some(Refusal::Ended));
+        s.apply(&Control::Pause);
+        assert_eq!(s.refuse(&by(1, 10)), Some(Refusal::Paused));
+        s.apply(&Control::Ban { user: 1 });
+        assert_eq!(s.refuse(&by(1, 10)), Some(Refusal::Banned));
+        s.apply(&Control::Resume);
+        s.apply(&Control::Unban { user: 1 });
+        s.apply(&Control::End { at_ms: 1_000 });
+        assert_eq!(s.refuse(&by(1, 500)), None);
+        s.apply(&Control::Cooldown { ms: 5 });
+        assert_eq!(s.cooldown_ms, Some(5));
+
+        let live = LiveSwitches::default();
+        live.publish(&s);
+        assert_eq!(live.refuse(1, 500), None);
+        assert_eq!(live.refuse(1, 1_000), Some(Refusal::Ended));
+        s.apply(&Control::Ban { user: 2 });
+        live.publish(&s);
+        assert_eq!((live.refuse(2, 0), live.refuse(3, 0)), (Some(Refusal::Banned), None));
+    }
+}

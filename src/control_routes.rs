@@ -1,0 +1,176 @@
+//! The admin routes that write control entries (`control.rs`) to the ordered log:
+//! `POST /api/v1/admin/{cooldown,pause,resume,end,ban,unban}`, and `GET /api/v1/admin/audit`,
+//! the control entries applied, read back. Each POST answers with the version of its entry once
+//! it is durable; every node applies it at that version.
+//!
+//! Invariant: a request is checked whole (token, body, the user it names) before anything is
+//! appended, so a bad request writes nothing to the log. Not here: the routes that change only
+//! this node (`admin.rs`: limits, drain).
+
+use crate::control::{Control, AUDIT_KEEP, MAX_BANS, MAX_COOLDOWN_MS};
+use crate::http::{Req, Response};
+use crate::shared::Shared;
+use serde::Deserialize;
+
+/// Audit entries one request returns unless it asks for fewer.
+const AUDIT_DEFAULT: usize = 100;
+/// How long a control route waits for this node to apply its entry: the applier applies within
+/// a batch interval normally; a node whose tail lags this long answers 202.
+const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const APPLY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// `POST /api/v1/admin/<action>`.
+pub async fn post(req: &Req, body: &[u8], shared: &Shared, action: &str) -> Response {
+    if let Err(r) = crate::admin::authorize(req, shared) {
+        return r;
+    }
+    let control = match parse(action, body, shared) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    append(shared, control).await
+}
+
+fn bad_json(what: &str, e: serde_json::Error) -> Response {
+    Response::error(400, "bad_json", &format!("expected {what}: {e}"))
+}
+
+fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Cooldown {
+        seconds: u64,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct End {
+        at_ms: u64,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct User {
+        user: Option<String>,
+        user_key: Option<String>,
+    }
+    match action {
+        "pause" => empty(body).map(|()| Control::Pause),
+        "resume" => empty(body).map(|()| Control::Resume),
+        "cooldown" => {
+            let b: Cooldown = serde_json::from_slice(body).map_err(|e| bad_json("{\"seconds\": N}", e))?;
+            match b.seconds.checked_mul(1000) {
+                Some(ms) if ms <= MAX_COOLDOWN_MS => Ok(Control::Cooldown { ms }),
+                _ => Err(Response::error(400, "bad_body", "seconds must be at most one year")),
+            }
+        }
+        "end" => {
+            let b: End = serde_json::from_slice(body).map_err(|e| bad_json("{\"at_ms\": UNIX_MS}", e))?;
+            Ok(Control::End { at_ms: b.at_ms })
+        }
+        "ban" | "unban" => {
+            let b: User =
+                serde_json::from_slice(body).map_err(|e| bad_json("{\"user\": NAME} or {\"user_key\": HEX16}", e))?;
+            let user = known_user(shared, b.user.as_deref(), b.user_key.as_deref())?;
+            if action == "unban" {
+                return Ok(Control::Unban { user });
+            }
+            if !shared.switches.is_banned(user) && shared.switches.banned_count() >= MAX_BANS {
+                return Err(Response::error(
+                    409,
+                    "too_many_bans",
+                    &format!("at most {MAX_BANS} users can be banned at once"),
+                ));
+            }
+            Ok(Control::Ban { user })
+        }
+        _ => Err(Response::error(404, "not_found", &format!("no such admin action: {action}"))),
+    }
+}
+
+/// Pause and resume take no arguments: an empty body or `{}`.
+fn empty(body: &[u8]) -> Result<(), Response> {
+    let text = std::str::from_utf8(body).unwrap_or("?").trim();
+    match text {
+        "" | "{}" => Ok(()),
+        _ => Err(Response::error(400, "bad_body", "this action takes no arguments: send an empty body or {}")),
+    }
+}
+
+/// The user key of a user this canvas has seen (in the user directory: somebody who placed at
+/// least once), by display name or by the 16 hex digits lookups and exports show.
+fn known_user(shared: &Shared, name: Option<&str>, key: Option<&str>) -> Result<u64, Response> {
+    let key = match (name, key) {
+        (Some(n), None) => crate::token::user_key(n),
+        (None, Some(k)) if k.len() == 16 => u64::from_str_radix(k, 16)
+            .map_err(|_| Response::error(400, "bad_body", "user_key must be 16 hex digits"))?,
+        (None, Some(_)) => return Err(Response::error(400, "bad_body", "user_key must be 16 hex digits")),
+        _ => return Err(Response::error(400, "bad_body", "name the user by exactly one of user or user_key")),
+    };
+    match shared.names.get(key) {
+        Some(_) => Ok(key),
+        None => Err(Response::error(
+            404,
+            "unknown_user",
+            "no such user on this canvas (a user is known once they have placed a pixel)",
+        )),
+    }
+}
+
+async fn append(shared: &Shared, control: Control) -> Response {
+    let ack = match shared.log.append(control.to_edit(crate::now_ms())) {
+        Ok(ack) => ack,
+        Err(e) => return Response::error(503, "log_unavailable", &e.to_string()),
+    };
+    match ack.await {
+        Ok(Ok(version)) => {
+            tracing::info!(version, action = control.action(), entry = ?control, "control entry logged");
+            let applied = applied_here(shared, version).await;
+            let body = serde_json::json!({"action": control.action(), "version": version, "applied": applied});
+            // 202: durable and in force on every node once it applies `version`, but this node
+            // had not yet applied it when the wait ran out.
+            Response::json(if applied { 200 } else { 202 }, body.to_string())
+        }
+        Ok(Err(e)) => Response::error(503, "log_unavailable", &e.to_string()),
+        Err(_) => Response::error(503, "log_unavailable", "the edit log is shut down"),
+    }
+}
+
+/// Waits (bounded by `APPLY_WAIT`) until this node's applier has applied `version`, so that
+/// when the answer arrives the change is in force here: a placement sent next sees it.
+async fn applied_here(shared: &Shared, version: u64) -> bool {
+    let until = std::time::Instant::now() + APPLY_WAIT;
+    loop {
+        if shared.applier.version.load(std::sync::atomic::Ordering::Acquire) >= version {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        glommio::timer::sleep(APPLY_POLL).await;
+    }
+}
+
+/// `GET /api/v1/admin/audit?limit=N`: the control entries applied, newest first.
+pub fn audit(req: &Req, shared: &Shared) -> Response {
+    if let Err(r) = crate::admin::authorize(req, shared) {
+        return r;
+    }
+    let limit = match crate::http::query_param(&req.query, "limit") {
+        None => AUDIT_DEFAULT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=AUDIT_KEEP).contains(&n) => n,
+            _ => return Response::error(400, "bad_query", &format!("limit must be between 1 and {AUDIT_KEEP}")),
+        },
+    };
+    let entries: Vec<serde_json::Value> = shared.audit.newest(limit).iter().map(|e| e.json(&shared.names)).collect();
+    let s = &shared.switches;
+    let body = serde_json::json!({
+        "switches": {
+            "paused": s.paused(),
+            "end_at_ms": s.end_at_ms(),
+            "banned": s.banned_count(),
+            "cooldown_ms": shared.limiter.cooldown_ms(),
+        },
+        "entries": entries,
+    });
+    Response::json(200, body.to_string())
+}

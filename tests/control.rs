@@ -1,0 +1,164 @@
+//! Control entries against the real binary on the embedded log: pause and resume, bans, the end
+//! of the event and the cooldown, each an entry of the ordered log (its version in the answer,
+//! in the audit list, refused placements saying why over HTTP and WebSocket), bad requests
+//! writing nothing, every switch surviving a SIGKILL, and a log written before control entries
+//! existed (format 1, `tests/golden/format1/`) opening unchanged. The same on a Kafka cluster is
+//! in `tests/kafka.rs`.
+mod common;
+
+use common::{free_port, wait_for, Server, TEST_SECRET};
+
+const ADMIN: &str = "admin-secret-1-0123456789abcdefghijklmnop";
+
+fn token(user: &str) -> String {
+    placecast::token::Signer::new(TEST_SECRET.as_bytes()).mint(user, 0).unwrap()
+}
+
+fn flags() -> Vec<&'static str> {
+    vec!["--width", "16", "--height", "8", "--cooldown", "0", "--admin-token", ADMIN]
+}
+
+fn admin(s: &Server, action: &str, body: &str) -> common::HttpResponse {
+    let auth = format!("Bearer {ADMIN}");
+    s.http("POST", &format!("/api/v1/admin/{action}"), &[("Authorization", &auth)], body.as_bytes())
+}
+
+fn head(s: &Server) -> u64 {
+    s.http("GET", "/healthz", &[], b"").json()["version"].as_u64().unwrap()
+}
+
+fn audit(s: &Server) -> serde_json::Value {
+    let auth = format!("Bearer {ADMIN}");
+    let r = s.http("GET", "/api/v1/admin/audit", &[("Authorization", &auth)], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// Posts a control entry and returns its version.
+fn control(s: &Server, action: &str, body: &str) -> u64 {
+    let r = admin(s, action, body);
+    assert_eq!(r.status, 200, "{action}: {}", String::from_utf8_lossy(&r.body));
+    let j = r.json();
+    assert_eq!((j["action"].as_str(), j["applied"].as_bool()), (Some(action), Some(true)));
+    j["version"].as_u64().unwrap()
+}
+
+fn refused(r: &common::HttpResponse) -> (u16, String) {
+    (r.status, r.error_code())
+}
+
+#[test]
+fn switches_and_bans_are_log_entries_refusals_say_why_and_a_kill_keeps_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut s = Server::start_in(tmp.path(), port, &flags());
+    let (alice, bob) = (token("alice"), token("bob"));
+    assert_eq!(s.place(&alice, 0, 0, 1).status, 200);
+    assert_eq!(s.place(&bob, 1, 0, 2).status, 200);
+
+    // Pause: one entry at the next version; placements over HTTP and WebSocket refused.
+    let v = control(&s, "pause", "");
+    assert_eq!(v, 3, "the entry is a version of the log");
+    assert_eq!(refused(&s.place(&alice, 2, 0, 3)), (423, "paused".into()));
+    let mut ws = s.ws(&format!("?token={bob}"));
+    ws.send_text(r#"{"type":"place","x":2,"y":0,"color":3,"id":7}"#);
+    let e = ws.next_text("error");
+    assert_eq!((e["code"].as_str(), e["id"].as_u64()), (Some("paused"), Some(7)), "{e}");
+    let info = s.http("GET", "/api/v1/canvas/info", &[], b"").json();
+    assert_eq!(info["paused"], true);
+    assert_eq!(control(&s, "resume", "{}"), 4);
+    assert_eq!(s.place(&alice, 2, 0, 3).status, 200);
+
+    // Ban by name: refused for that user only; unban gives it back.
+    let ban = control(&s, "ban", r#"{"user":"alice"}"#);
+    assert_eq!(refused(&s.place(&alice, 3, 0, 4)), (403, "banned".into()));
+    assert_eq!(s.place(&bob, 3, 0, 4).status, 200);
+    // The key form, as lookups and exports show it, names the same user.
+    let key = format!("{:016x}", placecast::token::user_key("alice"));
+    control(&s, "unban", &format!(r#"{{"user_key":"{key}"}}"#));
+    assert_eq!(s.place(&alice, 3, 0, 5).status, 200);
+    control(&s, "ban", r#"{"user":"alice"}"#);
+
+    // The cooldown, live.
+    control(&s, "cooldown", r#"{"seconds":600}"#);
+    assert_eq!(s.place(&bob, 4, 0, 1).status, 200);
+    assert_eq!(refused(&s.place(&bob, 4, 0, 1)).1, "cooldown");
+    assert_eq!(s.http("GET", "/api/v1/canvas/info", &[], b"").json()["cooldown_ms"], 600_000);
+    control(&s, "cooldown", r#"{"seconds":0}"#);
+
+    // Bad requests write nothing to the log.
+    let before = head(&s);
+    for (action, body, status, code) in [
+        ("ban", r#"{"user":"nobody-placed-yet"}"#, 404, "unknown_user"),
+        ("ban", r#"{"user":"alice","user_key":"0000000000000001"}"#, 400, "bad_body"),
+        ("ban", r#"{"user_key":"xyz"}"#, 400, "bad_body"),
+        ("ban", r#"{"user":"alice","revert_since_ms":1}"#, 400, "bad_json"),
+        ("cooldown", r#"{"seconds":-1}"#, 400, "bad_json"),
+        ("cooldown", r#"{"seconds":99999999999}"#, 400, "bad_body"),
+        ("pause", "now", 400, "bad_body"),
+        ("end", r#"{"at":1}"#, 400, "bad_json"),
+    ] {
+        let r = admin(&s, action, body);
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{action} {body}");
+    }
+    let wrong = s.http("POST", "/api/v1/admin/pause", &[("Authorization", "Bearer wrong")], b"");
+    assert_eq!(wrong.status, 401);
+    assert_eq!(s.http("POST", "/api/v1/admin/pause", &[], b"").status, 401);
+    assert_eq!(head(&s), before, "nothing was logged");
+
+    // The end of the event: placements at or after its time refused, with `ended`.
+    let end = control(&s, "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms()));
+    assert_eq!(refused(&s.place(&bob, 5, 0, 1)), (410, "ended".into()));
+    assert!(s.http("GET", "/api/v1/canvas/info", &[], b"").json()["end_at_ms"].is_u64());
+
+    // The audit list: every entry, newest first, with its version.
+    let a = audit(&s);
+    let actions: Vec<&str> = a["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["end", "cooldown", "cooldown", "ban", "unban", "ban", "resume", "pause"]);
+    assert_eq!(a["entries"][0]["version"].as_u64(), Some(end));
+    assert_eq!(a["entries"][5]["version"].as_u64(), Some(ban));
+    assert_eq!(a["entries"][5]["user"], "alice");
+    assert_eq!(a["entries"][5]["by"], "operator");
+    assert_eq!(a["switches"]["banned"], 1);
+    let canvas = s.snapshot();
+
+    // A SIGKILL: the restarted node replays the log to the same switches and audit list.
+    s.kill9();
+    let s = Server::start_in(tmp.path(), port, &flags());
+    assert_eq!(audit(&s)["entries"], a["entries"]);
+    assert_eq!(refused(&s.place(&bob, 5, 0, 1)), (410, "ended".into()));
+    let again = s.snapshot();
+    assert_eq!((again.version, again.pixels), (canvas.version, canvas.pixels));
+    // Lifting the end lets placements in again, except for the banned user.
+    control(&s, "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms() + 3_600_000));
+    assert_eq!(s.place(&bob, 5, 0, 1).status, 200);
+    assert_eq!(refused(&s.place(&alice, 5, 0, 1)), (403, "banned".into()));
+    // A control entry changes no pixel and is nobody's edit: the pixel lookup skips it.
+    let p = s.http("GET", "/api/v1/pixel?x=5&y=0&history=5", &[], b"").json();
+    assert_eq!(p["history"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_log_written_before_control_entries_opens_unchanged() {
+    // `tests/golden/format1/` was written by the binary of commit 22b44b1 (log format 1): five
+    // edits by alice and bob on an 8x4 canvas.
+    let tmp = tempfile::tempdir().unwrap();
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/format1");
+    for f in ["edits.log", "users.names"] {
+        std::fs::copy(golden.join(f), tmp.path().join(f)).unwrap();
+    }
+    let s = Server::start_in(tmp.path(), free_port(), &["--width", "8", "--height", "4", "--cooldown", "0"]);
+    let snap = s.snapshot();
+    assert_eq!(snap.version, 5);
+    let mut want = vec![0u8; 32];
+    for (x, y, c) in [(1, 0, 5), (2, 1, 3), (1, 0, 7), (7, 3, 15), (0, 0, 2)] {
+        want[y * 8 + x] = c;
+    }
+    assert_eq!(snap.pixels, want);
+    let p = s.http("GET", "/api/v1/pixel?x=1&y=0&history=5", &[], b"").json();
+    let who: Vec<&str> = p["history"].as_array().unwrap().iter().map(|e| e["user"].as_str().unwrap()).collect();
+    assert_eq!(who, ["bob", "alice"]);
+    // It takes new edits and control entries after its old ones.
+    assert_eq!(s.place(&token("carol"), 3, 3, 1).status, 200);
+    wait_for(10, "version 6", || (s.snapshot().version == 6).then_some(()));
+}
