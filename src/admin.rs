@@ -1,14 +1,16 @@
-//! The admin API (`Authorization: Bearer <admin token>`) for what changes only this node: the
-//! admission limits and session policy, and the drain. Every change is live and logged. What
+//! The admin API (`Authorization: Bearer <operator token>`, `roles.rs`) for what changes only
+//! this node: the admission limits and session policy, and the drain. Every change is live and logged. What
 //! every node must agree on (the cooldown, pause, the end, bans) is a control entry in the log:
 //! `control_routes.rs`.
 //!
-//! Invariant: every route checks the token in constant time before reading the body; values are
+//! Invariant: every route checks the token (hashed, then compared in constant time) and its role
+//! before reading the body; values are
 //! validated before any is applied, so a request changes all it names or nothing.
 
 use crate::admission::LimitValues;
 use crate::http::{bearer, Req, Response};
 use crate::pow::{SessionMode, MAX_DIFFICULTY, MIN_DIFFICULTY};
+use crate::roles::{Holder, Role};
 use crate::shared::Shared;
 
 /// Constant-time comparison, so the admin token cannot be guessed byte by byte from timing.
@@ -16,19 +18,36 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `Err(answer)` unless the request carries the admin token.
-pub(crate) fn authorize(req: &Req, shared: &Shared) -> Result<(), Response> {
-    let Some(admin) = shared.config.args.admin_token.as_deref() else {
+/// The holder of the request's token if their role allows `needed` (`roles.rs`), else the
+/// answer: 403 `admin_disabled` (no token configured), 401 `bad_token`, 403 `forbidden_role`.
+pub(crate) fn authorize_role(req: &Req, shared: &Shared, needed: Role) -> Result<Holder, Response> {
+    if !shared.roles.enabled() {
         return Err(Response::error(
             403,
             "admin_disabled",
-            "the admin API is off: start the server with --admin-token",
+            "the admin API is off: start the server with --admin-token or --roles",
+        ));
+    }
+    let Some(holder) = bearer(req).and_then(|t| shared.roles.holder(t)) else {
+        return Err(Response::error(
+            401,
+            "bad_token",
+            "the admin API needs Authorization: Bearer <an operator's or moderator's token>",
         ));
     };
-    if !bearer(req).is_some_and(|t| same_secret(t.as_bytes(), admin.as_bytes())) {
-        return Err(Response::error(401, "bad_token", "the admin API needs Authorization: Bearer <admin token>"));
+    if !holder.role.allows(needed) {
+        return Err(Response::error(
+            403,
+            "forbidden_role",
+            &format!("this needs the {} role; {} is a {}", needed.name(), holder.name, holder.role.name()),
+        ));
     }
-    Ok(())
+    Ok(holder)
+}
+
+/// The node-local routes: operators only.
+fn authorize(req: &Req, shared: &Shared) -> Result<(), Response> {
+    authorize_role(req, shared, Role::Operator).map(|_| ())
 }
 
 fn limits_json(shared: &Shared) -> serde_json::Value {

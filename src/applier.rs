@@ -388,6 +388,7 @@ impl Applier {
                 self.apply_control(c.version, &e, ctl);
                 None
             }
+            Entry::Void => None,
             Entry::Unknown(kind) => {
                 tracing::warn!(
                     version = c.version,
@@ -460,7 +461,7 @@ impl Applier {
             self.limiter.set_cooldown_ms(ms);
         }
         self.switches_dirty = true;
-        self.audit.push(AuditEntry { version, ts_ms: e.ts_ms, control: ctl });
+        self.audit.push(AuditEntry { version, ts_ms: e.ts_ms, control: ctl, actor: e.aux });
         if self.live {
             tracing::info!(version, action = ctl.action(), entry = ?ctl, "control entry applied");
         }
@@ -647,7 +648,10 @@ mod tests {
     }
 
     fn edit(v: u64) -> Committed {
-        Committed { version: v, edit: Edit { x: (v % 100) as u16, y: 0, color: (v % 16) as u8, user: 1, ts_ms: 0 } }
+        Committed {
+            version: v,
+            edit: Edit { x: (v % 100) as u16, y: 0, color: (v % 16) as u8, user: 1, ts_ms: 0, aux: 0 },
+        }
     }
 
     fn payload(f: &Bytes) -> &[u8] {
@@ -695,7 +699,7 @@ mod tests {
     }
 
     fn by(v: u64, user: u64, ts_ms: u64) -> Committed {
-        Committed { version: v, edit: Edit { x: v as u16, y: 0, color: 1, user, ts_ms } }
+        Committed { version: v, edit: Edit { x: v as u16, y: 0, color: 1, user, ts_ms, aux: 0 } }
     }
 
     #[test]

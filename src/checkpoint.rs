@@ -6,7 +6,8 @@
 //! log_clock_ms u64, width u32, height u32, log-id length u32 + bytes, pixels (one byte each),
 //! entry count u64, entries (user u64, last_valid_ms u64), then the switches (`control.rs`):
 //! cooldown set u8 + ms u64, paused u8, end set u8 + at_ms u64, banned count u64 + user keys,
-//! audit count u64 + entries (version u64, ts_ms u64, kind u16, argument u64), then crc32 u32
+//! protected count u64 + rectangles (x, y, w, h u16),
+//! audit count u64 + entries (version u64, ts_ms u64, kind u16, argument u64, actor u32), then crc32 u32
 //! over everything before it. "PCK1" (before control entries) is the same without the switches
 //! and the audit, and still loads (no switches, an empty audit).
 //!
@@ -92,6 +93,12 @@ impl Checkpoint {
         for u in banned {
             b.extend_from_slice(&u.to_le_bytes());
         }
+        b.extend_from_slice(&(s.protected.len() as u64).to_le_bytes());
+        for r in &s.protected {
+            for v in [r.x, r.y, r.w, r.h] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         b.extend_from_slice(&(self.audit.len() as u64).to_le_bytes());
         for a in &self.audit {
             let e = a.control.to_edit(a.ts_ms);
@@ -99,6 +106,7 @@ impl Checkpoint {
             b.extend_from_slice(&a.ts_ms.to_le_bytes());
             b.extend_from_slice(&e.y.to_le_bytes());
             b.extend_from_slice(&e.user.to_le_bytes());
+            b.extend_from_slice(&a.actor.to_le_bytes());
         }
     }
 
@@ -144,8 +152,15 @@ impl Checkpoint {
             let raw = take(n.checked_mul(8)?)?;
             switches.banned = raw.chunks_exact(8).map(u64_).collect();
             let n = u64_(take(8)?) as usize;
-            let raw = take(n.checked_mul(26)?)?;
-            for c in raw.chunks_exact(26) {
+            let raw = take(n.checked_mul(8)?)?;
+            let u16_ = |c: &[u8], i: usize| u16::from_le_bytes([c[i], c[i + 1]]);
+            switches.protected = raw
+                .chunks_exact(8)
+                .map(|c| crate::control::Rect { x: u16_(c, 0), y: u16_(c, 2), w: u16_(c, 4), h: u16_(c, 6) })
+                .collect();
+            let n = u64_(take(8)?) as usize;
+            let raw = take(n.checked_mul(30)?)?;
+            for c in raw.chunks_exact(30) {
                 let (version, ts_ms) = (u64_(&c[..8]), u64_(&c[8..16]));
                 let e = crate::edit_log::Edit {
                     x: crate::control::CONTROL_X,
@@ -153,9 +168,10 @@ impl Checkpoint {
                     color: 0,
                     user: u64_(&c[18..26]),
                     ts_ms,
+                    aux: 0,
                 };
                 let Entry::Control(control) = classify(&e) else { return None };
-                audit.push(AuditEntry { version, ts_ms, control });
+                audit.push(AuditEntry { version, ts_ms, control, actor: u32_(&c[26..30]) });
             }
         }
         if take(1).is_some() {
@@ -242,8 +258,8 @@ mod tests {
             switches.apply(&c);
         }
         let audit = vec![
-            AuditEntry { version: 5, ts_ms: 50, control: Control::Pause },
-            AuditEntry { version: 6, ts_ms: 60, control: Control::Ban { user: 3 } },
+            AuditEntry { version: 5, ts_ms: 50, control: Control::Pause, actor: 0 },
+            AuditEntry { version: 6, ts_ms: 60, control: Control::Ban { user: 3 }, actor: 77 },
         ];
         let c = Checkpoint {
             version: 6,

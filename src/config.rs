@@ -40,6 +40,14 @@ pub enum Command {
         #[arg(long, env = "PLACECAST_SECRET", hide_env_values = true)]
         secret: String,
     },
+    /// Make a token for a moderator or operator: prints the token (give it to them) and the entry
+    /// to add to the `--roles` file (it holds only the token's SHA-256).
+    RoleToken {
+        /// Their name: 1-64 of [A-Za-z0-9_-]; also their user name on the canvas.
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
     /// Inspect or repair the embedded edit log (`log verify`, `log repair --truncate-after V`);
     /// run them with the server stopped.
     #[command(subcommand)]
@@ -52,6 +60,12 @@ pub enum Command {
     /// Render a span of the log as an animation: APNG or GIF written here, MP4 or WebM through
     /// ffmpeg; reads the embedded log or the Kafka topic, works while the server runs.
     Timelapse(crate::tools::TimelapseCommand),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Moderator,
+    Operator,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -114,6 +128,11 @@ pub struct ServeArgs {
     /// Bearer token for /api/v1/admin/* (at least 32 bytes; without it the admin API is off).
     #[arg(long, env = "PLACECAST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Moderators and operators with their own named tokens: a TOML file of `[[holder]]` name,
+    /// role and the SHA-256 of the token (`placecast role-token NAME --role moderator`).
+    #[arg(long, env = "PLACECAST_ROLES", value_name = "FILE")]
+    pub roles: Option<PathBuf>,
 
     /// Lifetime of anonymous session tokens in seconds (0 = never expire).
     #[arg(long, env = "PLACECAST_SESSION_TTL", default_value_t = 30 * 24 * 3600)]
@@ -269,6 +288,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    #[error("--roles: {0}")]
+    Roles(String),
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
@@ -352,6 +373,9 @@ pub fn check(args: &ServeArgs) -> (Option<Geometry>, Vec<ConfigError>) {
     }
     if let Some(Err(e)) = args.admin_token.as_deref().map(|t| crate::secrets::check("--admin-token", t)) {
         p.push(e.into());
+    }
+    if let Err(e) = crate::roles::Roles::load(args.admin_token.as_deref(), args.roles.as_deref()) {
+        p.push(ConfigError::Roles(e.to_string()));
     }
     if args.kafka_brokers.is_some() && args.secret.is_none() {
         p.push(crate::secrets::SecretError::ClusterNeedsSecret.into());

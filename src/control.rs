@@ -8,8 +8,9 @@
 //! the end time, the banned user's key), `ts_ms` = when it was made. Format 1 logs (every log
 //! written before control entries) hold no record with `x = 65535`, so they read unchanged; a
 //! binary that predates format 2 applies a control record as an edit outside its canvas, a no-op,
-//! rather than misreading it. Bytes 24..28 of the record stay zero: the actor of the entry, 0
-//! being the `--admin-token` operator (named roles will fill them).
+//! rather than misreading it. Bytes 24..28 of the record (`Edit::aux`) are the entry's actor
+//! (`roles::actor_id`; 0 = the `--admin-token` operator); for a pixel edit they hold its flags
+//! (`EDIT_BY_MODERATOR`).
 //!
 //! What reads edits without knowing this module (the history index, export, the timelapse) sees
 //! a control entry as a version that changed no pixel.
@@ -40,6 +41,47 @@ const KIND_RESUME: u16 = 3;
 const KIND_END: u16 = 4;
 const KIND_BAN: u16 = 5;
 const KIND_UNBAN: u16 = 6;
+const KIND_PROTECT: u16 = 7;
+const KIND_UNPROTECT: u16 = 8;
+/// Kind 0 is no entry at all: a record a shared log could not decode, kept as a no-op version.
+pub const KIND_VOID: u16 = 0;
+/// Protected rectangles at once: each placement inside any of them is checked against all, so
+/// the list stays short (an event protects a few dozen artworks, not thousands).
+pub const MAX_PROTECTED: usize = 256;
+/// `Edit::aux` of a pixel edit: placed by a holder of the roles file (they may place in
+/// protected rectangles). Set by the admitting node, so every node judges the edit alike.
+pub const EDIT_BY_MODERATOR: u32 = 1;
+
+/// A rectangle of the canvas, as a control entry carries it (packed into `Edit::user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Rect {
+    pub x: u16,
+    pub y: u16,
+    pub w: u16,
+    pub h: u16,
+}
+
+impl Rect {
+    pub fn contains(&self, x: u16, y: u16) -> bool {
+        (x as u32).wrapping_sub(self.x as u32) < self.w as u32 && (y as u32).wrapping_sub(self.y as u32) < self.h as u32
+    }
+
+    /// Whether `other` lies wholly inside this rectangle.
+    pub fn covers(&self, o: &Rect) -> bool {
+        o.x >= self.x
+            && o.y >= self.y
+            && o.x as u32 + o.w as u32 <= self.x as u32 + self.w as u32
+            && o.y as u32 + o.h as u32 <= self.y as u32 + self.h as u32
+    }
+
+    fn pack(&self) -> u64 {
+        self.x as u64 | (self.y as u64) << 16 | (self.w as u64) << 32 | (self.h as u64) << 48
+    }
+
+    fn unpack(v: u64) -> Rect {
+        Rect { x: v as u16, y: (v >> 16) as u16, w: (v >> 32) as u16, h: (v >> 48) as u16 }
+    }
+}
 
 /// One control entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +103,14 @@ pub enum Control {
     Unban {
         user: u64,
     },
+    /// Only holders of the roles file may place inside it.
+    Protect {
+        rect: Rect,
+    },
+    /// Lifts every protection lying wholly inside the rectangle.
+    Unprotect {
+        rect: Rect,
+    },
 }
 
 impl Control {
@@ -73,8 +123,10 @@ impl Control {
             Control::End { at_ms } => (KIND_END, at_ms),
             Control::Ban { user } => (KIND_BAN, user),
             Control::Unban { user } => (KIND_UNBAN, user),
+            Control::Protect { rect } => (KIND_PROTECT, rect.pack()),
+            Control::Unprotect { rect } => (KIND_UNPROTECT, rect.pack()),
         };
-        Edit { x: CONTROL_X, y: kind, color: 0, user: arg, ts_ms }
+        Edit { x: CONTROL_X, y: kind, color: 0, user: arg, ts_ms, aux: 0 }
     }
 
     /// The action's name in the audit list and the admin API.
@@ -86,6 +138,8 @@ impl Control {
             Control::End { .. } => "end",
             Control::Ban { .. } => "ban",
             Control::Unban { .. } => "unban",
+            Control::Protect { .. } => "protect",
+            Control::Unprotect { .. } => "unprotect",
         }
     }
 }
@@ -97,6 +151,8 @@ pub enum Entry {
     Control(Control),
     /// A control entry of a kind this binary does not know (written by a newer one).
     Unknown(u16),
+    /// No entry: a version a shared log could not decode (`KIND_VOID`).
+    Void,
 }
 
 pub fn classify(e: &Edit) -> Entry {
@@ -110,6 +166,9 @@ pub fn classify(e: &Edit) -> Entry {
         KIND_END => Control::End { at_ms: e.user },
         KIND_BAN => Control::Ban { user: e.user },
         KIND_UNBAN => Control::Unban { user: e.user },
+        KIND_PROTECT => Control::Protect { rect: Rect::unpack(e.user) },
+        KIND_UNPROTECT => Control::Unprotect { rect: Rect::unpack(e.user) },
+        KIND_VOID => return Entry::Void,
         other => return Entry::Unknown(other),
     })
 }
@@ -123,6 +182,8 @@ pub enum Refusal {
     Paused,
     #[error("the event has ended; the canvas is final")]
     Ended,
+    #[error("this area is protected by the moderators")]
+    Protected,
 }
 
 impl Refusal {
@@ -131,6 +192,7 @@ impl Refusal {
             Refusal::Banned => "banned",
             Refusal::Paused => "paused",
             Refusal::Ended => "ended",
+            Refusal::Protected => "protected",
         }
     }
 }
@@ -143,6 +205,8 @@ pub struct Switches {
     pub paused: bool,
     pub end_at_ms: Option<u64>,
     pub banned: FxHashSet<u64>,
+    /// In the order they were protected; at most `MAX_PROTECTED`.
+    pub protected: Vec<Rect>,
 }
 
 impl Switches {
@@ -162,6 +226,12 @@ impl Switches {
             Control::Unban { user } => {
                 self.banned.remove(&user);
             }
+            Control::Protect { rect } => {
+                if self.protected.len() < MAX_PROTECTED && !self.protected.contains(&rect) {
+                    self.protected.push(rect);
+                }
+            }
+            Control::Unprotect { rect } => self.protected.retain(|p| !rect.covers(p)),
         }
     }
 
@@ -173,10 +243,11 @@ impl Switches {
         if self.paused {
             return Some(Refusal::Paused);
         }
-        match self.end_at_ms {
-            Some(end) if e.ts_ms >= end => Some(Refusal::Ended),
-            _ => None,
+        if matches!(self.end_at_ms, Some(end) if e.ts_ms >= end) {
+            return Some(Refusal::Ended);
         }
+        let by_holder = e.aux & EDIT_BY_MODERATOR != 0;
+        (!by_holder && self.protected.iter().any(|r| r.contains(e.x, e.y))).then_some(Refusal::Protected)
     }
 }
 
@@ -188,6 +259,8 @@ pub struct LiveSwitches {
     end_at_ms: AtomicU64,
     any_banned: AtomicBool,
     banned: RwLock<FxHashSet<u64>>,
+    any_protected: AtomicBool,
+    protected: RwLock<Vec<Rect>>,
 }
 
 impl Default for LiveSwitches {
@@ -197,6 +270,8 @@ impl Default for LiveSwitches {
             end_at_ms: AtomicU64::new(u64::MAX),
             any_banned: AtomicBool::new(false),
             banned: RwLock::new(FxHashSet::default()),
+            any_protected: AtomicBool::new(false),
+            protected: RwLock::new(Vec::new()),
         }
     }
 }
@@ -210,9 +285,14 @@ impl LiveSwitches {
             b.clone_from(&s.banned);
         }
         self.any_banned.store(!b.is_empty(), Ordering::Release);
+        let mut p = self.protected.write().unwrap_or_else(|p| p.into_inner());
+        p.clone_from(&s.protected);
+        self.any_protected.store(!p.is_empty(), Ordering::Release);
     }
 
-    pub fn refuse(&self, user: u64, now_ms: u64) -> Option<Refusal> {
+    /// `e` as the admitting node would log it (`ts_ms` now, `aux` its flags).
+    pub fn refuse(&self, e: &Edit) -> Option<Refusal> {
+        let (user, now_ms) = (e.user, e.ts_ms);
         // No lock unless somebody is banned.
         if self.any_banned.load(Ordering::Acquire)
             && self.banned.read().unwrap_or_else(|p| p.into_inner()).contains(&user)
@@ -222,7 +302,17 @@ impl LiveSwitches {
         if self.paused.load(Ordering::Acquire) {
             return Some(Refusal::Paused);
         }
-        (now_ms >= self.end_at_ms.load(Ordering::Acquire)).then_some(Refusal::Ended)
+        if now_ms >= self.end_at_ms.load(Ordering::Acquire) {
+            return Some(Refusal::Ended);
+        }
+        let protected = self.any_protected.load(Ordering::Acquire)
+            && e.aux & EDIT_BY_MODERATOR == 0
+            && self.protected.read().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.contains(e.x, e.y));
+        protected.then_some(Refusal::Protected)
+    }
+
+    pub fn protected(&self) -> Vec<Rect> {
+        self.protected.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn paused(&self) -> bool {
@@ -253,16 +343,17 @@ pub struct AuditEntry {
     pub version: u64,
     pub ts_ms: u64,
     pub control: Control,
+    /// Who made it (`roles::actor_id`; 0 = the `--admin-token` operator).
+    pub actor: u32,
 }
 
 impl AuditEntry {
-    pub fn json(&self, names: &crate::names::Names) -> serde_json::Value {
+    pub fn json(&self, names: &crate::names::Names, roles: &crate::roles::Roles) -> serde_json::Value {
         let mut v = serde_json::json!({
             "version": self.version,
             "ts_ms": self.ts_ms,
             "action": self.control.action(),
-            // Bytes 24..28 of every entry so far: the --admin-token operator (see the module doc).
-            "by": "operator",
+            "by": roles.actor_name(self.actor),
         });
         match self.control {
             Control::Cooldown { ms } => v["seconds"] = (ms / 1000).into(),
@@ -270,6 +361,9 @@ impl AuditEntry {
             Control::Ban { user } | Control::Unban { user } => {
                 v["user_key"] = format!("{user:016x}").into();
                 v["user"] = names.get(user).map(|n| n.to_string()).into();
+            }
+            Control::Protect { rect } | Control::Unprotect { rect } => {
+                v["rect"] = serde_json::json!({"x": rect.x, "y": rect.y, "w": rect.w, "h": rect.h});
             }
             Control::Pause | Control::Resume => {}
         }
@@ -317,6 +411,8 @@ mod tests {
             Control::End { at_ms: 1_491_238_800_000 },
             Control::Ban { user: 0xdead_beef },
             Control::Unban { user: u64::MAX },
+            Control::Protect { rect: Rect { x: 1, y: 2, w: 65_535, h: 4 } },
+            Control::Unprotect { rect: Rect { x: 0, y: 0, w: 1, h: 1 } },
         ];
         for c in all {
             let e = c.to_edit(42);
@@ -328,15 +424,15 @@ mod tests {
             // Bytes 24..28 (the actor) are zero: the --admin-token operator.
             assert_eq!(rec[24..28], [0; 4]);
         }
-        let pixel = Edit { x: 65_534, y: 3, color: 1, user: 9, ts_ms: 1 };
+        let pixel = Edit { x: 65_534, y: 3, color: 1, user: 9, ts_ms: 1, aux: 0 };
         assert_eq!(classify(&pixel), Entry::Pixel);
-        assert_eq!(classify(&Edit { x: CONTROL_X, y: 999, color: 0, user: 0, ts_ms: 0 }), Entry::Unknown(999));
+        assert_eq!(classify(&Edit { x: CONTROL_X, y: 999, color: 0, user: 0, ts_ms: 0, aux: 0 }), Entry::Unknown(999));
     }
 
     #[test]
     fn switches_refuse_in_order_of_precedence() {
         let mut s = Switches::default();
-        let by = |user, ts_ms| Edit { x: 1, y: 1, color: 1, user, ts_ms };
+        let by = |user, ts_ms| Edit { x: 1, y: 1, color: 1, user, ts_ms, aux: 0 };
         assert_eq!(s.refuse(&by(1, 10)), None);
         s.apply(&Control::End { at_ms: 100 });
         assert_eq!(s.refuse(&by(1, 99)), None);
@@ -354,10 +450,25 @@ mod tests {
 
         let live = LiveSwitches::default();
         live.publish(&s);
-        assert_eq!(live.refuse(1, 500), None);
-        assert_eq!(live.refuse(1, 1_000), Some(Refusal::Ended));
+        assert_eq!(live.refuse(&by(1, 500)), None);
+        assert_eq!(live.refuse(&by(1, 1_000)), Some(Refusal::Ended));
         s.apply(&Control::Ban { user: 2 });
         live.publish(&s);
-        assert_eq!((live.refuse(2, 0), live.refuse(3, 0)), (Some(Refusal::Banned), None));
+        assert_eq!((live.refuse(&by(2, 0)), live.refuse(&by(3, 0))), (Some(Refusal::Banned), None));
+
+        // Protected areas refuse users, not holders; unprotect lifts what it covers.
+        s.apply(&Control::End { at_ms: u64::MAX });
+        let area = Rect { x: 1, y: 1, w: 2, h: 1 };
+        s.apply(&Control::Protect { rect: area });
+        s.apply(&Control::Protect { rect: Rect { x: 10, y: 10, w: 1, h: 1 } });
+        let at = |x, y, aux| Edit { x, y, color: 1, user: 3, ts_ms: 0, aux };
+        assert_eq!(s.refuse(&at(2, 1, 0)), Some(Refusal::Protected));
+        assert_eq!(s.refuse(&at(3, 1, 0)), None);
+        assert_eq!(s.refuse(&at(2, 1, EDIT_BY_MODERATOR)), None);
+        live.publish(&s);
+        assert_eq!(live.refuse(&at(1, 1, 0)), Some(Refusal::Protected));
+        s.apply(&Control::Unprotect { rect: Rect { x: 0, y: 0, w: 4, h: 4 } });
+        assert_eq!(s.protected, vec![Rect { x: 10, y: 10, w: 1, h: 1 }]);
+        assert_eq!(s.refuse(&at(2, 1, 0)), None);
     }
 }

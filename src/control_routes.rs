@@ -1,5 +1,6 @@
 //! The admin routes that write control entries (`control.rs`) to the ordered log:
-//! `POST /api/v1/admin/{cooldown,pause,resume,end,ban,unban}`, and `GET /api/v1/admin/audit`,
+//! `POST /api/v1/admin/{cooldown,pause,resume,end,ban,unban,protect,unprotect}`, and
+//! `GET /api/v1/admin/audit`,
 //! the control entries applied, read back. Each POST answers with the version of its entry once
 //! it is durable; every node applies it at that version.
 //!
@@ -7,8 +8,9 @@
 //! appended, so a bad request writes nothing to the log. Not here: the routes that change only
 //! this node (`admin.rs`: limits, drain).
 
-use crate::control::{Control, AUDIT_KEEP, MAX_BANS, MAX_COOLDOWN_MS};
+use crate::control::{Control, Rect, AUDIT_KEEP, MAX_BANS, MAX_COOLDOWN_MS, MAX_PROTECTED};
 use crate::http::{Req, Response};
+use crate::roles::{Holder, Role};
 use crate::shared::Shared;
 use serde::Deserialize;
 
@@ -21,14 +23,23 @@ const APPLY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// `POST /api/v1/admin/<action>`.
 pub async fn post(req: &Req, body: &[u8], shared: &Shared, action: &str) -> Response {
-    if let Err(r) = crate::admin::authorize(req, shared) {
-        return r;
-    }
+    let holder = match crate::admin::authorize_role(req, shared, needed_role(action)) {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
     let control = match parse(action, body, shared) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    append(shared, control).await
+    append(shared, control, &holder).await
+}
+
+/// Operators change the switches; moderators act on users and areas (operators may too).
+fn needed_role(action: &str) -> Role {
+    match action {
+        "ban" | "unban" | "protect" | "unprotect" => Role::Moderator,
+        _ => Role::Operator,
+    }
 }
 
 fn bad_json(what: &str, e: serde_json::Error) -> Response {
@@ -82,8 +93,40 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
             }
             Ok(Control::Ban { user })
         }
+        "protect" | "unprotect" => {
+            let rect = parse_rect(body, shared)?;
+            if action == "unprotect" {
+                return Ok(Control::Unprotect { rect });
+            }
+            if shared.switches.protected().len() >= MAX_PROTECTED {
+                let msg = format!("at most {MAX_PROTECTED} rectangles can be protected at once; unprotect some first");
+                return Err(Response::error(409, "too_many_protected", &msg));
+            }
+            Ok(Control::Protect { rect })
+        }
         _ => Err(Response::error(404, "not_found", &format!("no such admin action: {action}"))),
     }
+}
+
+/// `{"x","y","w","h"}`: a non-empty rectangle inside the canvas.
+fn parse_rect(body: &[u8], shared: &Shared) -> Result<Rect, Response> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct R {
+        x: u32,
+        y: u32,
+        w: u32,
+        h: u32,
+    }
+    let r: R = serde_json::from_slice(body).map_err(|e| bad_json("{\"x\",\"y\",\"w\",\"h\"}", e))?;
+    let g = &shared.geometry;
+    let inside = r.w >= 1 && r.h >= 1 && r.x + r.w <= g.width && r.y + r.h <= g.height;
+    if !inside {
+        let msg = format!("the rectangle must be non-empty and inside the {}x{} canvas", g.width, g.height);
+        return Err(Response::error(400, "bad_rect", &msg));
+    }
+    // Inside a canvas of sides at most 65535: every field fits 16 bits.
+    Ok(Rect { x: r.x as u16, y: r.y as u16, w: r.w as u16, h: r.h as u16 })
 }
 
 /// Pause and resume take no arguments: an empty body or `{}`.
@@ -115,14 +158,16 @@ fn known_user(shared: &Shared, name: Option<&str>, key: Option<&str>) -> Result<
     }
 }
 
-async fn append(shared: &Shared, control: Control) -> Response {
-    let ack = match shared.log.append(control.to_edit(crate::now_ms())) {
+async fn append(shared: &Shared, control: Control, by: &Holder) -> Response {
+    let mut entry = control.to_edit(crate::now_ms());
+    entry.aux = by.actor;
+    let ack = match shared.log.append(entry) {
         Ok(ack) => ack,
         Err(e) => return Response::error(503, "log_unavailable", &e.to_string()),
     };
     match ack.await {
         Ok(Ok(version)) => {
-            tracing::info!(version, action = control.action(), entry = ?control, "control entry logged");
+            tracing::info!(version, action = control.action(), entry = ?control, by = %by.name, "control entry logged");
             let applied = applied_here(shared, version).await;
             let body = serde_json::json!({"action": control.action(), "version": version, "applied": applied});
             // 202: durable and in force on every node once it applies `version`, but this node
@@ -151,7 +196,7 @@ async fn applied_here(shared: &Shared, version: u64) -> bool {
 
 /// `GET /api/v1/admin/audit?limit=N`: the control entries applied, newest first.
 pub fn audit(req: &Req, shared: &Shared) -> Response {
-    if let Err(r) = crate::admin::authorize(req, shared) {
+    if let Err(r) = crate::admin::authorize_role(req, shared, Role::Moderator) {
         return r;
     }
     let limit = match crate::http::query_param(&req.query, "limit") {
@@ -161,13 +206,15 @@ pub fn audit(req: &Req, shared: &Shared) -> Response {
             _ => return Response::error(400, "bad_query", &format!("limit must be between 1 and {AUDIT_KEEP}")),
         },
     };
-    let entries: Vec<serde_json::Value> = shared.audit.newest(limit).iter().map(|e| e.json(&shared.names)).collect();
+    let entries: Vec<serde_json::Value> =
+        shared.audit.newest(limit).iter().map(|e| e.json(&shared.names, &shared.roles)).collect();
     let s = &shared.switches;
     let body = serde_json::json!({
         "switches": {
             "paused": s.paused(),
             "end_at_ms": s.end_at_ms(),
             "banned": s.banned_count(),
+            "protected": s.protected(),
             "cooldown_ms": shared.limiter.cooldown_ms(),
         },
         "entries": entries,

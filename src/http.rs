@@ -309,6 +309,8 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("POST", "/api/v1/admin/end") => crate::control_routes::post(req, body, shared, "end").await,
         ("POST", "/api/v1/admin/ban") => crate::control_routes::post(req, body, shared, "ban").await,
         ("POST", "/api/v1/admin/unban") => crate::control_routes::post(req, body, shared, "unban").await,
+        ("POST", "/api/v1/admin/protect") => crate::control_routes::post(req, body, shared, "protect").await,
+        ("POST", "/api/v1/admin/unprotect") => crate::control_routes::post(req, body, shared, "unprotect").await,
         ("GET", "/api/v1/admin/audit") => crate::control_routes::audit(req, shared),
         ("GET", "/api/v1/admin/limits") => crate::admin::get_limits(req, shared),
         ("POST", "/api/v1/admin/limits") => crate::admin::set_limits(req, body, shared),
@@ -338,6 +340,8 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
             | "/api/v1/admin/end"
             | "/api/v1/admin/ban"
             | "/api/v1/admin/unban"
+            | "/api/v1/admin/protect"
+            | "/api/v1/admin/unprotect"
             | "/api/v1/admin/audit"
             | "/api/v1/admin/limits"
             | "/api/v1/admin/drain"
@@ -416,6 +420,7 @@ fn info(shared: &Shared) -> Response {
         "cooldown_ms": shared.limiter.cooldown_ms(),
         "paused": shared.switches.paused(),
         "end_at_ms": shared.switches.end_at_ms(),
+        "protected": shared.switches.protected(),
         "version": shared.applier.cut_version.load(Ordering::Acquire),
         "edit_stride": shared.config.args.edit_stride,
     });

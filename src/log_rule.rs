@@ -103,7 +103,7 @@ mod tests {
     use super::*;
 
     fn by(user: u64, ts_ms: u64) -> Edit {
-        Edit { x: 0, y: 0, color: 1, user, ts_ms }
+        Edit { x: 0, y: 0, color: 1, user, ts_ms, aux: 0 }
     }
 
     #[test]

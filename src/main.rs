@@ -64,6 +64,22 @@ fn main() {
         Command::Export(args) => std::process::exit(placecast::tools::export(&args)),
         Command::Import(args) => std::process::exit(placecast::tools::import(&args)),
         Command::Timelapse(args) => std::process::exit(placecast::tools::timelapse(&args)),
+        Command::RoleToken { name, role } => {
+            let role = match role {
+                placecast::config::RoleArg::Moderator => placecast::roles::Role::Moderator,
+                placecast::config::RoleArg::Operator => placecast::roles::Role::Operator,
+            };
+            match placecast::roles::new_token(&name, role) {
+                Ok((token, entry)) => {
+                    println!("{token}");
+                    eprintln!("give the token above to {name}; add this to the --roles file:\n\n{entry}");
+                }
+                Err(e) => {
+                    eprintln!("placecast: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Command::MintToken { user, ttl, secret } => {
             if let Err(e) = placecast::secrets::check("--secret", &secret) {
                 eprintln!("placecast: {e}");

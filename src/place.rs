@@ -68,7 +68,7 @@ impl PlaceError {
             PlaceError::VerdictPending { .. } | PlaceError::OutcomeUnknown(_) => 504,
             PlaceError::Admission(a) => a.status(),
             PlaceError::Refused(r) => match r {
-                Refusal::Banned => 403,
+                Refusal::Banned | Refusal::Protected => 403,
                 // 423 Locked: it opens again (resume); 410 Gone: it never does.
                 Refusal::Paused => 423,
                 Refusal::Ended => 410,
@@ -160,9 +160,13 @@ fn begin_inner(
         return Err(PlaceError::BadColor { color: body.color, max: g.palette.len() - 1 });
     }
     let now = crate::now_ms();
+    // A holder of the roles file may place in protected areas; the flag travels in the log so
+    // every node judges the edit alike.
+    let aux = if shared.roles.is_holder_user(user) { crate::control::EDIT_BY_MODERATOR } else { 0 };
+    let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now, aux };
     // The switches as this node last applied them: an early refusal. The log has the last word
     // (the embedded writer, or the log-order rule on a shared log).
-    if let Some(r) = shared.switches.refuse(user, now) {
+    if let Some(r) = shared.switches.refuse(&edit) {
         return Err(PlaceError::Refused(r));
     }
     let permit =
@@ -174,7 +178,6 @@ fn begin_inner(
         shared.metrics.admission_refused(&e);
         return Err(PlaceError::Admission(e));
     }
-    let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now };
     match shared.log.append_named(edit, shared.names.for_append(user)) {
         Ok(ack) => Ok(Pending { ack, permit, cooldown_ms: shared.limiter.cooldown_ms(), shared: shared.clone() }),
         Err(e) => {

@@ -46,6 +46,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error(transparent)]
+    Roles(#[from] crate::roles::RolesError),
 }
 
 /// The edit log the configuration asks for (its tail fills `names`), the lowest version a tail
@@ -133,6 +135,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let max_conns_per_shard =
         if args.max_conns > 0 { args.max_conns.div_ceil(shards) } else { (budget.soft / shards).max(1) };
     let secret = load_secret(&config)?;
+    // Checked by `Config::from_args`; loaded again here so the file is read once per start.
+    let roles = crate::roles::Roles::load(args.admin_token.as_deref(), args.roles.as_deref())?;
     let names = Arc::new(Names::open(&args.data_dir)?);
     let (log, oldest_after, log_id) = open_log(&args, &names)?;
     let shared_log = args.kafka_brokers.is_some();
@@ -218,6 +222,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         history,
         switches,
         audit,
+        roles,
         config,
         limiter: limiter.clone(),
         log,

@@ -64,6 +64,8 @@ pub struct Shared {
     pub switches: Arc<crate::control::LiveSwitches>,
     /// The control entries applied (`GET /api/v1/admin/audit`).
     pub audit: Arc<crate::control::Audit>,
+    /// Who may use the admin API (`--admin-token`, `--roles`).
+    pub roles: crate::roles::Roles,
 }
 
 /// How many client connections the descriptors allow (see the module doc).

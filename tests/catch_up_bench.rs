@@ -23,7 +23,14 @@ const EDITS: u64 = 2_000_000;
 fn write_log(dir: &std::path::Path) {
     let mut out = vec![0u8; EDITS as usize * RECORD];
     for v in 1..=EDITS {
-        let e = Edit { x: (v % 1000) as u16, y: (v / 1000 % 1000) as u16, color: (v % 16) as u8, user: v, ts_ms: v };
+        let e = Edit {
+            x: (v % 1000) as u16,
+            y: (v / 1000 % 1000) as u16,
+            color: (v % 16) as u8,
+            user: v,
+            ts_ms: v,
+            aux: 0,
+        };
         encode(v, &e, &mut out[(v as usize - 1) * RECORD..]);
     }
     std::fs::write(dir.join(LOG_FILE), out).unwrap();

@@ -162,3 +162,92 @@ fn a_log_written_before_control_entries_opens_unchanged() {
     assert_eq!(s.place(&token("carol"), 3, 3, 1).status, 200);
     wait_for(10, "version 6", || (s.snapshot().version == 6).then_some(()));
 }
+
+/// `placecast role-token NAME --role R`: the token on stdout, the roles-file entry on stderr.
+fn role_token(name: &str, role: &str) -> (String, String) {
+    let out = std::process::Command::new(common::bin()).args(["role-token", name, "--role", role]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let entry = err[err.find("[[holder]]").expect("an entry")..].to_string();
+    (String::from_utf8(out.stdout).unwrap().trim().to_string(), entry)
+}
+
+fn as_holder(s: &Server, token: &str, action: &str, body: &str) -> common::HttpResponse {
+    let auth = format!("Bearer {token}");
+    s.http("POST", &format!("/api/v1/admin/{action}"), &[("Authorization", &auth)], body.as_bytes())
+}
+
+#[test]
+fn named_moderators_and_operators_act_within_their_roles_and_the_audit_names_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mod_token, mod_entry) = role_token("mod-mia", "moderator");
+    let (op_token, op_entry) = role_token("op-oli", "operator");
+    let roles = tmp.path().join("roles.toml");
+    std::fs::write(&roles, format!("{mod_entry}\n{op_entry}")).unwrap();
+    let data = tmp.path().join("data");
+    let roles_flag = roles.to_str().unwrap();
+    let s = Server::start_in(
+        &data,
+        free_port(),
+        &["--width", "16", "--height", "8", "--cooldown", "0", "--roles", roles_flag],
+    );
+    let eve = token("eve");
+    assert_eq!(s.place(&eve, 0, 0, 1).status, 200);
+
+    // A moderator bans and protects; pausing needs an operator.
+    assert_eq!(as_holder(&s, &mod_token, "ban", r#"{"user":"eve"}"#).status, 200);
+    let r = as_holder(&s, &mod_token, "pause", "");
+    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden_role"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("mod-mia is a moderator"));
+    assert_eq!(as_holder(&s, &op_token, "unban", r#"{"user":"eve"}"#).status, 200, "operators may moderate");
+    assert_eq!(as_holder(&s, "pcr-not-a-token", "pause", "").status, 401);
+
+    // A protected area: users refused, the moderator's own user token (same name) allowed.
+    let r = as_holder(&s, &mod_token, "protect", r#"{"x":4,"y":2,"w":3,"h":2}"#);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(refused(&s.place(&eve, 5, 3, 2)), (403, "protected".into()));
+    assert_eq!(s.place(&eve, 7, 3, 2).status, 200, "outside the rectangle");
+    assert_eq!(s.place(&token("mod-mia"), 5, 3, 4).status, 200, "a holder places inside");
+    let info = s.http("GET", "/api/v1/canvas/info", &[], b"").json();
+    assert_eq!(info["protected"], serde_json::json!([{"x": 4, "y": 2, "w": 3, "h": 2}]));
+    for body in [r#"{"x":15,"y":0,"w":2,"h":1}"#, r#"{"x":0,"y":0,"w":0,"h":1}"#] {
+        let r = as_holder(&s, &mod_token, "protect", body);
+        assert_eq!((r.status, r.error_code().as_str()), (400, "bad_rect"), "{body}");
+    }
+    assert_eq!(as_holder(&s, &mod_token, "unprotect", r#"{"x":0,"y":0,"w":16,"h":8}"#).status, 200);
+    assert_eq!(s.place(&eve, 5, 3, 2).status, 200);
+    assert_eq!(as_holder(&s, &op_token, "pause", "").status, 200);
+
+    // The audit list names who did what.
+    let auth = format!("Bearer {mod_token}");
+    let a = s.http("GET", "/api/v1/admin/audit", &[("Authorization", &auth)], b"").json();
+    let by: Vec<(&str, &str)> = a["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("pause", "op-oli"),
+            ("unprotect", "mod-mia"),
+            ("protect", "mod-mia"),
+            ("unban", "op-oli"),
+            ("ban", "mod-mia")
+        ]
+    );
+    assert_eq!(a["entries"][2]["rect"], serde_json::json!({"x": 4, "y": 2, "w": 3, "h": 2}));
+
+    // A roles file with a mistake: the server refuses to start, naming it.
+    std::fs::write(&roles, format!("{mod_entry}\n{mod_entry}")).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["check-config", "--data-dir", data.to_str().unwrap(), "--roles", roles_flag])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listed twice")
+            || String::from_utf8_lossy(&out.stderr).contains("listed twice")
+    );
+}

@@ -131,6 +131,13 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
         assert_eq!(answer(n, &alice, 20 + i as u32), (403, "banned".into()), "node {i}");
         assert_eq!(answer(n, &bob, 30 + i as u32).0, 200, "node {i}");
     }
+    // A protected area, through one node, holds on all; then lifted.
+    admin(&nodes[0], "protect", r#"{"x":70,"y":9,"w":3,"h":1}"#);
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(answer(n, &bob, 70 + i as u32), (403, "protected".into()), "node {i}");
+    }
+    admin(&nodes[2], "unprotect", r#"{"x":70,"y":9,"w":3,"h":1}"#);
+    assert_eq!(answer(&nodes[1], &bob, 71).0, 200);
     // The end of the event, then the canvas is final everywhere.
     let end = admin(&nodes[0], "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms()));
     for (i, n) in nodes.iter().enumerate() {
@@ -143,8 +150,8 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     let audits: Vec<serde_json::Value> = nodes.iter().map(|n| audit(n)["entries"].clone()).collect();
     assert!(audits.iter().all(|a| *a == audits[0]), "one audit list: {audits:?}");
     let actions: Vec<&str> = audits[0].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["end", "ban", "resume", "pause", "cooldown"]);
-    assert_eq!(audits[0][1]["version"].as_u64(), Some(ban));
+    assert_eq!(actions, ["end", "unprotect", "protect", "ban", "resume", "pause", "cooldown"]);
+    assert_eq!(audits[0][3]["version"].as_u64(), Some(ban));
 
     // A late node replays the topic to the same switches, audit and canvas.
     let late = Node::start(&broker, &flags);

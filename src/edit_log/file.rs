@@ -2,7 +2,8 @@
 //! by one thread with group commit (many appends, one write, one fdatasync).
 //!
 //! Record layout (little-endian): x u16, y u16, color u8, 3 zero bytes, user u64, ts_ms u64,
-//! 4 zero bytes, crc32 u32 over (version u64 ++ bytes 0..28). Record n (0-based) holds version
+//! aux u32 (format 2: a control entry's actor or an edit's flags, `control.rs`; zero in format 1),
+//! crc32 u32 over (version u64 ++ bytes 0..28). Record n (0-based) holds version
 //! n + 1, so versions are contiguous by construction.
 //!
 //! # Crash semantics
@@ -114,6 +115,7 @@ pub fn encode(version: u64, e: &Edit, out: &mut [u8]) {
     out[4] = e.color;
     out[8..16].copy_from_slice(&e.user.to_le_bytes());
     out[16..24].copy_from_slice(&e.ts_ms.to_le_bytes());
+    out[24..28].copy_from_slice(&e.aux.to_le_bytes());
     let crc = checksum(version, &out[..28]);
     out[28..32].copy_from_slice(&crc.to_le_bytes());
 }
@@ -136,6 +138,7 @@ pub fn decode(version: u64, r: &[u8]) -> Option<Edit> {
         color: r[4],
         user: u64::from_le_bytes(r[8..16].try_into().unwrap()),
         ts_ms: u64::from_le_bytes(r[16..24].try_into().unwrap()),
+        aux: u32::from_le_bytes(r[24..28].try_into().unwrap()),
     })
 }
 
@@ -480,7 +483,7 @@ impl Writer {
                             return;
                         }
                     }
-                    crate::control::Entry::Unknown(_) => {}
+                    crate::control::Entry::Unknown(_) | crate::control::Entry::Void => {}
                 }
                 if let Some(n) = name {
                     self.names_pending.push((e.user, n));
@@ -653,7 +656,7 @@ mod tests {
     use crossbeam_channel::bounded;
 
     fn edit(i: u16) -> Edit {
-        Edit { x: i, y: i + 1, color: (i % 16) as u8, user: 1000 + i as u64, ts_ms: 5 + i as u64 }
+        Edit { x: i, y: i + 1, color: (i % 16) as u8, user: 1000 + i as u64, ts_ms: 5 + i as u64, aux: 0 }
     }
 
     fn block<T>(rx: oneshot::Receiver<T>) -> T {

@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 /// An edit that changes no pixel: it lies outside every canvas, so the applier applies it as a
 /// no-op (used for offsets that carry no placecast record).
-const NO_EDIT: Edit = Edit { x: u16::MAX, y: u16::MAX, color: u8::MAX, user: 0, ts_ms: 0 };
+const NO_EDIT: Edit =
+    Edit { x: crate::control::CONTROL_X, y: crate::control::KIND_VOID, color: 0, user: 0, ts_ms: 0, aux: 0 };
 
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {

@@ -27,6 +27,9 @@ pub struct Edit {
     pub user: u64,
     /// Wall-clock milliseconds when the placement was accepted.
     pub ts_ms: u64,
+    /// Record bytes 24..28: for a control entry its actor (`control.rs`; 0 = the `--admin-token`
+    /// operator), for an edit its flags (`control::EDIT_BY_MODERATOR`). Zero in format 1 logs.
+    pub aux: u32,
 }
 
 /// An edit with its position in the log.
