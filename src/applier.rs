@@ -67,6 +67,8 @@ pub use crate::messages::{CatchUpReply, CatchUpReq, ConnId, ShardMsg};
 pub struct ApplierStats {
     /// Last applied version.
     pub version: AtomicU64,
+    /// The last version whose edit changed a pixel (the final version once the event ended).
+    pub last_change: AtomicU64,
     /// Last version handed to the shards in a batch.
     pub cut_version: AtomicU64,
     pub batches: AtomicU64,
@@ -223,6 +225,7 @@ impl Applier {
         for e in cp.audit {
             self.audit.push(e);
         }
+        self.stats.last_change.store(cp.last_change, Ordering::Relaxed);
         self.rule = rule;
         self.switches_dirty = true;
         self.publish_switches();
@@ -250,6 +253,7 @@ impl Applier {
             last_valid,
             switches: rule.switches.clone(),
             audit: self.audit.all(),
+            last_change: self.stats.last_change.load(Ordering::Relaxed),
         })
     }
 
@@ -438,6 +442,7 @@ impl Applier {
             Ok(()) => {
                 self.canvas.set(i, e.color);
                 self.limiter.observe(e.user, e.ts_ms);
+                self.stats.last_change.store(version, Ordering::Relaxed);
                 Some(i)
             }
             Err(r) => {

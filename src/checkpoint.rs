@@ -7,7 +7,8 @@
 //! entry count u64, entries (user u64, last_valid_ms u64), then the switches (`control.rs`):
 //! cooldown set u8 + ms u64, paused u8, end set u8 + at_ms u64, banned count u64 + user keys,
 //! protected count u64 + rectangles (x, y, w, h u16),
-//! audit count u64 + entries (version u64, ts_ms u64, kind u16, argument u64, actor u32), then crc32 u32
+//! audit count u64 + entries (version u64, ts_ms u64, kind u16, argument u64, actor u32), the
+//! last version that changed a pixel u64, then crc32 u32
 //! over everything before it. "PCK1" (before control entries) is the same without the switches
 //! and the audit, and still loads (no switches, an empty audit).
 //!
@@ -41,6 +42,8 @@ pub struct Checkpoint {
     pub switches: Switches,
     /// The audit list at `version` (the newest `control::AUDIT_KEEP`).
     pub audit: Vec<AuditEntry>,
+    /// The last version whose edit changed a pixel.
+    pub last_change: u64,
 }
 
 #[derive(Debug, Error)]
@@ -108,6 +111,7 @@ impl Checkpoint {
             b.extend_from_slice(&e.user.to_le_bytes());
             b.extend_from_slice(&a.actor.to_le_bytes());
         }
+        b.extend_from_slice(&self.last_change.to_le_bytes());
     }
 
     pub fn decode(b: &[u8]) -> Option<Checkpoint> {
@@ -140,6 +144,7 @@ impl Checkpoint {
         let last_valid = raw.chunks_exact(16).map(|c| (u64_(&c[..8]), u64_(&c[8..]))).collect();
         let mut switches = Switches::default();
         let mut audit = Vec::new();
+        let mut last_change = 0;
         if with_switches {
             let flag = take(1)?[0];
             let v = u64_(take(8)?);
@@ -173,6 +178,7 @@ impl Checkpoint {
                 let Entry::Control(control) = classify(&e) else { return None };
                 audit.push(AuditEntry { version, ts_ms, control, actor: u32_(&c[26..30]) });
             }
+            last_change = u64_(take(8)?);
         }
         if take(1).is_some() {
             return None;
@@ -188,6 +194,7 @@ impl Checkpoint {
             last_valid,
             switches,
             audit,
+            last_change,
         })
     }
 
@@ -239,6 +246,7 @@ mod tests {
             last_valid: vec![(7, 100), (9, 200)],
             switches: Switches::default(),
             audit: Vec::new(),
+            last_change: 0,
         };
         c.write(dir.path()).unwrap();
         assert_eq!(Checkpoint::load(dir.path()).unwrap(), Some(c.clone()));
@@ -272,6 +280,7 @@ mod tests {
             last_valid: vec![(1, 2)],
             switches,
             audit,
+            last_change: 4,
         };
         assert_eq!(Checkpoint::decode(&c.encode()), Some(c.clone()));
         // Format 1: the same bytes up to the rule's entries, magic PCK1, no switches.

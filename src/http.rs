@@ -292,6 +292,7 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("GET" | "HEAD", "/readyz") => ready(shared),
         ("GET" | "HEAD", "/metrics") => metrics(shared),
         ("GET" | "HEAD", "/api/v1/canvas/info") => info(shared),
+        ("GET" | "HEAD", "/api/v1/canvas/final") => history::final_canvas(shared, ctx.client.key).await,
         ("GET" | "HEAD", "/api/v1/canvas" | "/api/v1/canvas.png") if history::asks_for_past(req) => {
             history::canvas_at(req, shared, ctx.client.key, req.path.ends_with(".png")).await
         }
@@ -326,6 +327,7 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
             | "/readyz"
             | "/metrics"
             | "/api/v1/canvas/info"
+            | "/api/v1/canvas/final"
             | "/api/v1/canvas"
             | "/api/v1/canvas.png"
             | "/api/v1/pixel"

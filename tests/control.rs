@@ -251,3 +251,29 @@ fn named_moderators_and_operators_act_within_their_roles_and_the_audit_names_the
             || String::from_utf8_lossy(&out.stderr).contains("listed twice")
     );
 }
+
+#[test]
+fn the_final_canvas_is_the_last_changed_version_and_its_hash_once_the_end_has_passed() {
+    let s = Server::start(&flags());
+    let r = s.http("GET", "/api/v1/canvas/final", &[], b"");
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_ended"), "no end set");
+    let alice = token("alice");
+    assert_eq!(s.place(&alice, 1, 1, 3).status, 200);
+    let last = s.place(&alice, 2, 1, 4).json()["version"].as_u64().unwrap();
+    // An end set in the future: not final yet.
+    control(&s, "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms() + 3_600_000));
+    assert_eq!(s.http("GET", "/api/v1/canvas/final", &[], b"").error_code(), "not_ended");
+    // An end already past (by more than the clock slack): final, at the last version that
+    // changed a pixel, not the control entries after it.
+    control(&s, "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms() - 10_000));
+    assert_eq!(refused(&s.place(&alice, 3, 1, 5)), (410, "ended".into()));
+    let f = s.http("GET", "/api/v1/canvas/final", &[], b"");
+    assert_eq!(f.status, 200, "{}", String::from_utf8_lossy(&f.body));
+    let f = f.json();
+    assert_eq!(f["version"].as_u64(), Some(last));
+    let canvas = s.http("GET", &format!("/api/v1/canvas?at={last}"), &[], b"");
+    use sha2::Digest;
+    let want: String = sha2::Sha256::digest(&canvas.body).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(f["sha256"].as_str(), Some(want.as_str()));
+    assert_eq!(placecast::protocol::parse_snapshot(&canvas.body).unwrap().pixels[16 + 2], 4);
+}

@@ -153,11 +153,25 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     assert_eq!(actions, ["end", "unprotect", "protect", "ban", "resume", "pause", "cooldown"]);
     assert_eq!(audits[0][3]["version"].as_u64(), Some(ban));
 
+    // The final canvas: one version and one hash on every node, once the end has passed.
+    let finals: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            wait_for(30, "the final canvas", || {
+                let r = n.s().http("GET", "/api/v1/canvas/final", &[], b"");
+                (r.status == 200).then(|| r.json())
+            })
+        })
+        .collect();
+    assert!(finals.iter().all(|f| *f == finals[0]), "one final canvas: {finals:?}");
+    assert!(finals[0]["version"].as_u64().unwrap() < end, "the final version is the last edit before the end");
+
     // A late node replays the topic to the same switches, audit and canvas.
     let late = Node::start(&broker, &flags);
     let snaps = converged(&[&nodes[0], &late], head);
     assert!(snaps[1].pixels == snaps[0].pixels);
     assert_eq!(audit(&late)["entries"], audits[0]);
+    assert_eq!(late.s().http("GET", "/api/v1/canvas/final", &[], b"").json(), finals[0]);
     assert_eq!(answer(&late, &bob, 50), (410, "ended".into()));
 
     // A node restarted from its checkpoint (written after the last entry) has them too.
@@ -169,6 +183,7 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     nodes[1].restart();
     converged(&[&nodes[0], &nodes[1]], head);
     assert_eq!(audit(&nodes[1])["entries"], audits[0]);
+    assert_eq!(nodes[1].s().http("GET", "/api/v1/canvas/final", &[], b"").json(), finals[0], "from the checkpoint");
     let lift = placecast::now_ms() + 3_600_000;
     admin(&nodes[1], "end", &format!(r#"{{"at_ms":{lift}}}"#));
     assert_eq!(answer(&nodes[1], &alice, 60), (403, "banned".into()), "the ban came back from the checkpoint");

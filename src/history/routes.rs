@@ -15,6 +15,7 @@ use crate::http::{query_param, Req, Response};
 use crate::shared::Shared;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
+use sha2::Digest;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -168,7 +169,6 @@ pub async fn canvas_at(req: &Req, shared: &Arc<Shared>, addr: AddrKey, png: bool
         }
         _ => unreachable!("asks_for_past checked"),
     };
-    let key = if png { Built::Png(version) } else { Built::Canvas(version) };
     let answer = |body: Bytes, ts: Option<u64>| {
         let mut r = Response {
             status: 200,
@@ -186,14 +186,23 @@ pub async fn canvas_at(req: &Req, shared: &Arc<Shared>, addr: AddrKey, png: bool
         }
         r
     };
+    match build(shared, version, png, addr).await {
+        Ok((body, ts)) => answer(body, ts),
+        Err(r) => r,
+    }
+}
+
+/// The canvas at `version` as a binary snapshot or PNG, and the time of that version: from the
+/// cache, or built (counted against the address's catch-up rate, at most `HISTORY_BUILDS` at once).
+async fn build(shared: &Arc<Shared>, version: u64, png: bool, addr: AddrKey) -> Result<(Bytes, Option<u64>), Response> {
+    let h = shared.history.clone();
+    let key = if png { Built::Png(version) } else { Built::Canvas(version) };
     let time_of = |v: u64| (v > h.base() && v <= h.version()).then(|| h.record(v).ok().map(|r| r.ts_ms)).flatten();
     if let Some(b) = h.cached(key) {
-        return answer(b, time_of(version));
+        return Ok((b, time_of(version)));
     }
-    if let Err(r) = admit(shared, addr) {
-        return r;
-    }
-    let Some(_slot) = BuildSlot::take(&h) else { return busy() };
+    admit(shared, addr)?;
+    let Some(_slot) = BuildSlot::take(&h) else { return Err(busy()) };
     let reader = h.clone();
     let built = glommio::executor()
         .spawn_blocking(move || -> Result<(Bytes, Option<u64>), HistoryError> {
@@ -207,10 +216,44 @@ pub async fn canvas_at(req: &Req, shared: &Arc<Shared>, addr: AddrKey, png: bool
     match built {
         Ok((body, ts)) => {
             h.remember(key, body.clone());
-            answer(body, ts)
+            Ok((body, ts))
         }
-        Err(e) => history_error(&e),
+        Err(e) => Err(history_error(&e)),
     }
+}
+
+/// `GET /api/v1/canvas/final`: once the event's end has passed (and `CLOCK_SLACK_MS` for the
+/// edits placed just before it), the final version and the SHA-256 of the binary snapshot at it.
+/// Every node computes both from the log alone, so "who held this pixel at the end" has one
+/// provable answer. The final version is the last version whose edit changed a pixel; after the
+/// end no edit can, unless an operator moves the end (then the answer moves with it).
+pub async fn final_canvas(shared: &Arc<Shared>, addr: AddrKey) -> Response {
+    let Some(end) = shared.switches.end_at_ms() else {
+        return Response::error(404, "not_ended", "the event has no end set (POST /api/v1/admin/end)");
+    };
+    let now = crate::now_ms();
+    if end.saturating_add(crate::bounds::CLOCK_SLACK_MS) > now {
+        let msg =
+            format!("the event ends at {end} ms; its final canvas is known {} ms after", crate::bounds::CLOCK_SLACK_MS);
+        return Response::error(404, "not_ended", &msg);
+    }
+    let version = shared.applier.last_change.load(std::sync::atomic::Ordering::Acquire);
+    let (body, ts) = match build(shared, version, false, addr).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let sha: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let json = serde_json::json!({
+        "version": version,
+        "end_at_ms": end,
+        "last_edit_ms": ts,
+        "sha256": sha,
+        "canvas": format!("/api/v1/canvas?at={version}"),
+        "png": format!("/api/v1/canvas.png?at={version}"),
+    });
+    Response::json(200, json.to_string())
+        .header("Cache-Control", "public, max-age=60")
+        .header("Access-Control-Allow-Origin", "*")
 }
 
 /// `GET /api/v1/edits?from=V`: versions `(V, V + CHUNK]` as one batch payload (PROTOCOL.md);
