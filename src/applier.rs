@@ -441,7 +441,10 @@ impl Applier {
         match self.rule.judge(e) {
             Ok(()) => {
                 self.canvas.set(i, e.color);
-                self.limiter.observe(e.user, e.ts_ms);
+                // A region edit is not a placement: it starts nobody's cooldown.
+                if e.aux & crate::control::EDIT_REGION == 0 {
+                    self.limiter.observe(e.user, e.ts_ms);
+                }
                 self.stats.last_change.store(version, Ordering::Relaxed);
                 Some(i)
             }
@@ -655,7 +658,7 @@ mod tests {
     fn edit(v: u64) -> Committed {
         Committed {
             version: v,
-            edit: Edit { x: (v % 100) as u16, y: 0, color: (v % 16) as u8, user: 1, ts_ms: 0, aux: 0 },
+            edit: Edit { x: (v % 100) as u16, y: 0, color: (v % 16) as u8, user: 1, ts_ms: 0, ext: 0, aux: 0 },
         }
     }
 
@@ -704,7 +707,7 @@ mod tests {
     }
 
     fn by(v: u64, user: u64, ts_ms: u64) -> Committed {
-        Committed { version: v, edit: Edit { x: v as u16, y: 0, color: 1, user, ts_ms, aux: 0 } }
+        Committed { version: v, edit: Edit { x: v as u16, y: 0, color: 1, user, ts_ms, ext: 0, aux: 0 } }
     }
 
     #[test]

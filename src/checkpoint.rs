@@ -7,7 +7,7 @@
 //! entry count u64, entries (user u64, last_valid_ms u64), then the switches (`control.rs`):
 //! cooldown set u8 + ms u64, paused u8, end set u8 + at_ms u64, banned count u64 + user keys,
 //! protected count u64 + rectangles (x, y, w, h u16),
-//! audit count u64 + entries (version u64, ts_ms u64, kind u16, argument u64, actor u32), the
+//! audit count u64 + entries (version u64, the entry's 32-byte log record, actor u32), the
 //! last version that changed a pixel u64, then crc32 u32
 //! over everything before it. "PCK1" (before control entries) is the same without the switches
 //! and the audit, and still loads (no switches, an empty audit).
@@ -24,6 +24,8 @@ use thiserror::Error;
 
 const MAGIC: &[u8; 4] = b"PCK2";
 const MAGIC_1: &[u8; 4] = b"PCK1";
+/// An audit entry: its version, its log record, its actor.
+const AUDIT_BYTES: usize = 8 + crate::edit_log::file::RECORD + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -104,11 +106,11 @@ impl Checkpoint {
         }
         b.extend_from_slice(&(self.audit.len() as u64).to_le_bytes());
         for a in &self.audit {
-            let e = a.control.to_edit(a.ts_ms);
+            // The entry's own record (`control.rs`'s layout), so every kind round-trips.
+            let mut rec = [0u8; crate::edit_log::file::RECORD];
+            crate::edit_log::file::encode(a.version, &a.control.to_edit(a.ts_ms), &mut rec);
             b.extend_from_slice(&a.version.to_le_bytes());
-            b.extend_from_slice(&a.ts_ms.to_le_bytes());
-            b.extend_from_slice(&e.y.to_le_bytes());
-            b.extend_from_slice(&e.user.to_le_bytes());
+            b.extend_from_slice(&rec);
             b.extend_from_slice(&a.actor.to_le_bytes());
         }
         b.extend_from_slice(&self.last_change.to_le_bytes());
@@ -164,19 +166,12 @@ impl Checkpoint {
                 .map(|c| crate::control::Rect { x: u16_(c, 0), y: u16_(c, 2), w: u16_(c, 4), h: u16_(c, 6) })
                 .collect();
             let n = u64_(take(8)?) as usize;
-            let raw = take(n.checked_mul(30)?)?;
-            for c in raw.chunks_exact(30) {
-                let (version, ts_ms) = (u64_(&c[..8]), u64_(&c[8..16]));
-                let e = crate::edit_log::Edit {
-                    x: crate::control::CONTROL_X,
-                    y: u16::from_le_bytes([c[16], c[17]]),
-                    color: 0,
-                    user: u64_(&c[18..26]),
-                    ts_ms,
-                    aux: 0,
-                };
+            let raw = take(n.checked_mul(AUDIT_BYTES)?)?;
+            for c in raw.chunks_exact(AUDIT_BYTES) {
+                let version = u64_(&c[..8]);
+                let e = crate::edit_log::file::decode(version, &c[8..40])?;
                 let Entry::Control(control) = classify(&e) else { return None };
-                audit.push(AuditEntry { version, ts_ms, control, actor: u32_(&c[26..30]) });
+                audit.push(AuditEntry { version, ts_ms: e.ts_ms, control, actor: u32_(&c[40..44]) });
             }
             last_change = u64_(take(8)?);
         }
@@ -261,13 +256,20 @@ mod tests {
     fn switches_and_audit_round_trip_and_a_format_1_checkpoint_loads() {
         use crate::control::Control;
         let mut switches = Switches::default();
-        for c in [Control::Cooldown { ms: 5_000 }, Control::Pause, Control::End { at_ms: 9 }, Control::Ban { user: 3 }]
-        {
+        let rect = crate::control::Rect { x: 1, y: 2, w: 3, h: 4 };
+        for c in [
+            Control::Cooldown { ms: 5_000 },
+            Control::Pause,
+            Control::End { at_ms: 9 },
+            Control::Ban { user: 3, revert_since_s: 0 },
+            Control::Protect { rect },
+        ] {
             switches.apply(&c);
         }
         let audit = vec![
             AuditEntry { version: 5, ts_ms: 50, control: Control::Pause, actor: 0 },
-            AuditEntry { version: 6, ts_ms: 60, control: Control::Ban { user: 3 }, actor: 77 },
+            AuditEntry { version: 6, ts_ms: 60, control: Control::Ban { user: 3, revert_since_s: 0 }, actor: 77 },
+            AuditEntry { version: 7, ts_ms: 70, control: Control::Restore { rect, version: 2 }, actor: 77 },
         ];
         let c = Checkpoint {
             version: 6,

@@ -1,16 +1,23 @@
-//! Control entries: the event's switches (cooldown, pause and resume, the end of the event) and
-//! bans, as records of the ordered log, and `Switches`, the state they build.
+//! Control entries: the event's switches (cooldown, pause and resume, the end of the event),
+//! bans, protected rectangles and region changes (fill, restore), as records of the ordered log,
+//! and `Switches`, the state they build.
 //!
 //! A control entry is a log record like an edit, so every node applies it at the same version, a
 //! restart or a late node replays it, and the log is the audit trail. It is encoded in the
 //! 32-byte edit record (log format 2) as an edit at `x = CONTROL_X` (65535: no canvas has that
-//! column, sides being at most 65535), `y` = its kind, `user` = its argument (the cooldown in ms,
-//! the end time, the banned user's key), `ts_ms` = when it was made. Format 1 logs (every log
+//! column, sides being at most 65535) with `color` = its kind, `user` = its main argument `b`
+//! (the cooldown in ms, the end time, a user key, a rectangle), `y` and `ext` = a 40-bit second
+//! argument `a` (a version, a color, a time in seconds), `ts_ms` = when it was made, and `aux` =
+//! its actor (`roles::actor_id`; 0 = the `--admin-token` operator). Format 1 logs (every log
 //! written before control entries) hold no record with `x = 65535`, so they read unchanged; a
 //! binary that predates format 2 applies a control record as an edit outside its canvas, a no-op,
-//! rather than misreading it. Bytes 24..28 of the record (`Edit::aux`) are the entry's actor
-//! (`roles::actor_id`; 0 = the `--admin-token` operator); for a pixel edit they hold its flags
-//! (`EDIT_BY_MODERATOR`).
+//! rather than misreading it. For a pixel edit `aux` holds its flags (`EDIT_BY_MODERATOR`,
+//! `EDIT_REGION`).
+//!
+//! A region change (fill, restore, a ban's revert) is its control entry followed by the pixel
+//! edits it makes, flagged `EDIT_REGION`, appended together (`EditLog::append_many`): the pixels
+//! are in the log, so every reader (nodes, late nodes, export, timelapse) applies them exactly,
+//! without the history the route computed them from.
 //!
 //! What reads edits without knowing this module (the history index, export, the timelapse) sees
 //! a control entry as a version that changed no pixel.
@@ -35,16 +42,25 @@ pub const MAX_BANS: usize = 1 << 20;
 /// The longest cooldown an operator can set (as the admin route always allowed).
 pub const MAX_COOLDOWN_MS: u64 = 365 * 24 * 3600 * 1000;
 
-const KIND_COOLDOWN: u16 = 1;
-const KIND_PAUSE: u16 = 2;
-const KIND_RESUME: u16 = 3;
-const KIND_END: u16 = 4;
-const KIND_BAN: u16 = 5;
-const KIND_UNBAN: u16 = 6;
-const KIND_PROTECT: u16 = 7;
-const KIND_UNPROTECT: u16 = 8;
+const KIND_COOLDOWN: u8 = 1;
+const KIND_PAUSE: u8 = 2;
+const KIND_RESUME: u8 = 3;
+const KIND_END: u8 = 4;
+const KIND_BAN: u8 = 5;
+const KIND_UNBAN: u8 = 6;
+const KIND_PROTECT: u8 = 7;
+const KIND_UNPROTECT: u8 = 8;
+const KIND_FILL: u8 = 9;
+const KIND_RESTORE: u8 = 10;
 /// Kind 0 is no entry at all: a record a shared log could not decode, kept as a no-op version.
-pub const KIND_VOID: u16 = 0;
+pub const KIND_VOID: u8 = 0;
+/// The second argument's width: versions and times in seconds up to 2^40 (a trillion).
+pub const ARG_A_MAX: u64 = (1 << 40) - 1;
+/// `Edit::aux` of a pixel edit made by a region change: exempt from the switches and the
+/// cooldown (a moderator's restore goes through a pause or a protection it made).
+pub const EDIT_REGION: u32 = 2;
+/// Pixels one region change may set: 1,048,576 (a 1024x1024 rectangle) is 32 MB of log.
+pub const MAX_REGION_PIXELS: usize = 1 << 20;
 /// Protected rectangles at once: each placement inside any of them is checked against all, so
 /// the list stays short (an event protects a few dozen artworks, not thousands).
 pub const MAX_PROTECTED: usize = 256;
@@ -97,8 +113,11 @@ pub enum Control {
     End {
         at_ms: u64,
     },
+    /// `revert_since_s` (Unix seconds, 0 = none): the route also reverts the pixels the user
+    /// placed since then (as the region edits that follow).
     Ban {
         user: u64,
+        revert_since_s: u64,
     },
     Unban {
         user: u64,
@@ -111,22 +130,35 @@ pub enum Control {
     Unprotect {
         rect: Rect,
     },
+    /// The rectangle set to one color (the region edits that follow).
+    Fill {
+        rect: Rect,
+        color: u8,
+    },
+    /// The rectangle set back to the canvas at `version` (the region edits that follow).
+    Restore {
+        rect: Rect,
+        version: u64,
+    },
 }
 
 impl Control {
     /// The entry as a log record made at `ts_ms`.
     pub fn to_edit(self, ts_ms: u64) -> Edit {
-        let (kind, arg) = match self {
-            Control::Cooldown { ms } => (KIND_COOLDOWN, ms),
-            Control::Pause => (KIND_PAUSE, 0),
-            Control::Resume => (KIND_RESUME, 0),
-            Control::End { at_ms } => (KIND_END, at_ms),
-            Control::Ban { user } => (KIND_BAN, user),
-            Control::Unban { user } => (KIND_UNBAN, user),
-            Control::Protect { rect } => (KIND_PROTECT, rect.pack()),
-            Control::Unprotect { rect } => (KIND_UNPROTECT, rect.pack()),
+        let (kind, b, a) = match self {
+            Control::Cooldown { ms } => (KIND_COOLDOWN, ms, 0),
+            Control::Pause => (KIND_PAUSE, 0, 0),
+            Control::Resume => (KIND_RESUME, 0, 0),
+            Control::End { at_ms } => (KIND_END, at_ms, 0),
+            Control::Ban { user, revert_since_s } => (KIND_BAN, user, revert_since_s),
+            Control::Unban { user } => (KIND_UNBAN, user, 0),
+            Control::Protect { rect } => (KIND_PROTECT, rect.pack(), 0),
+            Control::Unprotect { rect } => (KIND_UNPROTECT, rect.pack(), 0),
+            Control::Fill { rect, color } => (KIND_FILL, rect.pack(), color as u64),
+            Control::Restore { rect, version } => (KIND_RESTORE, rect.pack(), version),
         };
-        Edit { x: CONTROL_X, y: kind, color: 0, user: arg, ts_ms, aux: 0 }
+        assert!(a <= ARG_A_MAX, "the routes keep the second argument within 40 bits");
+        Edit { x: CONTROL_X, y: a as u16, ext: (a >> 16) as u32, color: kind, user: b, ts_ms, aux: 0 }
     }
 
     /// The action's name in the audit list and the admin API.
@@ -140,6 +172,8 @@ impl Control {
             Control::Unban { .. } => "unban",
             Control::Protect { .. } => "protect",
             Control::Unprotect { .. } => "unprotect",
+            Control::Fill { .. } => "fill",
+            Control::Restore { .. } => "restore",
         }
     }
 }
@@ -150,7 +184,7 @@ pub enum Entry {
     Pixel,
     Control(Control),
     /// A control entry of a kind this binary does not know (written by a newer one).
-    Unknown(u16),
+    Unknown(u8),
     /// No entry: a version a shared log could not decode (`KIND_VOID`).
     Void,
 }
@@ -159,15 +193,18 @@ pub fn classify(e: &Edit) -> Entry {
     if e.x != CONTROL_X {
         return Entry::Pixel;
     }
-    Entry::Control(match e.y {
-        KIND_COOLDOWN => Control::Cooldown { ms: e.user },
+    let (a, b) = (e.y as u64 | (e.ext as u64) << 16, e.user);
+    Entry::Control(match e.color {
+        KIND_COOLDOWN => Control::Cooldown { ms: b },
         KIND_PAUSE => Control::Pause,
         KIND_RESUME => Control::Resume,
-        KIND_END => Control::End { at_ms: e.user },
-        KIND_BAN => Control::Ban { user: e.user },
-        KIND_UNBAN => Control::Unban { user: e.user },
-        KIND_PROTECT => Control::Protect { rect: Rect::unpack(e.user) },
-        KIND_UNPROTECT => Control::Unprotect { rect: Rect::unpack(e.user) },
+        KIND_END => Control::End { at_ms: b },
+        KIND_BAN => Control::Ban { user: b, revert_since_s: a },
+        KIND_UNBAN => Control::Unban { user: b },
+        KIND_PROTECT => Control::Protect { rect: Rect::unpack(b) },
+        KIND_UNPROTECT => Control::Unprotect { rect: Rect::unpack(b) },
+        KIND_FILL => Control::Fill { rect: Rect::unpack(b), color: a as u8 },
+        KIND_RESTORE => Control::Restore { rect: Rect::unpack(b), version: a },
         KIND_VOID => return Entry::Void,
         other => return Entry::Unknown(other),
     })
@@ -216,7 +253,7 @@ impl Switches {
             Control::Pause => self.paused = true,
             Control::Resume => self.paused = false,
             Control::End { at_ms } => self.end_at_ms = Some(at_ms),
-            Control::Ban { user } => {
+            Control::Ban { user, .. } => {
                 // The admin route refuses a ban beyond the bound; a log written elsewhere with
                 // more is applied up to it, the same way on every node.
                 if self.banned.len() < MAX_BANS {
@@ -232,11 +269,17 @@ impl Switches {
                 }
             }
             Control::Unprotect { rect } => self.protected.retain(|p| !rect.covers(p)),
+            // Their pixels are the region edits that follow.
+            Control::Fill { .. } | Control::Restore { .. } => {}
         }
     }
 
-    /// Whether a pixel edit by `e.user` at `e.ts_ms` is refused, by the switches alone.
+    /// Whether a pixel edit by `e.user` at `e.ts_ms` is refused, by the switches alone. A region
+    /// edit never is.
     pub fn refuse(&self, e: &Edit) -> Option<Refusal> {
+        if e.aux & EDIT_REGION != 0 {
+            return None;
+        }
         if self.banned.contains(&e.user) {
             return Some(Refusal::Banned);
         }
@@ -358,9 +401,24 @@ impl AuditEntry {
         match self.control {
             Control::Cooldown { ms } => v["seconds"] = (ms / 1000).into(),
             Control::End { at_ms } => v["at_ms"] = at_ms.into(),
-            Control::Ban { user } | Control::Unban { user } => {
+            Control::Ban { user, revert_since_s } => {
                 v["user_key"] = format!("{user:016x}").into();
                 v["user"] = names.get(user).map(|n| n.to_string()).into();
+                if revert_since_s > 0 {
+                    v["revert_since_ms"] = (revert_since_s * 1000).into();
+                }
+            }
+            Control::Unban { user } => {
+                v["user_key"] = format!("{user:016x}").into();
+                v["user"] = names.get(user).map(|n| n.to_string()).into();
+            }
+            Control::Fill { rect, color } => {
+                v["rect"] = serde_json::json!({"x": rect.x, "y": rect.y, "w": rect.w, "h": rect.h});
+                v["color"] = color.into();
+            }
+            Control::Restore { rect, version } => {
+                v["rect"] = serde_json::json!({"x": rect.x, "y": rect.y, "w": rect.w, "h": rect.h});
+                v["to_version"] = version.into();
             }
             Control::Protect { rect } | Control::Unprotect { rect } => {
                 v["rect"] = serde_json::json!({"x": rect.x, "y": rect.y, "w": rect.w, "h": rect.h});
@@ -409,10 +467,12 @@ mod tests {
             Control::Pause,
             Control::Resume,
             Control::End { at_ms: 1_491_238_800_000 },
-            Control::Ban { user: 0xdead_beef },
+            Control::Ban { user: 0xdead_beef, revert_since_s: ARG_A_MAX },
             Control::Unban { user: u64::MAX },
             Control::Protect { rect: Rect { x: 1, y: 2, w: 65_535, h: 4 } },
             Control::Unprotect { rect: Rect { x: 0, y: 0, w: 1, h: 1 } },
+            Control::Fill { rect: Rect { x: 3, y: 4, w: 5, h: 6 }, color: 31 },
+            Control::Restore { rect: Rect { x: 0, y: 0, w: 1000, h: 1000 }, version: 16_000_000 },
         ];
         for c in all {
             let e = c.to_edit(42);
@@ -424,22 +484,24 @@ mod tests {
             // Bytes 24..28 (the actor) are zero: the --admin-token operator.
             assert_eq!(rec[24..28], [0; 4]);
         }
-        let pixel = Edit { x: 65_534, y: 3, color: 1, user: 9, ts_ms: 1, aux: 0 };
+        let pixel = Edit { x: 65_534, y: 3, color: 1, user: 9, ts_ms: 1, ext: 0, aux: 0 };
         assert_eq!(classify(&pixel), Entry::Pixel);
-        assert_eq!(classify(&Edit { x: CONTROL_X, y: 999, color: 0, user: 0, ts_ms: 0, aux: 0 }), Entry::Unknown(999));
+        let unknown = Edit { x: CONTROL_X, y: 0, color: 200, user: 0, ts_ms: 0, ext: 0, aux: 0 };
+        assert_eq!(classify(&unknown), Entry::Unknown(200));
+        assert_eq!(classify(&Edit { color: KIND_VOID, ..unknown }), Entry::Void);
     }
 
     #[test]
     fn switches_refuse_in_order_of_precedence() {
         let mut s = Switches::default();
-        let by = |user, ts_ms| Edit { x: 1, y: 1, color: 1, user, ts_ms, aux: 0 };
+        let by = |user, ts_ms| Edit { x: 1, y: 1, color: 1, user, ts_ms, ext: 0, aux: 0 };
         assert_eq!(s.refuse(&by(1, 10)), None);
         s.apply(&Control::End { at_ms: 100 });
         assert_eq!(s.refuse(&by(1, 99)), None);
         assert_eq!(s.refuse(&by(1, 100)), Some(Refusal::Ended));
         s.apply(&Control::Pause);
         assert_eq!(s.refuse(&by(1, 10)), Some(Refusal::Paused));
-        s.apply(&Control::Ban { user: 1 });
+        s.apply(&Control::Ban { user: 1, revert_since_s: 0 });
         assert_eq!(s.refuse(&by(1, 10)), Some(Refusal::Banned));
         s.apply(&Control::Resume);
         s.apply(&Control::Unban { user: 1 });
@@ -452,7 +514,7 @@ mod tests {
         live.publish(&s);
         assert_eq!(live.refuse(&by(1, 500)), None);
         assert_eq!(live.refuse(&by(1, 1_000)), Some(Refusal::Ended));
-        s.apply(&Control::Ban { user: 2 });
+        s.apply(&Control::Ban { user: 2, revert_since_s: 0 });
         live.publish(&s);
         assert_eq!((live.refuse(&by(2, 0)), live.refuse(&by(3, 0))), (Some(Refusal::Banned), None));
 
@@ -461,7 +523,7 @@ mod tests {
         let area = Rect { x: 1, y: 1, w: 2, h: 1 };
         s.apply(&Control::Protect { rect: area });
         s.apply(&Control::Protect { rect: Rect { x: 10, y: 10, w: 1, h: 1 } });
-        let at = |x, y, aux| Edit { x, y, color: 1, user: 3, ts_ms: 0, aux };
+        let at = |x, y, aux| Edit { x, y, color: 1, user: 3, ts_ms: 0, ext: 0, aux };
         assert_eq!(s.refuse(&at(2, 1, 0)), Some(Refusal::Protected));
         assert_eq!(s.refuse(&at(3, 1, 0)), None);
         assert_eq!(s.refuse(&at(2, 1, EDIT_BY_MODERATOR)), None);

@@ -8,11 +8,14 @@
 //! appended, so a bad request writes nothing to the log. Not here: the routes that change only
 //! this node (`admin.rs`: limits, drain).
 
-use crate::control::{Control, Rect, AUDIT_KEEP, MAX_BANS, MAX_COOLDOWN_MS, MAX_PROTECTED};
+use crate::control::{Control, Rect, AUDIT_KEEP, MAX_BANS, MAX_COOLDOWN_MS, MAX_PROTECTED, MAX_REGION_PIXELS};
+use crate::edit_log::Edit;
 use crate::http::{Req, Response};
+use crate::region;
 use crate::roles::{Holder, Role};
 use crate::shared::Shared;
 use serde::Deserialize;
+use std::sync::atomic::Ordering;
 
 /// Audit entries one request returns unless it asks for fewer.
 const AUDIT_DEFAULT: usize = 100;
@@ -31,13 +34,73 @@ pub async fn post(req: &Req, body: &[u8], shared: &Shared, action: &str) -> Resp
         Ok(c) => c,
         Err(r) => return r,
     };
-    append(shared, control, &holder).await
+    if !changes_pixels(&control) {
+        return append(shared, vec![control.to_edit(crate::now_ms())], &holder, control).await;
+    }
+    // One region change at a time per node: each reads two canvases and may log a million edits.
+    let Some(_busy) = RegionSlot::take(shared) else {
+        return Response::error(
+            409,
+            "region_busy",
+            "another fill, restore or revert is being logged; try again shortly",
+        );
+    };
+    region(shared, control, &holder).await
+}
+
+/// The node's one region slot, given back when dropped (also when the request is abandoned).
+struct RegionSlot<'a>(&'a Shared);
+
+impl<'a> RegionSlot<'a> {
+    fn take(shared: &'a Shared) -> Option<Self> {
+        (!shared.region_busy.swap(true, Ordering::AcqRel)).then_some(RegionSlot(shared))
+    }
+}
+
+impl Drop for RegionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.region_busy.store(false, Ordering::Release);
+    }
+}
+
+/// Fill, restore and a ban with a revert log pixel edits after their entry.
+fn changes_pixels(c: &Control) -> bool {
+    matches!(c, Control::Fill { .. } | Control::Restore { .. } | Control::Ban { revert_since_s: 1.., .. })
+}
+
+/// Computes the region's edits from the history (on a blocking thread) and logs the entry and
+/// them together.
+async fn region(shared: &Shared, control: Control, by: &Holder) -> Response {
+    let h = shared.history.clone();
+    let who = crate::region::By { user: crate::token::user_key(&by.name), ts_ms: crate::now_ms() };
+    let computed = glommio::executor()
+        .spawn_blocking(move || -> Result<Vec<Edit>, String> {
+            match control {
+                Control::Fill { rect, color } => region::fill(&h, &rect, color, who).map_err(|e| e.to_string()),
+                Control::Restore { rect, version } => {
+                    region::restore(&h, &rect, version, who).map_err(|e| e.to_string())
+                }
+                Control::Ban { user, revert_since_s } => {
+                    region::revert(&h, user, revert_since_s * 1000, who).map_err(|e| e.to_string())
+                }
+                _ => unreachable!("changes_pixels"),
+            }
+        })
+        .await;
+    let pixels = match computed {
+        Ok(p) => p,
+        Err(e) => return Response::error(422, "region_failed", &e),
+    };
+    let mut edits = Vec::with_capacity(pixels.len() + 1);
+    edits.push(control.to_edit(who.ts_ms));
+    edits.extend(pixels);
+    append(shared, edits, by, control).await
 }
 
 /// Operators change the switches; moderators act on users and areas (operators may too).
 fn needed_role(action: &str) -> Role {
     match action {
-        "ban" | "unban" | "protect" | "unprotect" => Role::Moderator,
+        "ban" | "unban" | "protect" | "unprotect" | "fill" | "restore" => Role::Moderator,
         _ => Role::Operator,
     }
 }
@@ -63,6 +126,31 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
         user: Option<String>,
         user_key: Option<String>,
     }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ban {
+        user: Option<String>,
+        user_key: Option<String>,
+        revert_since_ms: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fill {
+        x: u32,
+        y: u32,
+        w: u32,
+        h: u32,
+        color: u32,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Restore {
+        x: u32,
+        y: u32,
+        w: u32,
+        h: u32,
+        version: u64,
+    }
     match action {
         "pause" => empty(body).map(|()| Control::Pause),
         "resume" => empty(body).map(|()| Control::Resume),
@@ -77,13 +165,49 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
             let b: End = serde_json::from_slice(body).map_err(|e| bad_json("{\"at_ms\": UNIX_MS}", e))?;
             Ok(Control::End { at_ms: b.at_ms })
         }
-        "ban" | "unban" => {
+        "unban" => {
             let b: User =
                 serde_json::from_slice(body).map_err(|e| bad_json("{\"user\": NAME} or {\"user_key\": HEX16}", e))?;
-            let user = known_user(shared, b.user.as_deref(), b.user_key.as_deref())?;
-            if action == "unban" {
-                return Ok(Control::Unban { user });
+            Ok(Control::Unban { user: known_user(shared, b.user.as_deref(), b.user_key.as_deref())? })
+        }
+        "fill" => {
+            let b: Fill =
+                serde_json::from_slice(body).map_err(|e| bad_json("{\"x\",\"y\",\"w\",\"h\",\"color\"}", e))?;
+            let rect = region_rect(shared, b.x, b.y, b.w, b.h)?;
+            if !shared.geometry.valid_color(b.color as i64) {
+                let msg =
+                    format!("color {} is not in the palette (0 to {})", b.color, shared.geometry.palette.len() - 1);
+                return Err(Response::error(400, "bad_color", &msg));
             }
+            Ok(Control::Fill { rect, color: b.color as u8 })
+        }
+        "restore" => {
+            let b: Restore =
+                serde_json::from_slice(body).map_err(|e| bad_json("{\"x\",\"y\",\"w\",\"h\",\"version\"}", e))?;
+            let rect = region_rect(shared, b.x, b.y, b.w, b.h)?;
+            let (base, head) = (shared.history.base(), shared.history.version());
+            if b.version > head {
+                let msg = format!("version {} is in the future: the canvas is at {head}", b.version);
+                return Err(Response::error(404, "version_not_yet", &msg));
+            }
+            if b.version < base {
+                let msg = format!("this node's history starts at version {base}; {} is before it", b.version);
+                return Err(Response::error(410, "version_gone", &msg));
+            }
+            Ok(Control::Restore { rect, version: b.version })
+        }
+        "ban" => {
+            let b: Ban = serde_json::from_slice(body)
+                .map_err(|e| bad_json("{\"user\": NAME} or {\"user_key\": HEX16}, and \"revert_since_ms\"", e))?;
+            let user = known_user(shared, b.user.as_deref(), b.user_key.as_deref())?;
+            let revert_since_s = match b.revert_since_ms {
+                None => 0,
+                // Whole seconds (the entry's 40 bits): a revert starts up to a second earlier.
+                Some(ms) if (1000..=crate::now_ms()).contains(&ms) => ms / 1000,
+                Some(_) => {
+                    return Err(Response::error(400, "bad_body", "revert_since_ms must be a past Unix time in ms"));
+                }
+            };
             if !shared.switches.is_banned(user) && shared.switches.banned_count() >= MAX_BANS {
                 return Err(Response::error(
                     409,
@@ -91,7 +215,7 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
                     &format!("at most {MAX_BANS} users can be banned at once"),
                 ));
             }
-            Ok(Control::Ban { user })
+            Ok(Control::Ban { user, revert_since_s })
         }
         "protect" | "unprotect" => {
             let rect = parse_rect(body, shared)?;
@@ -119,14 +243,28 @@ fn parse_rect(body: &[u8], shared: &Shared) -> Result<Rect, Response> {
         h: u32,
     }
     let r: R = serde_json::from_slice(body).map_err(|e| bad_json("{\"x\",\"y\",\"w\",\"h\"}", e))?;
+    check_rect(shared, r.x, r.y, r.w, r.h)
+}
+
+fn check_rect(shared: &Shared, x: u32, y: u32, w: u32, h: u32) -> Result<Rect, Response> {
     let g = &shared.geometry;
-    let inside = r.w >= 1 && r.h >= 1 && r.x + r.w <= g.width && r.y + r.h <= g.height;
+    let inside = w >= 1 && h >= 1 && x.saturating_add(w) <= g.width && y.saturating_add(h) <= g.height;
     if !inside {
         let msg = format!("the rectangle must be non-empty and inside the {}x{} canvas", g.width, g.height);
         return Err(Response::error(400, "bad_rect", &msg));
     }
     // Inside a canvas of sides at most 65535: every field fits 16 bits.
-    Ok(Rect { x: r.x as u16, y: r.y as u16, w: r.w as u16, h: r.h as u16 })
+    Ok(Rect { x: x as u16, y: y as u16, w: w as u16, h: h as u16 })
+}
+
+/// A rectangle a region change may cover: inside the canvas and at most `MAX_REGION_PIXELS`.
+fn region_rect(shared: &Shared, x: u32, y: u32, w: u32, h: u32) -> Result<Rect, Response> {
+    let rect = check_rect(shared, x, y, w, h)?;
+    if w as usize * h as usize > MAX_REGION_PIXELS {
+        let msg = format!("{w}x{h} is {} pixels; one change covers at most {MAX_REGION_PIXELS}", w as u64 * h as u64);
+        return Err(Response::error(413, "region_too_large", &msg));
+    }
+    Ok(rect)
 }
 
 /// Pause and resume take no arguments: an empty body or `{}`.
@@ -158,18 +296,28 @@ fn known_user(shared: &Shared, name: Option<&str>, key: Option<&str>) -> Result<
     }
 }
 
-async fn append(shared: &Shared, control: Control, by: &Holder) -> Response {
-    let mut entry = control.to_edit(crate::now_ms());
-    entry.aux = by.actor;
-    let ack = match shared.log.append(entry) {
+/// Logs `edits` (the control entry first, then any region edits) and answers once they are
+/// durable and applied here.
+async fn append(shared: &Shared, mut edits: Vec<Edit>, by: &Holder, control: Control) -> Response {
+    edits[0].aux = by.actor;
+    let pixels = edits.len() - 1;
+    let ack = if pixels == 0 {
+        shared.log.append(edits[0])
+    } else {
+        // A shared log's `append_many` waits for the broker: not on the shard's thread.
+        let log = shared.log.clone();
+        let name: Option<Box<str>> = Some(by.name.clone().into());
+        glommio::executor().spawn_blocking(move || log.append_many(edits, name)).await
+    };
+    let ack = match ack {
         Ok(ack) => ack,
         Err(e) => return Response::error(503, "log_unavailable", &e.to_string()),
     };
     match ack.await {
         Ok(Ok(version)) => {
-            tracing::info!(version, action = control.action(), entry = ?control, by = %by.name, "control entry logged");
+            tracing::info!(version, action = control.action(), entry = ?control, by = %by.name, pixels, "control entry logged");
             let applied = applied_here(shared, version).await;
-            let body = serde_json::json!({"action": control.action(), "version": version, "applied": applied});
+            let body = serde_json::json!({"action": control.action(), "version": version, "applied": applied, "pixels": pixels});
             // 202: durable and in force on every node once it applies `version`, but this node
             // had not yet applied it when the wait ran out.
             Response::json(if applied { 200 } else { 202 }, body.to_string())

@@ -310,6 +310,8 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("POST", "/api/v1/admin/end") => crate::control_routes::post(req, body, shared, "end").await,
         ("POST", "/api/v1/admin/ban") => crate::control_routes::post(req, body, shared, "ban").await,
         ("POST", "/api/v1/admin/unban") => crate::control_routes::post(req, body, shared, "unban").await,
+        ("POST", "/api/v1/admin/fill") => crate::control_routes::post(req, body, shared, "fill").await,
+        ("POST", "/api/v1/admin/restore") => crate::control_routes::post(req, body, shared, "restore").await,
         ("POST", "/api/v1/admin/protect") => crate::control_routes::post(req, body, shared, "protect").await,
         ("POST", "/api/v1/admin/unprotect") => crate::control_routes::post(req, body, shared, "unprotect").await,
         ("GET", "/api/v1/admin/audit") => crate::control_routes::audit(req, shared),
@@ -342,6 +344,8 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
             | "/api/v1/admin/end"
             | "/api/v1/admin/ban"
             | "/api/v1/admin/unban"
+            | "/api/v1/admin/fill"
+            | "/api/v1/admin/restore"
             | "/api/v1/admin/protect"
             | "/api/v1/admin/unprotect"
             | "/api/v1/admin/audit"

@@ -30,6 +30,7 @@ pub mod pow;
 pub mod progress;
 pub mod protocol;
 pub mod proxy_header;
+pub mod region;
 pub mod roles;
 pub mod secrets;
 pub mod server;

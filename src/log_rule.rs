@@ -76,6 +76,11 @@ impl LogRule {
     /// Judges a pixel edit inside the canvas.
     pub fn judge(&mut self, e: &Edit) -> Result<(), Rejection> {
         self.log_clock = self.log_clock.max(e.ts_ms);
+        // A region change's edits follow its control entry, made by a moderator: no switch and
+        // no cooldown applies to them (`control::EDIT_REGION`).
+        if e.aux & crate::control::EDIT_REGION != 0 {
+            return Ok(());
+        }
         if let Some(r) = self.switches.refuse(e) {
             return Err(Rejection::Switch(r));
         }
@@ -103,7 +108,7 @@ mod tests {
     use super::*;
 
     fn by(user: u64, ts_ms: u64) -> Edit {
-        Edit { x: 0, y: 0, color: 1, user, ts_ms, aux: 0 }
+        Edit { x: 0, y: 0, color: 1, user, ts_ms, ext: 0, aux: 0 }
     }
 
     #[test]
@@ -122,7 +127,7 @@ mod tests {
         r.control(&Control::Cooldown { ms: 0 });
         assert_eq!(r.judge(&by(1, 10_000)), Ok(()));
         assert_eq!(r.judge(&by(1, 10_001)), Ok(()));
-        r.control(&Control::Ban { user: 1 });
+        r.control(&Control::Ban { user: 1, revert_since_s: 0 });
         assert_eq!(r.judge(&by(1, 20_000)), Err(Rejection::Switch(Refusal::Banned)));
         assert_eq!(r.judge(&by(2, 20_000)), Ok(()));
         r.control(&Control::Pause);

@@ -163,7 +163,7 @@ fn begin_inner(
     // A holder of the roles file may place in protected areas; the flag travels in the log so
     // every node judges the edit alike.
     let aux = if shared.roles.is_holder_user(user) { crate::control::EDIT_BY_MODERATOR } else { 0 };
-    let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now, aux };
+    let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now, ext: 0, aux };
     // The switches as this node last applied them: an early refusal. The log has the last word
     // (the embedded writer, or the log-order rule on a shared log).
     if let Some(r) = shared.switches.refuse(&edit) {

@@ -223,6 +223,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         switches,
         audit,
         roles,
+        region_busy: AtomicBool::new(false),
         config,
         limiter: limiter.clone(),
         log,

@@ -66,6 +66,8 @@ pub struct Shared {
     pub audit: Arc<crate::control::Audit>,
     /// Who may use the admin API (`--admin-token`, `--roles`).
     pub roles: crate::roles::Roles,
+    /// A region change (fill, restore, revert) is being computed or logged (one at a time).
+    pub region_busy: AtomicBool,
 }
 
 /// How many client connections the descriptors allow (see the module doc).

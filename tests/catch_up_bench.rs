@@ -29,6 +29,7 @@ fn write_log(dir: &std::path::Path) {
             color: (v % 16) as u8,
             user: v,
             ts_ms: v,
+            ext: 0,
             aux: 0,
         };
         encode(v, &e, &mut out[(v as usize - 1) * RECORD..]);

@@ -92,7 +92,7 @@ fn switches_and_bans_are_log_entries_refusals_say_why_and_a_kill_keeps_them() {
         ("ban", r#"{"user":"nobody-placed-yet"}"#, 404, "unknown_user"),
         ("ban", r#"{"user":"alice","user_key":"0000000000000001"}"#, 400, "bad_body"),
         ("ban", r#"{"user_key":"xyz"}"#, 400, "bad_body"),
-        ("ban", r#"{"user":"alice","revert_since_ms":1}"#, 400, "bad_json"),
+        ("ban", r#"{"user":"alice","revert_since_ms":1}"#, 400, "bad_body"),
         ("cooldown", r#"{"seconds":-1}"#, 400, "bad_json"),
         ("cooldown", r#"{"seconds":99999999999}"#, 400, "bad_body"),
         ("pause", "now", 400, "bad_body"),
@@ -276,4 +276,106 @@ fn the_final_canvas_is_the_last_changed_version_and_its_hash_once_the_end_has_pa
     let want: String = sha2::Sha256::digest(&canvas.body).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(f["sha256"].as_str(), Some(want.as_str()));
     assert_eq!(placecast::protocol::parse_snapshot(&canvas.body).unwrap().pixels[16 + 2], 4);
+}
+
+fn pixels_at(s: &Server, v: u64) -> Vec<u8> {
+    let r = s.http("GET", &format!("/api/v1/canvas?at={v}"), &[], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    placecast::protocol::parse_snapshot(&r.body).unwrap().pixels
+}
+
+fn region(s: &Server, action: &str, body: &str) -> serde_json::Value {
+    let r = admin(s, action, body);
+    assert_eq!(r.status, 200, "{action}: {}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+#[test]
+fn fill_restore_and_a_ban_with_revert_are_ordinary_edits_after_their_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut s = Server::start_in(tmp.path(), port, &flags());
+    const W: usize = 16;
+    let (alice, eve, bob) = (token("alice"), token("eve"), token("bob"));
+    // Alice draws a 4x2 block; V is the canvas then.
+    let mut v = 0;
+    for (i, (x, y)) in [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (2, 1), (3, 1)].into_iter().enumerate() {
+        let r = s.place(&alice, x, y, 2 + i as u8);
+        assert_eq!(r.status, 200);
+        v = r.json()["version"].as_u64().unwrap();
+    }
+    wait_for(10, "the history to reach V", || {
+        (s.http("GET", &format!("/api/v1/canvas?at={v}"), &[], b"").status == 200).then_some(())
+    });
+    let at_v = pixels_at(&s, v);
+    // A client following the stream from here on.
+    let mut ws = s.ws(&format!("?since={v}"));
+    let mut follower = at_v.clone();
+    // Eve vandalises it, and paints elsewhere; Bob paints over one of Eve's pixels.
+    let before_eve = placecast::now_ms();
+    wait_for(5, "a new millisecond", || (placecast::now_ms() > before_eve).then_some(()));
+    for x in 0..4 {
+        assert_eq!(s.place(&eve, x, 0, 15).status, 200);
+    }
+    assert_eq!(s.place(&eve, 9, 5, 15).status, 200);
+    assert_eq!(s.place(&eve, 10, 5, 15).status, 200);
+    assert_eq!(s.place(&bob, 10, 5, 4).status, 200);
+
+    // Restore the block to V: equal to the canvas at V inside it, nothing else touched.
+    let r = region(&s, "restore", &format!(r#"{{"x":0,"y":0,"w":4,"h":2,"version":{v}}}"#));
+    assert_eq!(r["pixels"], 4, "only the pixels that differ are logged");
+    let now = s.snapshot().pixels;
+    for y in 0..2 {
+        for x in 0..4 {
+            assert_eq!(now[y * W + x], at_v[y * W + x], "({x},{y}) is back");
+        }
+    }
+    assert_eq!((now[5 * W + 9], now[5 * W + 10]), (15, 4), "outside the rectangle unchanged");
+    // The restored pixel's last edit is the operator's (who did it), at the restore's versions.
+    let p = s.http("GET", "/api/v1/pixel?x=0&y=0", &[], b"").json();
+    assert_eq!(p["last"]["user"], "operator");
+
+    // A fill goes through a pause and a protection (a moderator's work), and is a batch too.
+    control(&s, "protect", r#"{"x":8,"y":0,"w":8,"h":8}"#);
+    control(&s, "pause", "");
+    assert_eq!(region(&s, "fill", r#"{"x":12,"y":6,"w":4,"h":2,"color":9}"#)["pixels"], 8);
+    control(&s, "resume", "");
+    control(&s, "unprotect", r#"{"x":0,"y":0,"w":16,"h":8}"#);
+    assert!((12..16).all(|x| s.snapshot().pixels[6 * W + x] == 9));
+
+    // Ban Eve and revert what she placed since before her first edit: her pixel at (9,5) goes
+    // back to white; (10,5), which Bob painted over, stays Bob's.
+    let r = region(&s, "ban", &format!(r#"{{"user":"eve","revert_since_ms":{before_eve}}}"#));
+    assert_eq!(r["pixels"], 1, "{r}");
+    let now = s.snapshot();
+    assert_eq!((now.pixels[5 * W + 9], now.pixels[5 * W + 10]), (0, 4));
+    assert_eq!(refused(&s.place(&eve, 1, 1, 1)), (403, "banned".into()));
+
+    // The follower saw all of it as ordinary batches and has the same canvas.
+    ws.follow_until(v, now.version, &mut follower);
+    assert_eq!(follower, now.pixels, "a client following the stream has the same canvas");
+
+    // Bad requests write nothing.
+    let before = head(&s);
+    for (action, body, status, code) in [
+        ("restore", format!(r#"{{"x":0,"y":0,"w":4,"h":2,"version":{}}}"#, before + 10), 404, "version_not_yet"),
+        ("restore", r#"{"x":14,"y":0,"w":4,"h":2,"version":1}"#.to_string(), 400, "bad_rect"),
+        ("fill", r#"{"x":0,"y":0,"w":1,"h":1,"color":16}"#.to_string(), 400, "bad_color"),
+        ("fill", r#"{"x":0,"y":0,"w":1,"h":1}"#.to_string(), 400, "bad_json"),
+        ("ban", format!(r#"{{"user":"bob","revert_since_ms":{}}}"#, placecast::now_ms() + 60_000), 400, "bad_body"),
+    ] {
+        let r = admin(&s, action, &body);
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{action} {body}");
+    }
+    assert_eq!(head(&s), before);
+
+    // Durable: a SIGKILL and restart serve the same canvas.
+    s.kill9();
+    let s = Server::start_in(tmp.path(), port, &flags());
+    assert_eq!(s.snapshot().pixels, now.pixels);
+    let a = audit(&s);
+    let actions: Vec<&str> = a["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(&actions[..2], ["ban", "unprotect"]);
+    assert_eq!(a["entries"][0]["revert_since_ms"].as_u64(), Some(before_eve / 1000 * 1000));
+    assert!(a["entries"].as_array().unwrap().iter().any(|e| e["action"] == "restore" && e["to_version"] == v));
 }

@@ -138,6 +138,24 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     }
     admin(&nodes[2], "unprotect", r#"{"x":70,"y":9,"w":3,"h":1}"#);
     assert_eq!(answer(&nodes[1], &bob, 71).0, 200);
+    // A fill through one node, then a restore to the version before it through another: the
+    // rectangle is back to the canvas at that version, on every node.
+    let before_fill = nodes[0].version();
+    admin(&nodes[1], "fill", r#"{"x":80,"y":8,"w":4,"h":3,"color":7}"#);
+    let fill_seen = |n: &Node| n.s().snapshot().pixels[9 * 1000 + 81] == 7;
+    wait_for(30, "the fill on every node", || nodes.iter().all(fill_seen).then_some(()));
+    let restored = admin(&nodes[2], "restore", &format!(r#"{{"x":80,"y":8,"w":4,"h":3,"version":{before_fill}}}"#));
+    let snaps = converged(&nodes.iter().collect::<Vec<_>>(), restored);
+    let r = nodes[0].s().http("GET", &format!("/api/v1/canvas?at={before_fill}"), &[], b"");
+    let then = placecast::protocol::parse_snapshot(&r.body).unwrap().pixels;
+    for y in 8..11 {
+        for x in 80..84 {
+            assert!(
+                snaps.iter().all(|s| s.pixels[y * 1000 + x] == then[y * 1000 + x]),
+                "({x},{y}) restored everywhere"
+            );
+        }
+    }
     // The end of the event, then the canvas is final everywhere.
     let end = admin(&nodes[0], "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms()));
     for (i, n) in nodes.iter().enumerate() {
@@ -150,8 +168,8 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     let audits: Vec<serde_json::Value> = nodes.iter().map(|n| audit(n)["entries"].clone()).collect();
     assert!(audits.iter().all(|a| *a == audits[0]), "one audit list: {audits:?}");
     let actions: Vec<&str> = audits[0].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["end", "unprotect", "protect", "ban", "resume", "pause", "cooldown"]);
-    assert_eq!(audits[0][3]["version"].as_u64(), Some(ban));
+    assert_eq!(actions, ["end", "restore", "fill", "unprotect", "protect", "ban", "resume", "pause", "cooldown"]);
+    assert_eq!(audits[0][5]["version"].as_u64(), Some(ban));
 
     // The final canvas: one version and one hash on every node, once the end has passed.
     let finals: Vec<serde_json::Value> = nodes

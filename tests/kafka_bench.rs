@@ -191,6 +191,7 @@ fn cold_start_with_many_edits() {
             color: (i % 16) as u8,
             user: i % 100_000 + 1,
             ts_ms: base_ts + i,
+            ext: 0,
             aux: 0,
         };
         placecast::edit_log::file::encode(0, &e, &mut rec);

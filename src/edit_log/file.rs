@@ -1,7 +1,8 @@
 //! The embedded edit log: an append-only file of 32-byte records, `--data-dir/edits.log`, written
 //! by one thread with group commit (many appends, one write, one fdatasync).
 //!
-//! Record layout (little-endian): x u16, y u16, color u8, 3 zero bytes, user u64, ts_ms u64,
+//! Record layout (little-endian): x u16, y u16, color u8, ext u24 (format 2: a control entry's
+//! argument bits; zero for edits and in format 1), user u64, ts_ms u64,
 //! aux u32 (format 2: a control entry's actor or an edit's flags, `control.rs`; zero in format 1),
 //! crc32 u32 over (version u64 ++ bytes 0..28). Record n (0-based) holds version
 //! n + 1, so versions are contiguous by construction.
@@ -83,6 +84,9 @@ type Waiter = oneshot::Sender<Result<u64, LogError>>;
 
 enum Msg {
     Append(Edit, Option<Box<str>>, Waiter),
+    /// Edits written contiguously (nothing else between them), acknowledged once all are
+    /// durable with the last one's version (`EditLog::append_many`).
+    AppendMany(Vec<Edit>, Option<Box<str>>, Waiter),
     /// The user directory, sent once right after open, before any append.
     Names(Arc<Names>),
     /// The switches at the head, sent once the applier has replayed the log (see `take`).
@@ -113,6 +117,8 @@ pub fn encode(version: u64, e: &Edit, out: &mut [u8]) {
     out[0..2].copy_from_slice(&e.x.to_le_bytes());
     out[2..4].copy_from_slice(&e.y.to_le_bytes());
     out[4] = e.color;
+    debug_assert!(e.ext < 1 << 24, "ext is 24 bits");
+    out[5..8].copy_from_slice(&e.ext.to_le_bytes()[..3]);
     out[8..16].copy_from_slice(&e.user.to_le_bytes());
     out[16..24].copy_from_slice(&e.ts_ms.to_le_bytes());
     out[24..28].copy_from_slice(&e.aux.to_le_bytes());
@@ -136,6 +142,7 @@ pub fn decode(version: u64, r: &[u8]) -> Option<Edit> {
         x: u16::from_le_bytes([r[0], r[1]]),
         y: u16::from_le_bytes([r[2], r[3]]),
         color: r[4],
+        ext: u32::from_le_bytes([r[5], r[6], r[7], 0]),
         user: u64::from_le_bytes(r[8..16].try_into().unwrap()),
         ts_ms: u64::from_le_bytes(r[16..24].try_into().unwrap()),
         aux: u32::from_le_bytes(r[24..28].try_into().unwrap()),
@@ -417,6 +424,15 @@ impl EditLog for FileLog {
         self.tx.send(Msg::Switches(switches)).map_err(|_| LogError::Closed)
     }
 
+    fn append_many(&self, edits: Vec<Edit>, name: Option<Box<str>>) -> Result<AppendAck, LogError> {
+        let (tx, rx) = oneshot::channel();
+        match self.tx.try_send(Msg::AppendMany(edits, name, tx)) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(LogError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(LogError::Closed),
+        }
+    }
+
     fn describe(&self) -> String {
         format!("embedded log {}", self.path.display())
     }
@@ -490,6 +506,7 @@ impl Writer {
                 }
                 group.push((e, tx))
             }
+            Msg::AppendMany(edits, name, tx) => self.commit_many(edits, name, tx, group),
             Msg::Names(n) => self.names = Some(n),
             Msg::Switches(s) => self.switches = s,
             Msg::Tail(after, sink) => {
@@ -511,10 +528,11 @@ impl Writer {
     /// After a fatal error: refuses `group` and every later placement; in a server, exits after
     /// `FATAL_LINGER` (see the module doc).
     fn refuse_from_now_on(self, err: LogError, mut group: Vec<(Edit, Waiter)>, rx: Receiver<Msg>) {
-        let refuse = |m: Msg| {
-            if let Msg::Append(_, _, tx) = m {
+        let refuse = |m: Msg| match m {
+            Msg::Append(_, _, tx) | Msg::AppendMany(_, _, tx) => {
                 let _ = tx.send(Err(err.clone()));
             }
+            _ => {}
         };
         for (_, tx) in group.drain(..) {
             let _ = tx.send(Err(err.clone()));
@@ -600,6 +618,50 @@ impl Writer {
         self.fatal = Some(err);
     }
 
+    /// `edits` in groups of at most `GROUP` (so a crash still tears at most one group), one
+    /// right after the other, after what `group` holds. Answers `tx` with the last version once
+    /// all are durable, or with the first group's failure (the groups before it stay: they are
+    /// durable, like any acknowledged group, and the caller was told the whole did not finish).
+    fn commit_many(&mut self, edits: Vec<Edit>, name: Option<Box<str>>, tx: Waiter, group: &mut Vec<(Edit, Waiter)>) {
+        if !group.is_empty() && self.fatal.is_none() {
+            self.commit(group);
+        }
+        // The name is the pixel edits' user's (a control entry's `user` is its argument).
+        let user = edits.iter().find(|e| e.x != crate::control::CONTROL_X).map(|e| e.user);
+        if let (Some(n), Some(u)) = (name, user) {
+            self.names_pending.push((u, n));
+        }
+        let mut last = Ok(self.head.load(Ordering::Acquire));
+        for chunk in edits.chunks(GROUP) {
+            if self.fatal.is_some() {
+                last = Err(LogError::Closed);
+                break;
+            }
+            let mut acks = Vec::with_capacity(chunk.len());
+            for e in chunk {
+                if let crate::control::Entry::Control(c) = crate::control::classify(e) {
+                    self.switches.apply(&c);
+                }
+                let (t, r) = oneshot::channel();
+                group.push((*e, t));
+                acks.push(r);
+            }
+            self.commit(group);
+            match acks.pop().and_then(|mut r| r.try_recv().ok().flatten()) {
+                Some(Ok(v)) => last = Ok(v),
+                Some(Err(e)) => {
+                    last = Err(e);
+                    break;
+                }
+                None => {
+                    last = Err(self.fatal.clone().unwrap_or(LogError::Closed));
+                    break;
+                }
+            }
+        }
+        let _ = tx.send(last);
+    }
+
     fn commit(&mut self, group: &mut Vec<(Edit, Waiter)>) {
         self.persist_names();
         let head = self.head.load(Ordering::Acquire);
@@ -656,7 +718,7 @@ mod tests {
     use crossbeam_channel::bounded;
 
     fn edit(i: u16) -> Edit {
-        Edit { x: i, y: i + 1, color: (i % 16) as u8, user: 1000 + i as u64, ts_ms: 5 + i as u64, aux: 0 }
+        Edit { x: i, y: i + 1, color: (i % 16) as u8, user: 1000 + i as u64, ts_ms: 5 + i as u64, ext: 0, aux: 0 }
     }
 
     fn block<T>(rx: oneshot::Receiver<T>) -> T {

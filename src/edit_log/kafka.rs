@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 /// An edit that changes no pixel: it lies outside every canvas, so the applier applies it as a
 /// no-op (used for offsets that carry no placecast record).
 const NO_EDIT: Edit =
-    Edit { x: crate::control::CONTROL_X, y: crate::control::KIND_VOID, color: 0, user: 0, ts_ms: 0, aux: 0 };
+    Edit { x: crate::control::CONTROL_X, y: 0, color: crate::control::KIND_VOID, user: 0, ts_ms: 0, ext: 0, aux: 0 };
 
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -351,6 +351,44 @@ impl EditLog for KafkaLog {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(LogError::Overloaded),
             Err((e, _)) => Err(LogError::Unavailable(format!("Kafka refused the edit: {e}"))),
         }
+    }
+
+    /// Produces the edits in order and waits for every acknowledgement: this blocks (the routes
+    /// call it on a blocking thread). A full producer queue is waited out, up to the timeout.
+    fn append_many(&self, edits: Vec<Edit>, name: Option<Box<str>>) -> Result<AppendAck, LogError> {
+        let deadline = Instant::now() + Duration::from_millis(self.settings.timeout_ms);
+        let mut acks = Vec::with_capacity(edits.len());
+        let mut name = name;
+        for e in edits {
+            // The name travels with the first pixel edit (a control entry's `user` is its argument).
+            let carried = if e.x == crate::control::CONTROL_X { None } else { name.clone() };
+            loop {
+                match self.append_named(e, carried.clone()) {
+                    Ok(ack) => {
+                        acks.push(ack);
+                        if carried.is_some() {
+                            name = None;
+                        }
+                        break;
+                    }
+                    Err(LogError::Overloaded) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        let mut last = Ok(self.head());
+        for ack in acks {
+            match futures_lite::future::block_on(ack) {
+                Ok(Ok(v)) => last = Ok(v),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(LogError::Closed),
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(last);
+        Ok(rx)
     }
 
     fn tail(&self, after: u64, sink: Sender<Committed>) -> Result<(), LogError> {

@@ -27,6 +27,9 @@ pub struct Edit {
     pub user: u64,
     /// Wall-clock milliseconds when the placement was accepted.
     pub ts_ms: u64,
+    /// Record bytes 5..8 (a 24-bit value): a control entry's high argument bits (`control.rs`);
+    /// zero for an edit and in format 1 logs.
+    pub ext: u32,
     /// Record bytes 24..28: for a control entry its actor (`control.rs`; 0 = the `--admin-token`
     /// operator), for an edit its flags (`control::EDIT_BY_MODERATOR`). Zero in format 1 logs.
     pub aux: u32,
@@ -72,6 +75,12 @@ pub trait EditLog: Send + Sync + 'static {
     /// have it yet: the log makes it durable with the edit (the embedded log writes it to the
     /// directory before the group's fdatasync; Kafka carries it in the message).
     fn append_named(&self, edit: Edit, name: Option<Box<str>>) -> Result<AppendAck, LogError>;
+    /// Appends `edits` (a region change: its control entry, then its pixel edits) and resolves to
+    /// the last one's version once every one is durable. The embedded log writes them
+    /// contiguously; a shared log in order, other nodes' edits possibly between them. `name` is
+    /// the display name of the edits' user, as in `append_named`. Not atomic across a crash: a
+    /// failure can leave a first part logged (the caller is told it failed).
+    fn append_many(&self, edits: Vec<Edit>, name: Option<Box<str>>) -> Result<AppendAck, LogError>;
     /// Starts delivering committed edits with version > `after` to `sink`, in order.
     fn tail(&self, after: u64, sink: Sender<Committed>) -> Result<(), LogError>;
     /// The version of the last durable edit.

@@ -27,6 +27,7 @@ fn edit(v: u64) -> Edit {
         color: ((z >> 16) % 16) as u8,
         user: 1 + z % 7,
         ts_ms: 1_000 + v * 10,
+        ext: 0,
         aux: 0,
     }
 }

@@ -316,7 +316,7 @@ fn to_edit(row: &csv::Row, g: &Geometry) -> Result<Edit, String> {
             None => return Err(format!("color #{rgb:06x} is not in the palette (--palette)")),
         },
     };
-    Ok(Edit { x: row.x as u16, y: row.y as u16, color, user: row.user, ts_ms: row.ts_ms, aux: 0 })
+    Ok(Edit { x: row.x as u16, y: row.y as u16, color, user: row.user, ts_ms: row.ts_ms, ext: 0, aux: 0 })
 }
 
 pub fn timelapse(args: &TimelapseCommand) -> i32 {
