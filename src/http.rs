@@ -38,6 +38,8 @@ use crate::bounds::{MAX_BODY, MAX_HEAD, MAX_HEADERS, MAX_PROXY_HEADER};
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
+const ADMIN_HTML: &str = include_str!("../web/admin.html");
+const ADMIN_JS: &str = include_str!("../web/admin.js");
 
 /// The parts of a request the routes need, copied out of the read buffer.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -288,6 +290,10 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         }
         ("GET" | "HEAD", "/app.js") => Response::static_file("text/javascript; charset=utf-8", APP_JS),
         ("GET" | "HEAD", "/style.css") => Response::static_file("text/css; charset=utf-8", STYLE_CSS),
+        // The moderators' page: static like the client; every action it takes is an admin API
+        // call with the token the moderator types in.
+        ("GET" | "HEAD", "/admin") => Response::static_file("text/html; charset=utf-8", ADMIN_HTML),
+        ("GET" | "HEAD", "/admin.js") => Response::static_file("text/javascript; charset=utf-8", ADMIN_JS),
         ("GET" | "HEAD", "/healthz") => health(shared),
         ("GET" | "HEAD", "/readyz") => ready(shared),
         ("GET" | "HEAD", "/metrics") => metrics(shared),
@@ -325,6 +331,8 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
             | "/index.html"
             | "/app.js"
             | "/style.css"
+            | "/admin"
+            | "/admin.js"
             | "/healthz"
             | "/readyz"
             | "/metrics"
