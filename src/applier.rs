@@ -48,6 +48,8 @@ pub enum Control {
 pub struct ClusterSetup {
     /// The cooldown of the log-order validity rule (must be the same on every node).
     pub cooldown_ms: u64,
+    /// The claim classes' cooldowns (`claims.rs`; the same on every node).
+    pub class_cooldowns: Vec<u64>,
     pub verdicts: Arc<Verdicts>,
     /// Where `checkpoint.bin` lives.
     pub dir: PathBuf,
@@ -177,7 +179,7 @@ impl Applier {
             snapshots: s.snapshots,
             stats: s.stats,
             rule: match &s.cluster {
-                Some(c) => LogRule::new(c.cooldown_ms),
+                Some(c) => LogRule::new(c.cooldown_ms).with_classes(c.class_cooldowns.clone()),
                 None => LogRule::embedded(embedded_cooldown),
             },
             switches_dirty: false,
@@ -214,6 +216,7 @@ impl Applier {
         let rule = LogRule {
             cooldown_ms: cp.switches.cooldown_ms.unwrap_or(cl.cooldown_ms),
             judge_cooldown: true,
+            class_cooldowns: cl.class_cooldowns.clone(),
             last_valid: cp.last_valid.into_iter().collect(),
             log_clock: cp.log_clock_ms,
             switches: cp.switches,
@@ -692,6 +695,7 @@ mod tests {
             stats: Arc::new(ApplierStats::new(1)),
             cluster: Some(ClusterSetup {
                 cooldown_ms: 1000,
+                class_cooldowns: Vec::new(),
                 verdicts: verdicts.clone(),
                 dir: dir.to_path_buf(),
                 log_id: "test".into(),

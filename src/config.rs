@@ -39,6 +39,9 @@ pub enum Command {
         /// The token secret (at least 32 bytes).
         #[arg(long, env = "PLACECAST_SECRET", hide_env_values = true)]
         secret: String,
+        /// A claim the token carries (repeatable; a v2 token): see --claim-cooldown.
+        #[arg(long = "claim", value_name = "CLAIM")]
+        claims: Vec<String>,
     },
     /// Make a token for a moderator or operator: prints the token (give it to them) and the entry
     /// to add to the `--roles` file (it holds only the token's SHA-256).
@@ -128,6 +131,11 @@ pub struct ServeArgs {
     /// Bearer token for /api/v1/admin/* (at least 32 bytes; without it the admin API is off).
     #[arg(long, env = "PLACECAST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// A cooldown for users whose token carries a claim, NAME=SECONDS (repeatable, at most 8; the
+    /// first listed claim a token carries decides). The same on every node of a cluster.
+    #[arg(long = "claim-cooldown", value_name = "NAME=SECONDS")]
+    pub claim_cooldown: Vec<String>,
 
     /// Moderators and operators with their own named tokens: a TOML file of `[[holder]]` name,
     /// role and the SHA-256 of the token (`placecast role-token NAME --role moderator`).
@@ -290,6 +298,8 @@ pub struct ServeArgs {
 pub enum ConfigError {
     #[error("--roles: {0}")]
     Roles(String),
+    #[error("{0}")]
+    Claims(String),
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
@@ -373,6 +383,9 @@ pub fn check(args: &ServeArgs) -> (Option<Geometry>, Vec<ConfigError>) {
     }
     if let Some(Err(e)) = args.admin_token.as_deref().map(|t| crate::secrets::check("--admin-token", t)) {
         p.push(e.into());
+    }
+    if let Err(e) = crate::claims::ClaimCooldowns::parse(&args.claim_cooldown) {
+        p.push(ConfigError::Claims(e.to_string()));
     }
     if let Err(e) = crate::roles::Roles::load(args.admin_token.as_deref(), args.roles.as_deref()) {
         p.push(ConfigError::Roles(e.to_string()));

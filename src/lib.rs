@@ -11,6 +11,7 @@ pub mod applier;
 pub mod bounds;
 pub mod canvas;
 pub mod checkpoint;
+pub mod claims;
 pub mod client_addr;
 pub mod config;
 pub mod control;

@@ -18,6 +18,8 @@ const SHARDS: usize = 256;
 pub struct Limiter {
     shards: Box<[Mutex<FxHashMap<u64, u64>>]>,
     cooldown_ms: AtomicU64,
+    /// The longest claim-class cooldown (`claims.rs`), for `observe` and `sweep`.
+    longest_class_ms: AtomicU64,
 }
 
 /// Proof of an acceptance, used to give the cooldown back if the edit never reaches the log.
@@ -36,11 +38,20 @@ pub struct CoolingDown {
 impl Limiter {
     pub fn new(cooldown_ms: u64) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::new(FxHashMap::default())).collect();
-        Limiter { shards, cooldown_ms: AtomicU64::new(cooldown_ms) }
+        Limiter { shards, cooldown_ms: AtomicU64::new(cooldown_ms), longest_class_ms: AtomicU64::new(0) }
     }
 
     pub fn cooldown_ms(&self) -> u64 {
         self.cooldown_ms.load(Ordering::Relaxed)
+    }
+
+    /// Claim classes may have longer cooldowns than the default: entries are kept that long.
+    pub fn set_longest_class_ms(&self, ms: u64) {
+        self.longest_class_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn longest_ms(&self) -> u64 {
+        self.cooldown_ms().max(self.longest_class_ms.load(Ordering::Relaxed))
     }
 
     /// Changes the cooldown for every user at once (it applies to past placements too).
@@ -56,7 +67,11 @@ impl Limiter {
 
     /// Accepts a placement by `user` at `now_ms` unless they are cooling down.
     pub fn try_acquire(&self, user: u64, now_ms: u64) -> Result<Permit, CoolingDown> {
-        let cooldown = self.cooldown_ms();
+        self.try_acquire_for(user, now_ms, self.cooldown_ms())
+    }
+
+    /// As `try_acquire`, with the user's own cooldown (their token's claims, `claims.rs`).
+    pub fn try_acquire_for(&self, user: u64, now_ms: u64, cooldown: u64) -> Result<Permit, CoolingDown> {
         let mut map = self.shard(user).lock().unwrap_or_else(|p| p.into_inner());
         let previous = map.get(&user).copied();
         if let Some(last) = previous {
@@ -85,7 +100,7 @@ impl Limiter {
 
     /// Learns a placement from the edit log (replay after restart, or another node's edit).
     pub fn observe(&self, user: u64, at_ms: u64) {
-        if self.cooldown_ms() == 0 {
+        if self.longest_ms() == 0 {
             return;
         }
         let mut map = self.shard(user).lock().unwrap_or_else(|p| p.into_inner());
@@ -95,7 +110,7 @@ impl Limiter {
 
     /// Drops entries whose cooldown has passed. Returns how many remain.
     pub fn sweep(&self, now_ms: u64) -> usize {
-        let cooldown = self.cooldown_ms();
+        let cooldown = self.longest_ms();
         let mut left = 0;
         for shard in self.shards.iter() {
             let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());

@@ -40,6 +40,9 @@ pub struct LogRule {
     pub cooldown_ms: u64,
     /// Whether the cooldown is judged here (shared logs) or at admission (the embedded log).
     pub judge_cooldown: bool,
+    /// The cooldowns of the claim classes 1.. (`claims.rs`): an edit placed with a class is
+    /// judged by its class's cooldown, not the default.
+    pub class_cooldowns: Vec<u64>,
     /// Each user's last valid edit time.
     pub last_valid: FxHashMap<u64, u64>,
     /// The newest edit timestamp in the log so far.
@@ -51,6 +54,11 @@ impl LogRule {
     /// The rule of a shared log, which judges the cooldown.
     pub fn new(cooldown_ms: u64) -> Self {
         LogRule { cooldown_ms, judge_cooldown: true, ..Default::default() }
+    }
+
+    pub fn with_classes(mut self, class_cooldowns: Vec<u64>) -> Self {
+        self.class_cooldowns = class_cooldowns;
+        self
     }
 
     /// The rule of the embedded log: the switches only.
@@ -84,11 +92,16 @@ impl LogRule {
         if let Some(r) = self.switches.refuse(e) {
             return Err(Rejection::Switch(r));
         }
-        if !self.judge_cooldown || self.cooldown_ms == 0 {
+        let class = crate::claims::class_of_edit(e.aux) as usize;
+        let cooldown = match class {
+            0 => self.cooldown_ms,
+            c => self.class_cooldowns.get(c - 1).copied().unwrap_or(self.cooldown_ms),
+        };
+        if !self.judge_cooldown || cooldown == 0 {
             return Ok(());
         }
         if let Some(&last) = self.last_valid.get(&e.user) {
-            let next = last.saturating_add(self.cooldown_ms);
+            let next = last.saturating_add(cooldown);
             if e.ts_ms < next {
                 return Err(Rejection::Cooldown { next_at_ms: next });
             }
@@ -98,7 +111,8 @@ impl LogRule {
     }
 
     fn prune(&mut self) {
-        let keep_after = self.log_clock.saturating_sub(self.cooldown_ms.saturating_add(PRUNE_SLACK_MS));
+        let longest = self.class_cooldowns.iter().copied().fold(self.cooldown_ms, u64::max);
+        let keep_after = self.log_clock.saturating_sub(longest.saturating_add(PRUNE_SLACK_MS));
         self.last_valid.retain(|_, last| *last > keep_after);
     }
 }

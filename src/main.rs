@@ -80,13 +80,13 @@ fn main() {
                 }
             }
         }
-        Command::MintToken { user, ttl, secret } => {
+        Command::MintToken { user, ttl, secret, claims } => {
             if let Err(e) = placecast::secrets::check("--secret", &secret) {
                 eprintln!("placecast: {e}");
                 std::process::exit(2);
             }
             let expires = if ttl == 0 { 0 } else { placecast::now_ms() / 1000 + ttl };
-            match placecast::token::Signer::new(secret.as_bytes()).mint(&user, expires) {
+            match placecast::token::Signer::new(secret.as_bytes()).mint_with_claims(&user, expires, &claims) {
                 Ok(t) => println!("{t}"),
                 Err(e) => {
                     eprintln!("placecast: {e}");

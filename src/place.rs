@@ -162,15 +162,21 @@ fn begin_inner(
     let now = crate::now_ms();
     // A holder of the roles file may place in protected areas; the flag travels in the log so
     // every node judges the edit alike.
-    let aux = if shared.roles.is_holder_user(user) { crate::control::EDIT_BY_MODERATOR } else { 0 };
+    let holder = if shared.roles.is_holder_user(user) { crate::control::EDIT_BY_MODERATOR } else { 0 };
+    // The user's claim class sets their cooldown, and travels in the edit for the log-order rule.
+    let class = if shared.claim_cooldowns.is_empty() { 0 } else { shared.claim_table.class(user) };
+    let cooldown_ms = shared.claim_cooldowns.cooldown_ms(class, shared.limiter.cooldown_ms());
+    let aux = holder | crate::claims::edit_flags(class);
     let edit = Edit { x: body.x as u16, y: body.y as u16, color: body.color as u8, user, ts_ms: now, ext: 0, aux };
     // The switches as this node last applied them: an early refusal. The log has the last word
     // (the embedded writer, or the log-order rule on a shared log).
     if let Some(r) = shared.switches.refuse(&edit) {
         return Err(PlaceError::Refused(r));
     }
-    let permit =
-        shared.limiter.try_acquire(user, now).map_err(|c| PlaceError::Cooldown { retry_after_ms: c.retry_after_ms })?;
+    let permit = shared
+        .limiter
+        .try_acquire_for(user, now, cooldown_ms)
+        .map_err(|c| PlaceError::Cooldown { retry_after_ms: c.retry_after_ms })?;
     // The address pays only for placements its user may make: a user cooling down does not use
     // up the budget of everyone else behind the same address.
     if let Err(e) = shared.admission.placement(addr, now) {
@@ -179,7 +185,7 @@ fn begin_inner(
         return Err(PlaceError::Admission(e));
     }
     match shared.log.append_named(edit, shared.names.for_append(user)) {
-        Ok(ack) => Ok(Pending { ack, permit, cooldown_ms: shared.limiter.cooldown_ms(), shared: shared.clone() }),
+        Ok(ack) => Ok(Pending { ack, permit, cooldown_ms, shared: shared.clone() }),
         Err(e) => {
             shared.limiter.release(permit);
             Err(PlaceError::LogUnavailable(e))

@@ -141,6 +141,9 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let (log, oldest_after, log_id) = open_log(&args, &names)?;
     let shared_log = args.kafka_brokers.is_some();
     let limiter = Arc::new(Limiter::new(args.cooldown * 1000));
+    // Checked by `Config::from_args`.
+    let claim_cooldowns = crate::claims::ClaimCooldowns::parse(&args.claim_cooldown).unwrap_or_default();
+    limiter.set_longest_class_ms(claim_cooldowns.longest_ms());
     let snapshots = Arc::new(SnapshotStore::default());
     let stats = Arc::new(ApplierStats::new(shards));
     let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| bounded::<ShardMsg>(SHARD_QUEUE)).unzip();
@@ -152,6 +155,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let verdicts = shared_log.then(|| Arc::new(Verdicts::new(0)));
     let cluster = verdicts.as_ref().map(|v| ClusterSetup {
         cooldown_ms: args.cooldown * 1000,
+        class_cooldowns: claim_cooldowns.table(),
         verdicts: v.clone(),
         dir: args.data_dir.clone(),
         log_id: format!("kafka topic {}", args.kafka_topic),
@@ -224,6 +228,8 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         audit,
         roles,
         region_busy: AtomicBool::new(false),
+        claim_cooldowns: claim_cooldowns.clone(),
+        claim_table: Default::default(),
         config,
         limiter: limiter.clone(),
         log,
@@ -286,6 +292,7 @@ fn spawn_housekeeping(shared: Arc<Shared>) {
         shared.admission.sweep(now);
         shared.proofs.sweep(now);
         shared.names.sweep(now);
+        shared.claim_table.sweep(now);
     });
 }
 

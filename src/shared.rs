@@ -68,6 +68,9 @@ pub struct Shared {
     pub roles: crate::roles::Roles,
     /// A region change (fill, restore, revert) is being computed or logged (one at a time).
     pub region_busy: AtomicBool,
+    /// `--claim-cooldown`, and each user's class from their last verified token (`claims.rs`).
+    pub claim_cooldowns: crate::claims::ClaimCooldowns,
+    pub claim_table: crate::claims::ClaimTable,
 }
 
 /// How many client connections the descriptors allow (see the module doc).
@@ -90,6 +93,9 @@ impl Shared {
         let now = crate::now_ms();
         let user = self.signer.verify(token, now / 1000)?;
         self.names.note(user.id, &user.name, now);
+        if !self.claim_cooldowns.is_empty() {
+            self.claim_table.note(user.id, self.claim_cooldowns.class_of(&user.claims), now);
+        }
         Ok(user)
     }
 

@@ -1,5 +1,7 @@
-//! User tokens: `<user>.<expires>.<sig>`, signed with HMAC-SHA256 over a shared secret, so any
-//! service holding the secret (an operator's sign-in service) can mint them.
+//! User tokens: `<user>.<expires>.<sig>` (v1), or `<user>.<expires>.<claims>.<sig>` (v2, claims
+//! a comma-separated list such as `verified,age90`, `claims.rs`), signed with HMAC-SHA256 over a
+//! shared secret, so any service holding the secret (an operator's sign-in service) can mint them.
+//! v1 signs `placecast-v1.<user>.<expires>`, v2 `placecast-v2.<user>.<expires>.<claims>`.
 //!
 //! Invariants: a token verifies only if its signature matches (constant-time compare) and it has
 //! not expired; the limiter key of a user is a stable 64-bit hash of the user id, the same on
@@ -22,6 +24,8 @@ pub enum TokenError {
     Expired,
     #[error("user ids are 1-64 characters of A-Z a-z 0-9 _ -")]
     BadUser,
+    #[error("claims are 1-8 comma-separated names of 1-32 characters of a-z 0-9 _ -")]
+    BadClaims,
 }
 
 impl TokenError {
@@ -42,6 +46,8 @@ pub struct User {
     pub id: u64,
     /// Unix seconds after which the token is no longer valid; 0 = never.
     pub expires: u64,
+    /// What the sign-in service vouches for (v2 tokens; empty for v1).
+    pub claims: Vec<String>,
 }
 
 /// One canonical spelling per number: decimal digits, no sign, no leading zero (but "0"), at
@@ -75,39 +81,71 @@ impl Signer {
         Signer { mac: HmacSha256::new_from_slice(secret).expect("HMAC takes any key length") }
     }
 
-    fn sign(&self, user: &str, expires: u64) -> HmacSha256 {
+    fn sign(&self, user: &str, expires: u64, claims: Option<&str>) -> HmacSha256 {
         let mut m = self.mac.clone();
-        m.update(b"placecast-v1.");
+        m.update(if claims.is_some() { b"placecast-v2." } else { b"placecast-v1." });
         m.update(user.as_bytes());
         m.update(b".");
         m.update(expires.to_string().as_bytes());
+        if let Some(c) = claims {
+            m.update(b".");
+            m.update(c.as_bytes());
+        }
         m
     }
 
     pub fn mint(&self, user: &str, expires: u64) -> Result<String, TokenError> {
+        self.mint_with_claims(user, expires, &[])
+    }
+
+    /// A v2 token carrying `claims` (a v1 token when there are none).
+    pub fn mint_with_claims(&self, user: &str, expires: u64, claims: &[String]) -> Result<String, TokenError> {
         if !valid_user(user) {
             return Err(TokenError::BadUser);
         }
-        let sig = URL_SAFE_NO_PAD.encode(self.sign(user, expires).finalize().into_bytes());
-        Ok(format!("{user}.{expires}.{sig}"))
+        if claims.is_empty() {
+            let sig = URL_SAFE_NO_PAD.encode(self.sign(user, expires, None).finalize().into_bytes());
+            return Ok(format!("{user}.{expires}.{sig}"));
+        }
+        let list = claims.join(",");
+        if parse_claims(&list).is_none() {
+            return Err(TokenError::BadClaims);
+        }
+        let sig = URL_SAFE_NO_PAD.encode(self.sign(user, expires, Some(&list)).finalize().into_bytes());
+        Ok(format!("{user}.{expires}.{list}.{sig}"))
     }
 
     pub fn verify(&self, token: &str, now_s: u64) -> Result<User, TokenError> {
-        let mut parts = token.split('.');
-        let (Some(user), Some(exp), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(TokenError::Malformed);
+        let parts: Vec<&str> = token.splitn(5, '.').collect();
+        let (user, exp, claims, sig) = match parts[..] {
+            [u, e, s] => (u, e, None, s),
+            [u, e, c, s] => (u, e, Some(c), s),
+            _ => return Err(TokenError::Malformed),
         };
         if !valid_user(user) {
             return Err(TokenError::Malformed);
         }
         let expires = canonical_u64(exp).ok_or(TokenError::Malformed)?;
+        let list = match claims {
+            None => Vec::new(),
+            Some(c) => parse_claims(c).ok_or(TokenError::Malformed)?,
+        };
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
-        self.sign(user, expires).verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+        self.sign(user, expires, claims).verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
         if expires != 0 && expires <= now_s {
             return Err(TokenError::Expired);
         }
-        Ok(User { name: user.to_string(), id: user_key(user), expires })
+        Ok(User { name: user.to_string(), id: user_key(user), expires, claims: list })
     }
+}
+
+/// `a,b,c`: 1-8 valid claims, one spelling each (no empty item, no repeat).
+fn parse_claims(s: &str) -> Option<Vec<String>> {
+    let list: Vec<String> = s.split(',').map(str::to_string).collect();
+    let ok = (1..=crate::claims::MAX_TOKEN_CLAIMS).contains(&list.len())
+        && list.iter().all(|c| crate::claims::valid_claim(c))
+        && list.iter().enumerate().all(|(i, c)| !list[..i].contains(c));
+    ok.then_some(list)
 }
 
 /// A fresh anonymous user id: "anon-" and 16 random hex digits.
@@ -142,10 +180,29 @@ mod tests {
         // Changing the user keeps the signature but breaks it.
         let tampered = t.replacen("bob", "eve", 1);
         assert_eq!(s.verify(&tampered, 0), Err(TokenError::BadSignature));
-        for g in ["", "a.b", "a.1.!!!", "a.x.sig", "a b.0.c", "a.0.c.d"] {
+        for g in ["", "a.b", "a.1.!!!", "a.x.sig", "a b.0.c", "a.0.c.d", "a.0.c.d.e"] {
             assert!(s.verify(g, 0).is_err(), "{g}");
         }
         assert_eq!(s.mint("bad user", 0), Err(TokenError::BadUser));
+    }
+
+    #[test]
+    fn claims_are_signed_and_a_v1_token_has_none() {
+        let s = Signer::new(b"0123456789abcdef");
+        let claims = vec!["verified".to_string(), "age90".to_string()];
+        let t = s.mint_with_claims("alice", 0, &claims).unwrap();
+        assert!(t.starts_with("alice.0.verified,age90."), "{t}");
+        assert_eq!(s.verify(&t, 0).unwrap().claims, claims);
+        assert!(s.verify(&s.mint("alice", 0).unwrap(), 0).unwrap().claims.is_empty());
+        // Adding, dropping or changing a claim breaks the signature; bad lists are malformed.
+        let added = t.replacen("verified,age90", "verified,age90,mod", 1);
+        assert_eq!(s.verify(&added, 0), Err(TokenError::BadSignature));
+        let v1_sig = t.rsplit('.').next().unwrap();
+        assert_eq!(s.verify(&format!("alice.0.{v1_sig}"), 0), Err(TokenError::BadSignature));
+        for bad in ["alice.0.,x.sig", "alice.0.A.sig", "alice.0.a,a.sig", "alice.0.a.b.c"] {
+            assert_eq!(s.verify(bad, 0), Err(TokenError::Malformed), "{bad}");
+        }
+        assert_eq!(s.mint_with_claims("a", 0, &["Bad".into()]), Err(TokenError::BadClaims));
     }
 
     #[test]

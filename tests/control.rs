@@ -379,3 +379,41 @@ fn fill_restore_and_a_ban_with_revert_are_ordinary_edits_after_their_entry() {
     assert_eq!(a["entries"][0]["revert_since_ms"].as_u64(), Some(before_eve / 1000 * 1000));
     assert!(a["entries"].as_array().unwrap().iter().any(|e| e["action"] == "restore" && e["to_version"] == v));
 }
+
+#[test]
+fn claims_in_user_tokens_set_their_cooldown() {
+    let s = Server::start(&["--cooldown", "3600", "--claim-cooldown", "verified=60", "--claim-cooldown", "age90=600"]);
+    // A token with claims, minted by the CLI as a sign-in service would.
+    let out = std::process::Command::new(common::bin())
+        .args(["mint-token", "alice", "--claim", "verified", "--secret", TEST_SECRET])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let alice = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(alice.starts_with("alice.0.verified."), "{alice}");
+    let signer = placecast::token::Signer::new(TEST_SECRET.as_bytes());
+    let carol = signer.mint_with_claims("carol", 0, &["age90".into(), "verified".into()]).unwrap();
+    let dave = signer.mint_with_claims("dave", 0, &["age90".into()]).unwrap();
+    let bob = token("bob");
+    for (tok, want_ms) in [(&alice, 60_000u64), (&carol, 60_000), (&dave, 600_000), (&bob, 3_600_000)] {
+        let r = s.place(tok, 1, 1, 1);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["cooldown_ms"].as_u64(), Some(want_ms), "the first listed claim decides");
+        let again = s.place(tok, 1, 1, 1);
+        assert_eq!(again.error_code(), "cooldown");
+        let retry = again.json()["retry_after_ms"].as_u64().unwrap();
+        assert!(retry <= want_ms && retry > want_ms - 10_000, "{retry} of {want_ms}");
+    }
+    // Over the WebSocket the class comes from the token the socket authenticated with.
+    let erin = signer.mint_with_claims("erin", 0, &["verified".into()]).unwrap();
+    let mut ws = s.ws(&format!("?token={erin}"));
+    ws.send_text(r#"{"type":"place","x":2,"y":2,"color":1}"#);
+    ws.next_text("placed");
+    ws.send_text(r#"{"type":"place","x":2,"y":2,"color":1}"#);
+    let e = ws.next_text("error");
+    assert_eq!(e["code"], "cooldown");
+    assert!(e["retry_after_ms"].as_u64().unwrap() <= 60_000, "{e}");
+    // A tampered claim list is refused.
+    let forged = alice.replacen("verified", "age90", 1);
+    assert_eq!(s.place(&forged, 3, 3, 1).error_code(), "bad_token");
+}

@@ -413,3 +413,25 @@ fn two_nodes_answer_pixel_lookups_and_the_past_identically_and_a_late_node_too()
     a.restart();
     wait_for(30, "node A after a restart", || (lookup(&a) == first).then_some(()));
 }
+
+#[test]
+fn a_claim_class_travels_with_the_edit_and_every_node_judges_it_alike() {
+    let broker = Broker::start();
+    let flags = ["--cooldown", "3600", "--batch-ms", "20", "--claim-cooldown", "verified=0"];
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&broker, &flags)).collect();
+    let signer = placecast::token::Signer::new(TEST_SECRET.as_bytes());
+    let verified = signer.mint_with_claims("vera", 0, &["verified".into()]).unwrap();
+    let plain = signer.mint("paul", 0).unwrap();
+    // Vera (no cooldown) places through both nodes; Paul's second placement, through the other
+    // node, is refused by the log-order rule there.
+    assert_eq!(answer(&nodes[0], &verified, 1).0, 200);
+    assert_eq!(answer(&nodes[1], &verified, 2).0, 200);
+    assert_eq!(answer(&nodes[1], &verified, 3).0, 200);
+    assert_eq!(answer(&nodes[0], &plain, 4).0, 200);
+    assert_eq!(answer(&nodes[1], &plain, 5), (429, "cooldown".into()));
+    let head = nodes[0].version().max(nodes[1].version());
+    let snaps = converged(&nodes.iter().collect::<Vec<_>>(), head);
+    assert!(snaps[0].pixels == snaps[1].pixels);
+    let row: Vec<u8> = (1..6).map(|x| snaps[0].pixels[9 * 1000 + x]).collect();
+    assert_eq!(row, [3, 3, 3, 3, 0], "Vera's three and Paul's first are on the canvas");
+}

@@ -107,15 +107,18 @@ impl LogReader {
         let last_ts_ms = if head > first { k.message_ts(head).map_err(|e| e.to_string())? } else { 0 };
         let (tx, rx) = crossbeam_channel::bounded(crate::bounds::EDITS_QUEUE);
         k.tail(first, tx).map_err(|e| e.to_string())?;
-        let mut reader = LogReader {
-            extent: Extent { first, head, first_ts_ms: 0, last_ts_ms },
-            source: Source::Channel(rx),
-            next: first + 1,
-            geometry: config.geometry.clone(),
-            rule: Some(LogRule::new(args.cooldown * 1000)),
-            peeked: None,
-            _log: Some(Box::new(k)),
-        };
+        let mut reader =
+            LogReader {
+                extent: Extent { first, head, first_ts_ms: 0, last_ts_ms },
+                source: Source::Channel(rx),
+                next: first + 1,
+                geometry: config.geometry.clone(),
+                rule: Some(LogRule::new(args.cooldown * 1000).with_classes(
+                    crate::claims::ClaimCooldowns::parse(&args.claim_cooldown).unwrap_or_default().table(),
+                )),
+                peeked: None,
+                _log: Some(Box::new(k)),
+            };
         if head > first {
             let c = reader.receive()?;
             reader.extent.first_ts_ms = c.edit.ts_ms;
