@@ -144,8 +144,39 @@ pub const HISTORY_BUFFER: usize = 1 << 20;
 /// an edit stamped up to `MS` may still arrive (a placement in flight, another node's clock).
 pub const CLOCK_SLACK_MS: u64 = 5_000;
 
+// ---- Moderation (control.rs, control_routes.rs, region.rs, roles.rs, claims.rs) ----
+
+/// Users banned at once. A ban is 8 bytes in each of the applier's, the log writer's and the
+/// shards' sets (~24 MB at the bound); r/place 2022 banned far fewer accounts than this.
+pub const MAX_BANS: usize = 1 << 20;
+/// Protected rectangles at once: each placement inside any of them is checked against all, so
+/// the list stays short (an event protects a few dozen artworks, not thousands).
+pub const MAX_PROTECTED: usize = 256;
+/// Control entries the audit list keeps, newest last: at ~40 bytes each, 10,000 is 400 KB, and
+/// an event's moderators make far fewer actions (older ones stay in the log, `placecast export`
+/// does not include them: `log` tools and the topic do).
+pub const AUDIT_KEEP: usize = 10_000;
+/// Pixels one region change may set: 1,048,576 (a 1024x1024 rectangle) is 32 MB of log.
+pub const MAX_REGION_PIXELS: usize = 1 << 20;
+/// Versions a revert scans for the banned user's edits: 4,194,304 (128 MB of history records,
+/// about a second of reading): hours of a busy event. Further back is refused.
+pub const REVERT_SCAN: u64 = 1 << 22;
+/// Edits a revert follows back along one pixel's chain to find its state before the user.
+pub const REVERT_CHAIN: usize = 1_000;
+/// Holders in one file: a large event has tens of moderators.
+pub const MAX_HOLDERS: usize = 1024;
+/// Users with a class remembered at once: 16 bytes of entry each (~40 MB with the maps'
+/// overhead at the bound), more than an event's users active in a day.
+pub const MAX_CLAIMED: usize = 1 << 20;
+/// A remembered class is dropped after a day without its token being verified.
+pub const CLAIM_TTL_MS: u64 = 24 * 3600 * 1000;
+/// How long an admin route waits for this node to apply its control entry before answering 202
+/// (the applier applies within a batch interval normally).
+pub const APPLY_WAIT: Duration = Duration::from_secs(5);
+
 const _: () = assert!(CHUNK.is_multiple_of(SUB));
 const _: () = assert!(KEYFRAME_EVERY.is_multiple_of(4096));
 const _: () = assert!(SLICE <= 4096, "a slice fits the shard's io_uring (4,096 entries)");
 const _: () = assert!(MAX_BODY < MAX_HEAD);
 const _: () = assert!(SHARD_QUEUE > CATCH_UP_QUEUE);
+const _: () = assert!(MAX_REGION_PIXELS <= 65_536 * 65_536, "a region fits the canvas's 16-bit sides");

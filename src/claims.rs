@@ -13,6 +13,7 @@
 //! hold (or that it swept after `CLAIM_TTL_MS` unseen) places with the default cooldown until
 //! their token is verified again (a reconnect): the safe direction when the default is the longer.
 
+pub use crate::bounds::{CLAIM_TTL_MS, MAX_CLAIMED};
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -22,11 +23,6 @@ use thiserror::Error;
 pub const MAX_CLASSES: usize = 8;
 /// Claims one token may carry.
 pub const MAX_TOKEN_CLAIMS: usize = 8;
-/// Users with a class remembered at once: 16 bytes of entry each (~40 MB with the maps'
-/// overhead at the bound), more than an event's users active in a day.
-pub const MAX_CLAIMED: usize = 1 << 20;
-/// A remembered class is dropped after a day without its token being verified.
-pub const CLAIM_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Where the class sits in `Edit::aux`.
 pub const CLASS_SHIFT: u32 = 8;
 const CLASS_MASK: u32 = 0xF;

@@ -26,6 +26,7 @@
 //! order; an unknown kind (a newer binary's) changes nothing and is reported once per version;
 //! the banned set is bounded by `MAX_BANS` (a ban beyond it is refused before it is logged).
 
+pub use crate::bounds::{AUDIT_KEEP, MAX_BANS, MAX_PROTECTED, MAX_REGION_PIXELS};
 use crate::edit_log::Edit;
 use rustc_hash::FxHashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,9 +37,6 @@ use thiserror::Error;
 pub const CONTROL_X: u16 = u16::MAX;
 /// The log's record format: 1 = edits only; 2 = edits and control entries.
 pub const LOG_FORMAT: u32 = 2;
-/// Users banned at once. A ban is 8 bytes in each of the applier's, the log writer's and the
-/// shards' sets (~24 MB at the bound); r/place 2022 banned far fewer accounts than this.
-pub const MAX_BANS: usize = 1 << 20;
 /// The longest cooldown an operator can set (as the admin route always allowed).
 pub const MAX_COOLDOWN_MS: u64 = 365 * 24 * 3600 * 1000;
 
@@ -59,11 +57,6 @@ pub const ARG_A_MAX: u64 = (1 << 40) - 1;
 /// `Edit::aux` of a pixel edit made by a region change: exempt from the switches and the
 /// cooldown (a moderator's restore goes through a pause or a protection it made).
 pub const EDIT_REGION: u32 = 2;
-/// Pixels one region change may set: 1,048,576 (a 1024x1024 rectangle) is 32 MB of log.
-pub const MAX_REGION_PIXELS: usize = 1 << 20;
-/// Protected rectangles at once: each placement inside any of them is checked against all, so
-/// the list stays short (an event protects a few dozen artworks, not thousands).
-pub const MAX_PROTECTED: usize = 256;
 /// `Edit::aux` of a pixel edit: placed by a holder of the roles file (they may place in
 /// protected rectangles). Set by the admitting node, so every node judges the edit alike.
 pub const EDIT_BY_MODERATOR: u32 = 1;
@@ -374,11 +367,6 @@ impl LiveSwitches {
         self.banned.read().unwrap_or_else(|p| p.into_inner()).contains(&user)
     }
 }
-
-/// Control entries the audit list keeps, newest last: at ~40 bytes each, 10,000 is 400 KB, and
-/// an event's moderators make far fewer actions (older ones stay in the log, `placecast export`
-/// does not include them: `log` tools and the topic do).
-pub const AUDIT_KEEP: usize = 10_000;
 
 /// One applied control entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

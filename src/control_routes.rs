@@ -19,9 +19,7 @@ use std::sync::atomic::Ordering;
 
 /// Audit entries one request returns unless it asks for fewer.
 const AUDIT_DEFAULT: usize = 100;
-/// How long a control route waits for this node to apply its entry: the applier applies within
-/// a batch interval normally; a node whose tail lags this long answers 202.
-const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+use crate::bounds::APPLY_WAIT;
 const APPLY_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// `POST /api/v1/admin/<action>`.

@@ -10,17 +10,12 @@
 //! and leaves alone a pixel somebody else painted over since, or whose earlier state the history
 //! no longer holds. Pure over a `HistoryReader`: run it on a blocking thread (it reads files).
 
+pub use crate::bounds::{REVERT_CHAIN, REVERT_SCAN};
 use crate::canvas::Canvas;
 use crate::control::{Rect, EDIT_BY_MODERATOR, EDIT_REGION, MAX_REGION_PIXELS};
 use crate::edit_log::Edit;
 use crate::history::{HistoryError, HistoryReader};
 use rustc_hash::FxHashSet;
-
-/// Versions a revert scans for the banned user's edits: 4,194,304 (128 MB of history records,
-/// about a second of reading): hours of a busy event. Further back is refused.
-pub const REVERT_SCAN: u64 = 1 << 22;
-/// Edits a revert follows back along one pixel's chain to find its state before the user.
-pub const REVERT_CHAIN: usize = 1_000;
 
 /// Who the region edits are attributed to, and when they are made.
 #[derive(Debug, Clone, Copy)]

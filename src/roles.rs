@@ -25,14 +25,13 @@
 //! whole at start (names, roles, hashes, actor ids unique, at most `MAX_HOLDERS`), or the server
 //! refuses to start with the line at fault.
 
+pub use crate::bounds::MAX_HOLDERS;
 use crate::token::user_key;
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use thiserror::Error;
 
-/// Holders in one file: a large event has tens of moderators.
-pub const MAX_HOLDERS: usize = 1024;
 /// The `--admin-token` operator's actor id and name.
 pub const ADMIN_ACTOR: u32 = 0;
 pub const ADMIN_NAME: &str = "operator";

@@ -205,6 +205,30 @@ mod tests {
         assert_eq!(s.mint_with_claims("a", 0, &["Bad".into()]), Err(TokenError::BadClaims));
     }
 
+    /// The `user_token` fuzz target's property over a deterministic sample of inputs.
+    #[test]
+    fn fuzz_property_on_generated_inputs() {
+        let s = Signer::new(b"fuzz-secret-0123456789abcdefghijklmnop");
+        let alphabet = b"aZ09_-.,|=+/ \xff";
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 40) as usize;
+            let text: String =
+                (0..len).map(|i| alphabet[((x >> (i % 60)) as usize + i) % alphabet.len()] as char).collect();
+            assert!(s.verify(&text, 0).is_err(), "{text:?} verified");
+            let mut parts = text.split('|');
+            let user = parts.next().unwrap_or("");
+            let claims: Vec<String> = parts.map(str::to_string).collect();
+            if let Ok(t) = s.mint_with_claims(user, 0, &claims) {
+                let u = s.verify(&t, 0).unwrap();
+                assert_eq!((u.name.as_str(), u.claims), (user, claims));
+            }
+        }
+    }
+
     #[test]
     fn anonymous_users_are_valid_and_distinct() {
         let a = anonymous_user();
