@@ -189,7 +189,7 @@ impl Proofs {
         };
         let mut m = self.mac.clone();
         m.update(body.as_bytes());
-        let tag = hex16(tag).ok_or(ProofError::Bad)?;
+        let tag = parse_hex::<16>(tag).ok_or(ProofError::Bad)?;
         m.verify_truncated_left(&tag).map_err(|_| ProofError::Bad)?;
         // Signed by us, so these parse; still, never assert on client bytes.
         let (Ok(expires), Ok(difficulty), Ok(id)) = (exp.parse::<u64>(), diff.parse::<u8>(), id.parse::<u64>()) else {
@@ -221,11 +221,12 @@ impl Proofs {
     }
 }
 
-fn hex16(s: &str) -> Option<[u8; 16]> {
-    if s.len() != 32 {
+/// `N` bytes from exactly `2N` hex digits.
+pub fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 16];
+    let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
         *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
     }

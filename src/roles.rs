@@ -107,19 +107,9 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A holder's name is a canvas user name (their user token's).
 fn valid_name(n: &str) -> bool {
-    (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-fn parse_hash(h: &str) -> Option<[u8; 32]> {
-    if h.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    crate::token::valid_user(n)
 }
 
 impl Roles {
@@ -142,7 +132,7 @@ impl Roles {
             if !valid_name(&e.name) || e.name == ADMIN_NAME {
                 return Err(bad("the name must be 1-64 of [A-Za-z0-9_-], and not \"operator\""));
             }
-            let hash = parse_hash(&e.sha256).ok_or_else(|| bad("sha256 must be 64 hex digits"))?;
+            let hash = crate::pow::parse_hex::<32>(&e.sha256).ok_or_else(|| bad("sha256 must be 64 hex digits"))?;
             let actor = actor_id(&e.name);
             if roles.by_actor.contains_key(&actor) {
                 return Err(bad("the name is listed twice (or its actor id collides with another's: rename one)"));
