@@ -278,10 +278,22 @@ pub fn lock(file: &File, path: &Path, exclusive: bool) -> Result<(), LogError> {
 pub fn identity(dir: &Path) -> String {
     let mut first = [0u8; RECORD];
     match File::open(dir.join(LOG_FILE)).and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut first, 0)) {
-        Ok(()) => format!("embedded log {:08x}", crc32fast::hash(&first)),
-        Err(_) => "embedded log (empty)".into(),
+        Ok(()) => identity_of(&first),
+        Err(_) => EMPTY_IDENTITY.into(),
     }
 }
+
+/// The identity of an embedded log whose first record is `first`: a hash of the record's fields.
+/// Not a CRC of the whole record: the record ends in its own CRC, and a CRC over data followed by
+/// its CRC is the same for every record of a version, so every log would look alike.
+pub fn identity_of(first: &[u8; RECORD]) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(&first[..28]);
+    format!("embedded log {}", h[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The identity of an embedded log with no record yet.
+pub const EMPTY_IDENTITY: &str = "embedded log (empty)";
 
 /// fsyncs a directory, so the entries created or renamed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -444,7 +444,9 @@ impl HistoryWriter {
         let mut head = [0u8; HEADER];
         let len = file.metadata()?.len();
         let header = match (len >= HEADER as u64).then(|| file.read_exact_at(&mut head, 0)) {
-            Some(Ok(())) => Header::decode(&head).filter(|h| *h == want(h.base) && h.base <= s.log_head),
+            Some(Ok(())) => Header::decode(&head)
+                .map(|h| adopt_first_edit(&file, h, &want(0)))
+                .filter(|h| *h == want(h.base) && h.base <= s.log_head),
             _ => None,
         };
         let header = match header {
@@ -686,6 +688,31 @@ pub fn derive_hash_key(secret: &[u8]) -> [u8; 32] {
 }
 
 /// Empties the history (file and keyframes) and writes `header`.
+/// The embedded log's identity is its first record (`file::identity`), so a history begun while
+/// the log was empty carries the empty log's identity. If its own first record is the log's
+/// (the record this history holds for version 1, encoded as the log encodes it, hashes to the
+/// log's identity now), it is that log's history: the header is rewritten instead of the whole
+/// history being rebuilt at the first restart.
+fn adopt_first_edit(file: &File, h: Header, want: &Header) -> Header {
+    let empty = log_id_hash(crate::edit_log::file::EMPTY_IDENTITY);
+    if h.log_id != empty || h.base != 0 || want.log_id == empty || (h.width, h.height) != (want.width, want.height) {
+        return h;
+    }
+    let mut b = [0u8; RECORD];
+    let Some(r) = file.read_exact_at(&mut b, HEADER as u64).ok().and_then(|()| decode_rec(1, &b)) else { return h };
+    let e = Edit { x: r.x, y: r.y, color: r.color, user: r.user, ts_ms: r.ts_ms, ext: 0, aux: 0 };
+    let mut rec = [0u8; crate::edit_log::file::RECORD];
+    crate::edit_log::file::encode(1, &e, &mut rec);
+    if log_id_hash(&crate::edit_log::file::identity_of(&rec)) != want.log_id {
+        return h;
+    }
+    let adopted = Header { log_id: want.log_id, ..h };
+    match file.write_all_at(&adopted.encode(), 0) {
+        Ok(()) => adopted,
+        Err(_) => h,
+    }
+}
+
 fn reset(file: &mut File, dir: &Path, header: Header) -> io::Result<Header> {
     file.set_len(0)?;
     file.write_all_at(&header.encode(), 0)?;

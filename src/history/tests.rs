@@ -178,3 +178,36 @@ fn another_log_or_a_checkpoint_past_the_history_starts_again() {
     assert_eq!(w.span(), (5_000, 5_100));
     assert!(w.continues_at(5_050) && !w.continues_at(4_000));
 }
+
+#[test]
+fn a_history_begun_on_an_empty_log_is_kept_when_the_log_has_its_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = crate::edit_log::file::EMPTY_IDENTITY;
+    let mut canvas = Canvas::new(geometry());
+    {
+        let mut w = HistoryWriter::open(setup(dir.path(), 0, empty)).unwrap();
+        w.begin(0, &canvas).unwrap();
+        apply(&mut w, &mut canvas, 0, 50);
+    }
+    // The log's identity now: its first record, as the embedded log encodes it.
+    let mut first = [0u8; crate::edit_log::file::RECORD];
+    crate::edit_log::file::encode(1, &edit(1), &mut first);
+    let id = crate::edit_log::file::identity_of(&first);
+    let w = HistoryWriter::open(setup(dir.path(), 50, &id)).unwrap();
+    assert_eq!(w.span(), (0, 50), "kept, not started again");
+    assert_eq!(w.reader().canvas_at(50).unwrap().pixels(), replay(50).pixels());
+    drop(w);
+    // Another log's first record: started again.
+    let mut other = [0u8; crate::edit_log::file::RECORD];
+    crate::edit_log::file::encode(1, &edit(2), &mut other);
+    let dir2 = tempfile::tempdir().unwrap();
+    {
+        let mut c = Canvas::new(geometry());
+        let mut w = HistoryWriter::open(setup(dir2.path(), 0, empty)).unwrap();
+        w.begin(0, &c).unwrap();
+        apply(&mut w, &mut c, 0, 50);
+    }
+    assert_ne!(crate::edit_log::file::identity_of(&other), id, "two logs, two identities");
+    let w = HistoryWriter::open(setup(dir2.path(), 50, &crate::edit_log::file::identity_of(&other))).unwrap();
+    assert_eq!(w.span(), (0, 0));
+}
