@@ -1483,6 +1483,18 @@
       case 'too_many_connections_from_address':
         showMessage('Too many connections from your network right now. Please try again' + when + '.', 'warn');
         break;
+      case 'paused':
+        showMessage('Placing is paused by the moderators right now. Please try again later.', 'warn');
+        break;
+      case 'ended':
+        showMessage('The event has ended: the canvas is final.', 'warn', 10000);
+        break;
+      case 'banned':
+        showMessage('Your account has been banned from placing pixels on this canvas.', 'error', 10000);
+        break;
+      case 'protected':
+        showMessage('This area is protected by the moderators. Try a spot outside it.', 'warn');
+        break;
       case 'session_failed':
         showMessage("Couldn't start a session with the server" + (r.message ? ': ' + r.message : '') + '. Please try again later.');
         break;

@@ -1367,6 +1367,41 @@ test('a drained server: the pages get the reconnect hint and 1012, and come back
   }
 });
 
+test('a paused canvas, a protected area and the end of the event refuse a placement in plain words', async () => {
+  await setCooldown(0);
+  // The page forgets its own countdown from earlier placements on a reload.
+  await pageA.reload({ timeout: 15000 });
+  await waitLive(pageA);
+  const msg = pageA.locator('#message');
+  const refusedWith = async (re, what) => {
+    const { x, y } = await freshPixel(3);
+    await pageA.locator('#palette .swatch[data-index="3"]').click();
+    await clickPixel(pageA, x, y);
+    await pageA.waitForFunction((src) => {
+      const m = document.getElementById('message');
+      return !m.hidden && new RegExp(src, 'i').test(m.textContent);
+    }, re.source, { timeout: 5000, polling: 50 }).catch(async (e) => {
+      const shown = await pageA.evaluate(() => [document.getElementById('message').hidden, document.getElementById('message').textContent, document.getElementById('cooldown').textContent]);
+      throw new Error(what + ': the message never matched ' + re + '; the page shows ' + JSON.stringify(shown) + ' (' + e.message + ')');
+    });
+    assert.notEqual(await pageA.evaluate(([x, y]) => window.placecast.pixel(x, y), [x, y]), 3, what + ': nothing placed');
+    return { x, y };
+  };
+  assert.equal((await admin(base, 'POST', '/api/v1/admin/pause')).status, 200);
+  await refusedWith(/paused by the moderators/, 'paused');
+  assert.equal((await admin(base, 'POST', '/api/v1/admin/resume')).status, 200);
+  // Protect the whole canvas, so the next fresh pixel is inside it.
+  const info = await (await fetchTimeout(base + '/api/v1/canvas/info')).json();
+  const all = { x: 0, y: 0, w: info.width, h: info.height };
+  assert.equal((await admin(base, 'POST', '/api/v1/admin/protect', all)).status, 200);
+  await refusedWith(/protected by the moderators/, 'protected');
+  assert.equal((await admin(base, 'POST', '/api/v1/admin/unprotect', all)).status, 200);
+  assert.equal((await admin(base, 'POST', '/api/v1/admin/end', { at_ms: Date.now() })).status, 200);
+  await refusedWith(/event has ended/, 'ended');
+  assert.equal((await admin(base, 'POST', '/api/v1/admin/end', { at_ms: Date.now() + 3600e3 })).status, 200);
+  await msg.waitFor({ state: 'visible', timeout: 1000 });
+});
+
 test('no uncaught errors in the pages', () => {
   assert.deepEqual(pageErrors, []);
 });
