@@ -29,7 +29,7 @@
 pub use crate::bounds::{AUDIT_KEEP, MAX_BANS, MAX_PROTECTED, MAX_REGION_PIXELS};
 use crate::edit_log::Edit;
 use rustc_hash::FxHashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use thiserror::Error;
 
@@ -267,6 +267,11 @@ impl Switches {
         }
     }
 
+    /// Whether any switch can refuse a placement.
+    pub fn can_refuse(&self) -> bool {
+        self.paused || self.end_at_ms.is_some() || !self.banned.is_empty() || !self.protected.is_empty()
+    }
+
     /// Whether a pixel edit by `e.user` at `e.ts_ms` is refused, by the switches alone. A region
     /// edit never is.
     pub fn refuse(&self, e: &Edit) -> Option<Refusal> {
@@ -288,83 +293,55 @@ impl Switches {
 }
 
 /// The switches as the shards read them at admission (a fast early refusal; the log writer or
-/// the log-order rule has the last word). Written by the applier only.
+/// the log-order rule has the last word, with the same `Switches::refuse`). Written by the
+/// applier only. While no switch can refuse anything (the usual state) a placement reads one
+/// atomic and takes no lock; otherwise it takes the read lock, once per placement, next to the
+/// limiter's own lock.
+#[derive(Default)]
 pub struct LiveSwitches {
-    paused: AtomicBool,
-    /// `u64::MAX`: no end.
-    end_at_ms: AtomicU64,
-    any_banned: AtomicBool,
-    banned: RwLock<FxHashSet<u64>>,
-    any_protected: AtomicBool,
-    protected: RwLock<Vec<Rect>>,
-}
-
-impl Default for LiveSwitches {
-    fn default() -> Self {
-        LiveSwitches {
-            paused: AtomicBool::new(false),
-            end_at_ms: AtomicU64::new(u64::MAX),
-            any_banned: AtomicBool::new(false),
-            banned: RwLock::new(FxHashSet::default()),
-            any_protected: AtomicBool::new(false),
-            protected: RwLock::new(Vec::new()),
-        }
-    }
+    active: AtomicBool,
+    current: RwLock<Switches>,
 }
 
 impl LiveSwitches {
     pub fn publish(&self, s: &Switches) {
-        self.paused.store(s.paused, Ordering::Release);
-        self.end_at_ms.store(s.end_at_ms.unwrap_or(u64::MAX), Ordering::Release);
-        let mut b = self.banned.write().unwrap_or_else(|p| p.into_inner());
-        if *b != s.banned {
-            b.clone_from(&s.banned);
+        let mut c = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if *c != *s {
+            c.clone_from(s);
         }
-        self.any_banned.store(!b.is_empty(), Ordering::Release);
-        let mut p = self.protected.write().unwrap_or_else(|p| p.into_inner());
-        p.clone_from(&s.protected);
-        self.any_protected.store(!p.is_empty(), Ordering::Release);
+        self.active.store(s.can_refuse(), Ordering::Release);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Switches> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `e` as the admitting node would log it (`ts_ms` now, `aux` its flags).
     pub fn refuse(&self, e: &Edit) -> Option<Refusal> {
-        let (user, now_ms) = (e.user, e.ts_ms);
-        // No lock unless somebody is banned.
-        if self.any_banned.load(Ordering::Acquire)
-            && self.banned.read().unwrap_or_else(|p| p.into_inner()).contains(&user)
-        {
-            return Some(Refusal::Banned);
+        if !self.active.load(Ordering::Acquire) {
+            return None;
         }
-        if self.paused.load(Ordering::Acquire) {
-            return Some(Refusal::Paused);
-        }
-        if now_ms >= self.end_at_ms.load(Ordering::Acquire) {
-            return Some(Refusal::Ended);
-        }
-        let protected = self.any_protected.load(Ordering::Acquire)
-            && e.aux & EDIT_BY_MODERATOR == 0
-            && self.protected.read().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r.contains(e.x, e.y));
-        protected.then_some(Refusal::Protected)
-    }
-
-    pub fn protected(&self) -> Vec<Rect> {
-        self.protected.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read().refuse(e)
     }
 
     pub fn paused(&self) -> bool {
-        self.paused.load(Ordering::Acquire)
+        self.read().paused
     }
 
     pub fn end_at_ms(&self) -> Option<u64> {
-        Some(self.end_at_ms.load(Ordering::Acquire)).filter(|&t| t != u64::MAX)
+        self.read().end_at_ms
     }
 
     pub fn banned_count(&self) -> usize {
-        self.banned.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.read().banned.len()
     }
 
     pub fn is_banned(&self, user: u64) -> bool {
-        self.banned.read().unwrap_or_else(|p| p.into_inner()).contains(&user)
+        self.read().banned.contains(&user)
+    }
+
+    pub fn protected(&self) -> Vec<Rect> {
+        self.read().protected.clone()
     }
 }
 

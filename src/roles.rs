@@ -107,11 +107,6 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// A holder's name is a canvas user name (their user token's).
-fn valid_name(n: &str) -> bool {
-    crate::token::valid_user(n)
-}
-
 impl Roles {
     /// The `--admin-token` (if any) and the holders of `file` (if any).
     pub fn load(admin_token: Option<&str>, file: Option<&Path>) -> Result<Roles, RolesError> {
@@ -129,7 +124,7 @@ impl Roles {
         for (i, e) in parsed.holder.into_iter().enumerate() {
             let bad =
                 |why: &str| RolesError::Holder { path: p.clone(), index: i + 1, name: e.name.clone(), why: why.into() };
-            if !valid_name(&e.name) || e.name == ADMIN_NAME {
+            if !crate::token::valid_user(&e.name) || e.name == ADMIN_NAME {
                 return Err(bad("the name must be 1-64 of [A-Za-z0-9_-], and not \"operator\""));
             }
             let hash = crate::pow::parse_hex::<32>(&e.sha256).ok_or_else(|| bad("sha256 must be 64 hex digits"))?;
@@ -184,7 +179,7 @@ impl Roles {
 
 /// A fresh random token for a holder (`pcr-` and 64 hex digits), and its entry for the roles file.
 pub fn new_token(name: &str, role: Role) -> Result<(String, String), String> {
-    if !valid_name(name) || name == ADMIN_NAME {
+    if !crate::token::valid_user(name) || name == ADMIN_NAME {
         return Err("the name must be 1-64 of [A-Za-z0-9_-], and not \"operator\"".into());
     }
     let mut b = [0u8; 32];

@@ -88,22 +88,32 @@
     return String(err && err.message || err);
   }
 
-  // One request; the answer's JSON, or an ApiError carrying the server's code and message.
+  // One fetch: the response if it is a success, else an ApiError carrying the server's code and
+  // message (and its Retry-After, in seconds, as `retryAfter`).
+  async function fetchOk(path, init) {
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch (e) {
+      throw new ApiError(0, 'network', `Can't reach the server (${e.message})`);
+    }
+    if (res.ok) return res;
+    const text = await res.text();
+    let json = null;
+    try { json = JSON.parse(text); } catch (_) { /* not JSON */ }
+    const err = errorOf(res, json, text);
+    err.retryAfter = Number(res.headers.get('Retry-After'));
+    throw err;
+  }
+
+  // One API request; the answer's JSON.
   async function api(method, path, body, { auth = true } = {}) {
     const headers = {};
     if (auth && S.token) headers.Authorization = 'Bearer ' + S.token;
     if (body !== undefined) headers['Content-Type'] = 'application/json';
-    let res;
-    try {
-      res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
-    } catch (e) {
-      throw new ApiError(0, 'network', `Can't reach the server (${e.message})`);
-    }
-    const text = await res.text();
-    let json = null;
-    try { json = JSON.parse(text); } catch (_) { /* not JSON */ }
-    if (!res.ok) throw errorOf(res, json, text);
-    return json;
+    const init = { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' };
+    const text = await (await fetchOk(path, init)).text();
+    try { return JSON.parse(text); } catch (_) { return null; }
   }
 
   function errorOf(res, json, text) {
@@ -318,18 +328,7 @@
 
   // One fetch; whether it reached S.wantVersion.
   async function loadCanvasOnce() {
-    let res;
-    try {
-      res = await fetch('/api/v1/canvas.png', { cache: 'no-store' });
-    } catch (e) {
-      throw new ApiError(0, 'network', `Can't reach the server (${e.message})`);
-    }
-    if (!res.ok) {
-      const text = await res.text();
-      let json = null;
-      try { json = JSON.parse(text); } catch (_) { /* not JSON */ }
-      throw errorOf(res, json, text);
-    }
+    const res = await fetchOk('/api/v1/canvas.png', { cache: 'no-store' });
     const version = Number(res.headers.get('X-Canvas-Version'));
     const bitmap = await createImageBitmap(await res.blob());
     if (S.image && S.image.close) S.image.close();
@@ -576,16 +575,9 @@
     for (let attempt = 0; ; attempt++) {
       let res;
       try {
-        res = await fetch('/api/v1/canvas.png?' + q);
-      } catch (e) {
-        throw new ApiError(0, 'network', `Can't reach the server (${e.message})`);
-      }
-      if (!res.ok) {
-        const text = await res.text();
-        let json = null;
-        try { json = JSON.parse(text); } catch (_) { /* not JSON */ }
-        const err = errorOf(res, json, text);
-        const after = Number(res.headers.get('Retry-After'));
+        res = await fetchOk('/api/v1/canvas.png?' + q);
+      } catch (err) {
+        const after = err.retryAfter;
         if ((err.code === 'history_busy' || err.code === 'catch_up_rate_limited') && attempt < PAST_RETRIES && after >= 0 && after <= 10) {
           show(el.previewResult, 'busy', `The server is busy (${err.code}); retrying in ${after || 1} s…`);
           await new Promise((r) => setTimeout(r, (after || 1) * 1000));

@@ -503,15 +503,9 @@ impl Writer {
     fn take(&mut self, m: Msg, group: &mut Vec<(Edit, Waiter)>) {
         match m {
             Msg::Append(e, name, tx) => {
-                match crate::control::classify(&e) {
-                    crate::control::Entry::Control(c) => self.switches.apply(&c),
-                    crate::control::Entry::Pixel => {
-                        if let Some(r) = self.switches.refuse(&e) {
-                            let _ = tx.send(Err(LogError::Refused(r)));
-                            return;
-                        }
-                    }
-                    crate::control::Entry::Unknown(_) | crate::control::Entry::Void => {}
+                if let Err(r) = self.gate(&e) {
+                    let _ = tx.send(Err(LogError::Refused(r)));
+                    return;
                 }
                 if let Some(n) = name {
                     self.names_pending.push((e.user, n));
@@ -630,6 +624,19 @@ impl Writer {
         self.fatal = Some(err);
     }
 
+    /// Judges `e` against the switches in the order the log is written: a control entry changes
+    /// them; a pixel edit they refuse must not be written.
+    fn gate(&mut self, e: &Edit) -> Result<(), crate::control::Refusal> {
+        match crate::control::classify(e) {
+            crate::control::Entry::Control(c) => {
+                self.switches.apply(&c);
+                Ok(())
+            }
+            crate::control::Entry::Pixel => self.switches.refuse(e).map_or(Ok(()), Err),
+            crate::control::Entry::Unknown(_) | crate::control::Entry::Void => Ok(()),
+        }
+    }
+
     /// `edits` in groups of at most `GROUP` (so a crash still tears at most one group), one
     /// right after the other, after what `group` holds. Answers `tx` with the last version once
     /// all are durable, or with the first group's failure (the groups before it stay: they are
@@ -650,13 +657,18 @@ impl Writer {
                 break;
             }
             let mut acks = Vec::with_capacity(chunk.len());
+            // A region's edits are exempt from the switches (`control::EDIT_REGION`); anything
+            // else they refuse is left out, as a single append would be.
             for e in chunk {
-                if let crate::control::Entry::Control(c) = crate::control::classify(e) {
-                    self.switches.apply(&c);
+                if self.gate(e).is_err() {
+                    continue;
                 }
                 let (t, r) = oneshot::channel();
                 group.push((*e, t));
                 acks.push(r);
+            }
+            if acks.is_empty() {
+                continue;
             }
             self.commit(group);
             match acks.pop().and_then(|mut r| r.try_recv().ok().flatten()) {

@@ -415,20 +415,24 @@ pub fn format_rfc3339(ms: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{milli:03}Z")
 }
 
+/// The flags of a command line `line` (without the program name), for the timelapse's tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::canvas::RPLACE_2017_PALETTE;
-    use clap::Parser;
-
-    #[derive(Parser)]
+pub(crate) fn parse_line(line: &str) -> Result<TimelapseArgs, clap::Error> {
+    #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         args: TimelapseArgs,
     }
+    <Cli as clap::Parser>::try_parse_from(std::iter::once("timelapse").chain(line.split_whitespace())).map(|c| c.args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canvas::RPLACE_2017_PALETTE;
 
     fn parse(line: &str) -> Result<TimelapseArgs, clap::Error> {
-        Cli::try_parse_from(std::iter::once("timelapse").chain(line.split_whitespace())).map(|c| c.args)
+        parse_line(line)
     }
 
     fn geometry() -> Geometry {

@@ -103,20 +103,11 @@ impl Schedule {
 mod tests {
     use super::*;
     use crate::canvas::{Geometry, RPLACE_2017_PALETTE};
-    use crate::timelapse::args::TimelapseArgs;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: TimelapseArgs,
-    }
 
     const HEAD: Head = Head { version: 10_000, first_ts_ms: 1_000_000, last_ts_ms: 1_090_000 };
 
     fn schedule(flags: &str) -> Schedule {
-        let line = format!("timelapse --out x.apng {flags}");
-        let args = Cli::try_parse_from(line.split_whitespace()).unwrap().args;
+        let args = crate::timelapse::args::parse_line(&format!("--out x.apng {flags}")).unwrap();
         let g = Geometry::new(10, 10, RPLACE_2017_PALETTE.to_vec()).unwrap();
         Schedule::new(&Plan::new(&args, &g, &HEAD).unwrap(), HEAD)
     }

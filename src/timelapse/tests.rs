@@ -5,18 +5,11 @@
 use super::raster::Raster;
 use super::*;
 use crate::canvas::RPLACE_2017_PALETTE;
-use clap::Parser;
 use std::io::BufReader;
 use std::process::Command;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: TimelapseArgs,
-}
-
 fn args(line: &str) -> TimelapseArgs {
-    Cli::try_parse_from(std::iter::once("timelapse").chain(line.split_whitespace())).unwrap().args
+    super::args::parse_line(line).unwrap()
 }
 
 fn quiet() -> Options {

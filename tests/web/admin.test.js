@@ -14,19 +14,11 @@ const assert = require('node:assert/strict');
 const { spawn, execFileSync, spawnSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-// A relative PLACECAST_BIN is taken from the repository root when it is not found from here
-// (run.sh runs the tests from tests/web).
-const ROOT = path.resolve(__dirname, '../..');
-const BIN = (() => {
-  const b = process.env.PLACECAST_BIN;
-  if (!b) return path.join(ROOT, 'target/debug/placecast');
-  return path.isAbsolute(b) || fs.existsSync(b) ? path.resolve(b) : path.resolve(ROOT, b);
-})();
+const { BIN, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba } = require('./harness');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const ADMIN_TOKEN = 'admin-test-' + crypto.randomBytes(24).toString('hex');
@@ -54,45 +46,6 @@ const pageErrors = [];
 const tokens = {}; // name -> role token
 
 // ------------------------------------------------------------------ helpers
-function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-async function fetchTimeout(url, opts = {}, ms = 5000) {
-  const ctl = new AbortController();
-  const t = setTimeout(() => ctl.abort(), ms);
-  try {
-    return await fetch(url, { ...opts, signal: ctl.signal });
-  } finally {
-    clearTimeout(t);
-  }
-}
-
-// Waits until fn() is truthy (polling), returning its value.
-async function until(what, fn, timeout = 10000, every = 50) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-    await sleep(every);
-  }
-}
-
-function exited(proc) {
-  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
-  return new Promise((r) => proc.once('exit', () => r()));
-}
-
 async function launch(port, dataDir, rolesFile, extra = []) {
   const args = ['serve', '--listen', `127.0.0.1:${port}`, '--shards', '2', '--data-dir', dataDir,
     '--width', String(WIDTH), '--height', String(HEIGHT), '--cooldown', '0',
@@ -119,33 +72,6 @@ async function launch(port, dataDir, rolesFile, extra = []) {
     }
     await sleep(100);
   }
-}
-
-// Stops the server this file started (only its PID): SIGTERM, then SIGKILL after 15 s.
-async function stop(srv) {
-  const { proc } = srv;
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const gone = exited(proc);
-  proc.kill('SIGTERM');
-  const done = await Promise.race([gone.then(() => true), sleep(15000).then(() => false)]);
-  if (!done) {
-    proc.kill('SIGKILL');
-    await Promise.race([gone, sleep(5000)]);
-  }
-}
-
-function decodeSnapshot(buf) {
-  assert.equal(buf.subarray(0, 4).toString('latin1'), 'PCS1', 'snapshot magic');
-  const bpp = buf[4];
-  const width = buf.readUInt32LE(8);
-  const height = buf.readUInt32LE(12);
-  const version = Number(buf.readBigUInt64LE(16));
-  const n = width * height;
-  const px = new Uint8Array(n);
-  for (let i = 0; i < n; i++) {
-    px[i] = bpp === 4 ? (i & 1 ? buf[24 + (i >> 1)] & 15 : buf[24 + (i >> 1)] >> 4) : buf[24 + i];
-  }
-  return { width, height, version, px };
 }
 
 // The canvas now, or at version `at`.
@@ -288,11 +214,6 @@ async function drag(page, a, b) {
 async function clickPixel(page, x, y) {
   const p = await page.evaluate(([x, y]) => window.placecastAdmin.screenPoint(x, y), [x, y]);
   await page.mouse.click(p.x, p.y);
-}
-
-function hexToRgba(hex) {
-  const n = parseInt(hex.slice(1, 7), 16);
-  return [n >> 16 & 255, n >> 8 & 255, n & 255, 255];
 }
 
 // The RGBA pixels of a canvas element of the page, row-major.

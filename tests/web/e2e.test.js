@@ -13,12 +13,11 @@ const assert = require('node:assert/strict');
 const { spawn, execFileSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-const BIN = process.env.PLACECAST_BIN || path.resolve(__dirname, '../../target/debug/placecast');
+const { BIN, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba } = require('./harness');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const COOLDOWN_S = 60;
@@ -45,29 +44,6 @@ const contexts = [];
 const pageErrors = [];
 
 // ------------------------------------------------------------------ helpers
-function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = s.address().port;
-      s.close(() => resolve(p));
-    });
-  });
-}
-
-async function fetchTimeout(url, opts = {}, ms = 5000) {
-  const ctl = new AbortController();
-  const t = setTimeout(() => ctl.abort(), ms);
-  try {
-    return await fetch(url, { ...opts, signal: ctl.signal });
-  } finally {
-    clearTimeout(t);
-  }
-}
-
 async function waitHealthy(srv, ms) {
   const deadline = Date.now() + ms;
   let last = '';
@@ -85,11 +61,6 @@ async function waitHealthy(srv, ms) {
     await sleep(100);
   }
   throw new Error(`server ${srv.name} not healthy after ${ms} ms (${last}):\n${srv.log.join('')}`);
-}
-
-function exited(proc) {
-  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
-  return new Promise((r) => proc.once('exit', () => r()));
 }
 
 // Starts a server process and waits until it is healthy. The log goes to artifacts/server.log.
@@ -121,39 +92,11 @@ async function startServer() {
   return server;
 }
 
-// Stops a server a test started (only its PID): SIGTERM (a drain, ~1 s with SERVER_FLAGS), then
-// SIGKILL after 15 s.
-async function stop(srv) {
-  const { proc } = srv;
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const gone = exited(proc);
-  proc.kill('SIGTERM');
-  const done = await Promise.race([gone.then(() => true), sleep(15000).then(() => false)]);
-  if (!done) {
-    proc.kill('SIGKILL');
-    await Promise.race([gone, sleep(5000)]);
-  }
-}
-
 async function stopServer() {
   if (!server) return;
   const srv = server;
   server = null;
   await stop(srv);
-}
-
-function decodeSnapshot(buf) {
-  assert.equal(buf.subarray(0, 4).toString('latin1'), 'PCS1', 'snapshot magic');
-  const bpp = buf[4];
-  const width = buf.readUInt32LE(8);
-  const height = buf.readUInt32LE(12);
-  const version = Number(buf.readBigUInt64LE(16));
-  const n = width * height;
-  const px = new Uint8Array(n);
-  for (let i = 0; i < n; i++) {
-    px[i] = bpp === 4 ? (i & 1 ? buf[24 + (i >> 1)] & 15 : buf[24 + (i >> 1)] >> 4) : buf[24 + i];
-  }
-  return { width, height, version, px };
 }
 
 async function serverSnapshot(b = base) {
@@ -261,11 +204,6 @@ async function waitVisiblePixel(page, x, y, want, timeout = 2000) {
   assert.deepEqual(got, want, `visible canvas at (${x}, ${y})`);
 }
 
-function hexToRgba(hex) {
-  const n = parseInt(hex.slice(1, 7), 16);
-  return [n >> 16 & 255, n >> 8 & 255, n & 255, 255];
-}
-
 // The page's palette indices as one latin1 string (fast to move out of the page, even at 1000x1000).
 async function pageIndices(page) {
   const s = await page.evaluate(() => {
@@ -356,17 +294,6 @@ function zeroBits(buf) {
     n += 8;
   }
   return n;
-}
-
-// Waits until fn() is truthy (polling), returning its value.
-async function until(what, fn, timeout = 10000, every = 50) {
-  const deadline = Date.now() + timeout;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-    await sleep(every);
-  }
 }
 
 // Starts a server of its own for one test (fresh data dir, free port), stopped in after() at the

@@ -1,0 +1,91 @@
+'use strict';
+// What every browser test file shares: the server binary under test, free loopback ports,
+// bounded fetches, waiting for conditions, stopping a server by its own PID, and decoding the
+// binary snapshot (PROTOCOL.md). Each test file keeps its own servers and pages.
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const net = require('node:net');
+const path = require('node:path');
+
+const ROOT = path.resolve(__dirname, '../..');
+
+// PLACECAST_BIN, or this build's debug binary. A relative path is taken from the repository
+// root when it is not found from here (run.sh runs the tests from tests/web).
+const BIN = (() => {
+  const b = process.env.PLACECAST_BIN;
+  if (!b) return path.join(ROOT, 'target/debug/placecast');
+  return path.isAbsolute(b) || fs.existsSync(b) ? path.resolve(b) : path.resolve(ROOT, b);
+})();
+
+function sleep(ms) { return new Promise((r) => setTimeout(r, ms)); }
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = s.address().port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+async function fetchTimeout(url, opts = {}, ms = 5000) {
+  const ctl = new AbortController();
+  const t = setTimeout(() => ctl.abort(), ms);
+  try {
+    return await fetch(url, { ...opts, signal: ctl.signal });
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+// Polls `fn` every `every` ms until it returns something truthy; fails after `timeout` ms.
+async function until(what, fn, timeout = 10000, every = 50) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await sleep(every);
+  }
+}
+
+function exited(proc) {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => proc.once('exit', () => r()));
+}
+
+// SIGTERM (a drain), then SIGKILL if it has not exited within 15 s; only our own child.
+async function stop(srv) {
+  const { proc } = srv;
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const gone = exited(proc);
+  proc.kill('SIGTERM');
+  const done = await Promise.race([gone.then(() => true), sleep(15000).then(() => false)]);
+  if (!done) {
+    proc.kill('SIGKILL');
+    await Promise.race([gone, sleep(5000)]);
+  }
+}
+
+function decodeSnapshot(buf) {
+  assert.equal(buf.subarray(0, 4).toString('latin1'), 'PCS1', 'snapshot magic');
+  const bpp = buf[4];
+  const width = buf.readUInt32LE(8);
+  const height = buf.readUInt32LE(12);
+  const version = Number(buf.readBigUInt64LE(16));
+  const n = width * height;
+  const px = new Uint8Array(n);
+  for (let i = 0; i < n; i++) {
+    px[i] = bpp === 4 ? (i & 1 ? buf[24 + (i >> 1)] & 15 : buf[24 + (i >> 1)] >> 4) : buf[24 + i];
+  }
+  return { width, height, version, px };
+}
+
+function hexToRgba(hex) {
+  const n = parseInt(hex.slice(1, 7), 16);
+  return [n >> 16 & 255, n >> 8 & 255, n & 255, 255];
+}
+
+module.exports = { ROOT, BIN, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba };
