@@ -18,7 +18,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-const { BIN, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba } = require('./harness');
+const { BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba } = require('./harness');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const ADMIN_TOKEN = 'admin-test-' + crypto.randomBytes(24).toString('hex');
@@ -229,21 +229,11 @@ async function shot(page, name) {
 }
 
 // ------------------------------------------------------------------ set-up and clean-up
-function killOnExit() {
-  for (const srv of [server, ...extraServers]) {
-    if (srv && srv.proc.exitCode === null && srv.proc.signalCode === null) {
-      try { srv.proc.kill('SIGKILL'); } catch (_) { /* gone */ }
-    }
-  }
-}
 
 before(async () => {
-  assert.ok(fs.existsSync(BIN), `server binary not found at ${BIN} (build it with cargo build, or set PLACECAST_BIN)`);
-  assert.ok(fs.existsSync(CHROMIUM), `chromium not found at ${CHROMIUM} (apt-get install -y chromium)`);
+  prepare(CHROMIUM, () => [server, ...extraServers]);
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   fs.rmSync(path.join(ARTIFACTS, 'admin-server.log'), { force: true });
-  process.on('exit', killOnExit);
-  for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { killOnExit(); process.exit(130); });
   tmpDir = fs.mkdtempSync(path.join(os.tmpdir(), 'placecast-web-admin-'));
   const entries = [];
   for (const [name, role] of [[MOD, 'moderator'], [OP, 'operator']]) {

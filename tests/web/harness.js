@@ -88,4 +88,20 @@ function hexToRgba(hex) {
   return [n >> 16 & 255, n >> 8 & 255, n & 255, 255];
 }
 
-module.exports = { ROOT, BIN, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba };
+// Before a test file's first test: the binary and the browser exist, and every server it starts
+// (`servers()` lists them) is killed, by its own PID, if node exits or is interrupted first.
+function prepare(chromium, servers) {
+  assert.ok(fs.existsSync(BIN), `server binary not found at ${BIN} (build it with cargo build, or set PLACECAST_BIN)`);
+  assert.ok(fs.existsSync(chromium), `chromium not found at ${chromium} (apt-get install -y chromium)`);
+  const kill = () => {
+    for (const srv of servers()) {
+      if (srv && srv.proc.exitCode === null && srv.proc.signalCode === null) {
+        try { srv.proc.kill('SIGKILL'); } catch (_) { /* gone */ }
+      }
+    }
+  };
+  process.on('exit', kill);
+  for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { kill(); process.exit(130); });
+}
+
+module.exports = { ROOT, BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba };
