@@ -14,14 +14,14 @@
 //! become no-op versions. The applier then tells waiting placements (`verdict`) and writes the
 //! node's checkpoint (`checkpoint`), since it alone owns the canvas and the rule's state.
 
-use crate::canvas::Canvas;
+use crate::canvas::{Canvas, Geometry, LiveGeometry};
 use crate::checkpoint::Checkpoint;
 use crate::control::{Audit, AuditEntry, Control as ControlEntry, Entry, LiveSwitches, Switches};
 use crate::edit_log::{Committed, Edit};
 use crate::history::HistoryWriter;
 use crate::limiter::Limiter;
 use crate::log_rule::{LogRule, Rejection};
-use crate::protocol::{encode_batch, pack_edit};
+use crate::protocol::{encode_batch, encode_resize, pack_edit};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::verdict::Verdicts;
 use bytes::Bytes;
@@ -141,6 +141,12 @@ pub struct Applier {
     /// The history index (`history/`): every applied version, in order.
     history: Option<HistoryWriter>,
     latency: hdrhistogram::Histogram<u64>,
+    /// The canvas's size as the shards read it (published at each resize).
+    geometry: Arc<LiveGeometry>,
+    /// Resizes applied at versions after `window_base`, `(version, width, height)` ascending: a
+    /// catch-up frame never spans one (its pixel indexes would mix two widths). Bounded by the
+    /// window (and by growth: at most 131,070 resizes can ever change a size).
+    resizes: VecDeque<(u64, u32, u32)>,
 }
 
 pub struct ApplierSetup {
@@ -156,6 +162,8 @@ pub struct ApplierSetup {
     pub history: Option<HistoryWriter>,
     pub switches: Arc<LiveSwitches>,
     pub audit: Arc<Audit>,
+    /// Where the applier publishes the canvas's size for the shards.
+    pub geometry: Arc<LiveGeometry>,
 }
 
 impl Applier {
@@ -191,6 +199,8 @@ impl Applier {
             live: false,
             history: s.history,
             latency: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("histogram bounds"),
+            geometry: s.geometry,
+            resizes: VecDeque::new(),
         }
     }
 
@@ -198,17 +208,20 @@ impl Applier {
     pub fn restore(&mut self, cp: Checkpoint) -> Result<(), String> {
         let Some(cl) = &self.cluster else { return Err("checkpoints are used with a shared log only".into()) };
         let g = &self.canvas.geometry;
-        if (cp.width, cp.height) != (g.width, g.height) {
-            return Err(format!("it is for a {}x{} canvas", cp.width, cp.height));
+        // The log may have grown the canvas before the checkpoint: never smaller than configured.
+        if cp.width < g.width || cp.height < g.height {
+            return Err(format!("it is for a {}x{} canvas, smaller than the configured one", cp.width, cp.height));
         }
+        let g = Geometry::new(cp.width, cp.height, g.palette.clone()).map_err(|e| e.to_string())?;
         if cp.cooldown_ms != cl.cooldown_ms {
             return Err(format!("it was made with a cooldown of {} ms", cp.cooldown_ms));
         }
         if cp.log_id != cl.log_id {
             return Err(format!("it was made from {}", cp.log_id));
         }
-        let canvas = Canvas::from_pixels(g.clone(), cp.pixels).ok_or("its pixels do not fit this palette")?;
+        let canvas = Canvas::from_pixels(g, cp.pixels).ok_or("its pixels do not fit this palette")?;
         self.canvas = canvas;
+        self.geometry.publish(&self.canvas.geometry);
         self.version = cp.version;
         self.cut_version = cp.version;
         self.window_base = cp.version;
@@ -429,6 +442,9 @@ impl Applier {
             if self.window_base.is_multiple_of(SUB) {
                 self.subs.remove(&(self.window_base / SUB - 1));
             }
+            while self.resizes.front().is_some_and(|r| r.0 <= self.window_base) {
+                self.resizes.pop_front();
+            }
         }
         self.stats.edits.fetch_add(1, Ordering::Relaxed);
     }
@@ -468,13 +484,48 @@ impl Applier {
     /// A control entry: the switches (and the cooldown) change at its version.
     fn apply_control(&mut self, version: u64, e: &Edit, ctl: ControlEntry) {
         self.rule.control(&ctl);
-        if let ControlEntry::Cooldown { ms } = ctl {
-            self.limiter.set_cooldown_ms(ms);
+        match ctl {
+            ControlEntry::Cooldown { ms } => self.limiter.set_cooldown_ms(ms),
+            ControlEntry::Resize { width, height } => self.resize(version, width, height),
+            _ => {}
         }
         self.switches_dirty = true;
         self.audit.push(AuditEntry { version, ts_ms: e.ts_ms, control: ctl, actor: e.aux });
         if self.live {
             tracing::info!(version, action = ctl.action(), entry = ?ctl, "control entry applied");
+        }
+    }
+
+    /// A resize entry at `version`: the edits before it go out in their own batch (their indexes
+    /// use the old width), the canvas grows, and the resize goes to every shard as a message of
+    /// its own covering `(version - 1, version]`, so a client applies it in order and keeps its
+    /// version. A resize that changes nothing (or exceeds the bound) is a no-op version.
+    fn resize(&mut self, version: u64, width: u32, height: u32) {
+        let Some(g) = self.canvas.geometry.grown(width, height) else {
+            tracing::warn!(
+                version,
+                width,
+                height,
+                "a resize that does not grow the canvas (or exceeds MAX_GROWN_PIXELS); a no-op"
+            );
+            return;
+        };
+        let (w, h) = (g.width, g.height);
+        if self.live {
+            self.cut_to(version - 1);
+        }
+        self.canvas.grow(g);
+        self.geometry.publish(&self.canvas.geometry);
+        self.resizes.push_back((version, w, h));
+        if self.live {
+            let frame = encode_resize(version - 1, version, w, h);
+            for s in &self.shards {
+                let _ = s.send(ShardMsg::Batch { frame: frame.clone(), from: version - 1, to: version });
+            }
+            self.cut_version = version;
+            self.publish_versions();
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(version, width = w, height = h, "the canvas grew");
         }
     }
 
@@ -511,17 +562,23 @@ impl Applier {
 
     /// Encodes the edits since the last cut into one frame and hands it to every shard.
     fn cut(&mut self) {
-        if self.version == self.cut_version {
+        self.cut_to(self.version);
+    }
+
+    /// `cut` up to `to` (a resize cuts just before its own version): `pending` holds exactly
+    /// the edits of `(cut_version, to]`.
+    fn cut_to(&mut self, to: u64) {
+        if to == self.cut_version {
             return;
         }
         let from = self.cut_version;
-        let frame = encode_batch(from, self.version, &self.pending, self.stride);
+        let frame = encode_batch(from, to, &self.pending, self.stride);
         for s in &self.shards {
             // A shard that has exited is shutting down; the rest still get the batch.
-            let _ = s.send(ShardMsg::Batch { frame: frame.clone(), from, to: self.version });
+            let _ = s.send(ShardMsg::Batch { frame: frame.clone(), from, to });
         }
         self.pending.clear();
-        self.cut_version = self.version;
+        self.cut_version = to;
         self.publish_versions();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if !self.pending_ts.is_empty() {
@@ -585,8 +642,20 @@ impl Applier {
         frames
     }
 
-    /// The frame starting at `at` (at most up to `end`) and where the next one starts.
+    /// The frame starting at `at` (at most up to `end`) and where the next one starts: a resize
+    /// is a frame of its own, and no batch spans one.
     fn next_frame(&mut self, at: u64, end: u64) -> (Bytes, u64) {
+        let i = self.resizes.partition_point(|r| r.0 <= at);
+        match self.resizes.get(i) {
+            Some(&(v, w, h)) if v == at + 1 && v <= end => (encode_resize(at, v, w, h), v),
+            Some(&(v, _, _)) if v <= end => self.batch_frame(at, v - 1),
+            _ => self.batch_frame(at, end),
+        }
+    }
+
+    /// The batch frame starting at `at` (at most up to `end`, no resize inside) and where the
+    /// next one starts.
+    fn batch_frame(&mut self, at: u64, end: u64) -> (Bytes, u64) {
         let chunk_end = (at / CHUNK + 1) * CHUNK;
         if at.is_multiple_of(CHUNK) && chunk_end <= end && at >= self.window_base {
             if let Some(f) = self.chunks.get(&(at / CHUNK)) {
@@ -654,6 +723,7 @@ mod tests {
             history: None,
             switches: Default::default(),
             audit: Default::default(),
+            geometry: Arc::new(LiveGeometry::new(&Geometry::new(100, 100, RPLACE_2017_PALETTE.to_vec()).unwrap())),
         });
         (a, rx)
     }
@@ -706,6 +776,7 @@ mod tests {
             history: None,
             switches: Default::default(),
             audit: Default::default(),
+            geometry: Arc::new(LiveGeometry::new(&Geometry::new(100, 100, RPLACE_2017_PALETTE.to_vec()).unwrap())),
         });
         (a, rx, verdicts)
     }
@@ -813,6 +884,57 @@ mod tests {
             }
             _ => panic!("expected reload"),
         }
+    }
+
+    #[test]
+    fn a_resize_is_its_own_message_live_and_in_catch_up() {
+        use crate::protocol::{ResizeView, StreamMessage};
+        let (mut a, rx) = applier(1000);
+        a.live = true;
+        let at = |v: u64, x: u16, y: u16| Committed {
+            version: v,
+            edit: Edit { x, y, color: 3, user: 1, ts_ms: 0, ext: 0, aux: 0 },
+        };
+        a.apply(at(1, 99, 1));
+        a.apply(Committed { version: 2, edit: ControlEntry::Resize { width: 150, height: 120 }.to_edit(0) });
+        a.apply(at(3, 120, 110));
+        a.cut();
+        let spans: Vec<_> = rx
+            .try_iter()
+            .map(|m| match m {
+                ShardMsg::Batch { frame, .. } => {
+                    let (m, _) = StreamMessage::parse_prefix(payload(&frame)).unwrap();
+                    (m.span(), matches!(m, StreamMessage::Resize(_)))
+                }
+                _ => panic!("only batches"),
+            })
+            .collect();
+        assert_eq!(spans, vec![((0, 1), false), ((1, 2), true), ((2, 3), false)]);
+        assert_eq!(a.geometry.size(), (150, 120));
+        assert_eq!(a.canvas.color_at(99, 1), 3, "the old pixel kept its place");
+        // A catch-up from before the resize gets the same three messages.
+        let frames = a.catch_up_frames(0);
+        let got: Vec<_> = frames.iter().map(|f| StreamMessage::parse_prefix(payload(f)).unwrap().0.span()).collect();
+        assert_eq!(got, vec![(0, 1), (1, 2), (2, 3)]);
+        assert_eq!(
+            ResizeView::parse(payload(&frames[1])),
+            Some(ResizeView { from: 1, to: 2, width: 150, height: 120 })
+        );
+        let last = BatchView::parse(payload(&frames[2])).unwrap();
+        assert_eq!(last.iter().collect::<Vec<_>>(), vec![(110 * 150 + 120, 3)], "indexes after it use the new width");
+        // A resize asking for less changes nothing: a no-op version, no message.
+        a.apply(Committed { version: 4, edit: ControlEntry::Resize { width: 10, height: 10 }.to_edit(0) });
+        a.cut();
+        assert_eq!(
+            (
+                a.geometry.size(),
+                ranges(&[match rx.try_recv().unwrap() {
+                    ShardMsg::Batch { frame, .. } => frame,
+                    _ => panic!(),
+                }])
+            ),
+            ((150, 120), vec![(3, 4, 0)])
+        );
     }
 
     #[test]

@@ -170,6 +170,12 @@ pub const MAX_HOLDERS: usize = 1024;
 pub const MAX_CLAIMED: usize = 1 << 20;
 /// A remembered class is dropped after a day without its token being verified.
 pub const CLAIM_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Pixels a canvas may grow to by resize entries (`POST /api/v1/admin/resize`): 16,777,216
+/// (4096x4096; Reddit's 2022 canvas ended at 2000x2000). Each pixel costs a byte in the
+/// applier's canvas and in every snapshot, and 8 bytes of history heads: 16 MB + 128 MB at the
+/// bound. A canvas configured larger cannot grow. A resize the log holds that would exceed it
+/// (two requests racing on a cluster) is applied as a no-op, the same way on every node.
+pub const MAX_GROWN_PIXELS: u64 = 1 << 24;
 /// How long an admin route waits for this node to apply its control entry before answering 202
 /// (the applier applies within a batch interval normally).
 pub const APPLY_WAIT: Duration = Duration::from_secs(5);
@@ -179,4 +185,5 @@ const _: () = assert!(KEYFRAME_EVERY.is_multiple_of(4096));
 const _: () = assert!(SLICE <= 4096, "a slice fits the shard's io_uring (4,096 entries)");
 const _: () = assert!(MAX_BODY < MAX_HEAD);
 const _: () = assert!(SHARD_QUEUE > CATCH_UP_QUEUE);
+const _: () = assert!(MAX_GROWN_PIXELS <= crate::protocol::MAX_PIXELS, "a grown pixel index fits the packed edit");
 const _: () = assert!(MAX_REGION_PIXELS <= 65_536 * 65_536, "a region fits the canvas's 16-bit sides");

@@ -82,6 +82,78 @@ impl Geometry {
     pub fn palette_hex(&self) -> Vec<String> {
         self.palette.iter().map(|c| format!("#{c:06x}")).collect()
     }
+
+    /// The geometry a resize to `width`x`height` leaves, by the one rule every node and tool
+    /// applies to resize entries in log order: each side grows to the larger of its size and the
+    /// asked one (a canvas never shrinks, so two resizes racing on a cluster still compose), and
+    /// the result must stay within `MAX_GROWN_PIXELS` and 65535 per side. `None` when it changes
+    /// nothing or would exceed the bounds (the entry is then a no-op).
+    pub fn grown(&self, width: u32, height: u32) -> Option<Geometry> {
+        let (w, h) = (self.width.max(width), self.height.max(height));
+        if (w, h) == (self.width, self.height) || w as u64 * h as u64 > crate::bounds::MAX_GROWN_PIXELS {
+            return None;
+        }
+        Geometry::new(w, h, self.palette.clone()).ok()
+    }
+}
+
+/// The canvas's geometry as the shards read it while the applier may grow it: the palette is
+/// fixed, the size is one atomic (width in the high 32 bits), published by the applier after
+/// it applied a resize entry. The size only grows, so a placement admitted against an older
+/// size is inside every later one.
+pub struct LiveGeometry {
+    palette: Vec<u32>,
+    size: std::sync::atomic::AtomicU64,
+}
+
+impl LiveGeometry {
+    pub fn new(g: &Geometry) -> Self {
+        LiveGeometry {
+            palette: g.palette.clone(),
+            size: std::sync::atomic::AtomicU64::new(pack_size(g.width, g.height)),
+        }
+    }
+
+    /// `(width, height)` now.
+    pub fn size(&self) -> (u32, u32) {
+        let s = self.size.load(std::sync::atomic::Ordering::Acquire);
+        ((s >> 32) as u32, s as u32)
+    }
+
+    pub fn publish(&self, g: &Geometry) {
+        self.size.store(pack_size(g.width, g.height), std::sync::atomic::Ordering::Release);
+    }
+
+    /// The geometry now (copies the palette: not for the placement path).
+    pub fn get(&self) -> Geometry {
+        let (width, height) = self.size();
+        Geometry { width, height, palette: self.palette.clone() }
+    }
+
+    /// The pixel index of (x, y) at the current size, or None when outside.
+    pub fn index(&self, x: i64, y: i64) -> Option<u32> {
+        let (w, h) = self.size();
+        if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
+            return None;
+        }
+        Some((y as u32) * w + x as u32)
+    }
+
+    pub fn valid_color(&self, color: i64) -> bool {
+        color >= 0 && (color as usize) < self.palette.len()
+    }
+
+    pub fn palette(&self) -> &[u32] {
+        &self.palette
+    }
+
+    pub fn palette_hex(&self) -> Vec<String> {
+        self.palette.iter().map(|c| format!("#{c:06x}")).collect()
+    }
+}
+
+fn pack_size(w: u32, h: u32) -> u64 {
+    (w as u64) << 32 | h as u64
 }
 
 /// Parses "#rrggbb" (the leading '#' optional).
@@ -124,6 +196,28 @@ impl Canvas {
     pub fn pixels(&self) -> &[u8] {
         &self.pixels
     }
+
+    /// The canvas grown to `g` (at least as large on each side, the same palette): rows keep
+    /// their pixels at the same (x, y), new pixels are color 0, the empty canvas.
+    pub fn grow(&mut self, g: Geometry) {
+        assert!(g.width >= self.geometry.width && g.height >= self.geometry.height, "a canvas only grows");
+        let (old_w, new_w) = (self.geometry.width as usize, g.width as usize);
+        let mut pixels = vec![0u8; g.pixels()];
+        for (y, row) in self.pixels.chunks_exact(old_w).enumerate() {
+            pixels[y * new_w..y * new_w + old_w].copy_from_slice(row);
+        }
+        self.pixels = pixels;
+        self.geometry = g;
+    }
+
+    /// The color at (x, y), or 0 (the empty canvas) outside it: what a pixel that did not exist
+    /// yet at some version looks like.
+    pub fn color_at(&self, x: u32, y: u32) -> u8 {
+        if x >= self.geometry.width || y >= self.geometry.height {
+            return 0;
+        }
+        self.pixels[(y * self.geometry.width + x) as usize]
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +245,26 @@ mod tests {
         assert!(!g.valid_color(16));
         assert!(!g.valid_color(-1));
         assert_eq!(g.bits_per_pixel(), 4);
+    }
+
+    #[test]
+    fn grows_keeping_every_pixel_at_its_place() {
+        let g = Geometry::new(3, 2, RPLACE_2017_PALETTE.to_vec()).unwrap();
+        let mut c = Canvas::new(g.clone());
+        c.set(g.index(2, 1).unwrap(), 5);
+        c.set(g.index(0, 0).unwrap(), 7);
+        let bigger = g.grown(5, 1).unwrap();
+        assert_eq!((bigger.width, bigger.height), (5, 2), "a side asked smaller keeps its size");
+        c.grow(bigger.clone());
+        assert_eq!((c.color_at(2, 1), c.color_at(0, 0), c.color_at(4, 1), c.color_at(9, 9)), (5, 7, 0, 0));
+        assert_eq!(c.get(bigger.index(2, 1).unwrap()), 5);
+        assert!(bigger.grown(5, 2).is_none(), "no change: a no-op");
+        assert!(bigger.grown(4097, 4096).is_none(), "past MAX_GROWN_PIXELS: a no-op");
+        assert_eq!(bigger.grown(4096, 4096).map(|g| g.pixels()), Some(1 << 24));
+        let live = LiveGeometry::new(&g);
+        assert_eq!((live.size(), live.index(3, 0)), ((3, 2), None));
+        live.publish(&bigger);
+        assert_eq!((live.size(), live.index(3, 0), live.get().pixels()), ((5, 2), Some(3), 10));
     }
 
     #[test]

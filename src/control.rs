@@ -20,7 +20,8 @@
 //! without the history the route computed them from.
 //!
 //! What reads edits without knowing this module (the history index, export, the timelapse) sees
-//! a control entry as a version that changed no pixel.
+//! a control entry as a version that changed no pixel; the one entry every reader must know is
+//! `Resize`, which changes what later pixel indexes mean (`resize_of`).
 //!
 //! Invariants: `Switches` after version V depends only on the entries at versions `..=V`, in
 //! order; an unknown kind (a newer binary's) changes nothing and is reported once per version;
@@ -50,6 +51,7 @@ const KIND_PROTECT: u8 = 7;
 const KIND_UNPROTECT: u8 = 8;
 const KIND_FILL: u8 = 9;
 const KIND_RESTORE: u8 = 10;
+const KIND_RESIZE: u8 = 11;
 /// Kind 0 is no entry at all: a record a shared log could not decode, kept as a no-op version.
 pub const KIND_VOID: u8 = 0;
 /// The second argument's width: versions and times in seconds up to 2^40 (a trillion).
@@ -133,6 +135,13 @@ pub enum Control {
         rect: Rect,
         version: u64,
     },
+    /// The canvas grows to `width`x`height` at this version (`Geometry::grown`: never shrinks;
+    /// new pixels are color 0). Pixel indexes (`y * width + x`) of later versions use the new
+    /// width; clients get the resize in the stream (PROTOCOL.md).
+    Resize {
+        width: u32,
+        height: u32,
+    },
 }
 
 impl Control {
@@ -149,6 +158,7 @@ impl Control {
             Control::Unprotect { rect } => (KIND_UNPROTECT, rect.pack(), 0),
             Control::Fill { rect, color } => (KIND_FILL, rect.pack(), color as u64),
             Control::Restore { rect, version } => (KIND_RESTORE, rect.pack(), version),
+            Control::Resize { width, height } => (KIND_RESIZE, (width as u64) << 32 | height as u64, 0),
         };
         assert!(a <= ARG_A_MAX, "the routes keep the second argument within 40 bits");
         Edit { x: CONTROL_X, y: a as u16, ext: (a >> 16) as u32, color: kind, user: b, ts_ms, aux: 0 }
@@ -167,6 +177,7 @@ impl Control {
             Control::Unprotect { .. } => "unprotect",
             Control::Fill { .. } => "fill",
             Control::Restore { .. } => "restore",
+            Control::Resize { .. } => "resize",
         }
     }
 }
@@ -198,9 +209,19 @@ pub fn classify(e: &Edit) -> Entry {
         KIND_UNPROTECT => Control::Unprotect { rect: Rect::unpack(b) },
         KIND_FILL => Control::Fill { rect: Rect::unpack(b), color: a as u8 },
         KIND_RESTORE => Control::Restore { rect: Rect::unpack(b), version: a },
+        KIND_RESIZE => Control::Resize { width: (b >> 32) as u32, height: b as u32 },
         KIND_VOID => return Entry::Void,
         other => return Entry::Unknown(other),
     })
+}
+
+/// The size a record asks the canvas to grow to, if it is a resize entry (the history and the
+/// tools read this without the rest of the control entries).
+pub fn resize_of(e: &Edit) -> Option<(u32, u32)> {
+    match classify(e) {
+        Entry::Control(Control::Resize { width, height }) => Some((width, height)),
+        _ => None,
+    }
 }
 
 /// Why the switches refuse a placement.
@@ -264,6 +285,8 @@ impl Switches {
             Control::Unprotect { rect } => self.protected.retain(|p| !rect.covers(p)),
             // Their pixels are the region edits that follow.
             Control::Fill { .. } | Control::Restore { .. } => {}
+            // The canvas's geometry is the applier's (and the history's), not a switch.
+            Control::Resize { .. } => {}
         }
     }
 
@@ -388,6 +411,10 @@ impl AuditEntry {
             Control::Protect { rect } | Control::Unprotect { rect } => {
                 v["rect"] = serde_json::json!({"x": rect.x, "y": rect.y, "w": rect.w, "h": rect.h});
             }
+            Control::Resize { width, height } => {
+                v["width"] = width.into();
+                v["height"] = height.into();
+            }
             Control::Pause | Control::Resume => {}
         }
         v
@@ -438,6 +465,7 @@ mod tests {
             Control::Unprotect { rect: Rect { x: 0, y: 0, w: 1, h: 1 } },
             Control::Fill { rect: Rect { x: 3, y: 4, w: 5, h: 6 }, color: 31 },
             Control::Restore { rect: Rect { x: 0, y: 0, w: 1000, h: 1000 }, version: 16_000_000 },
+            Control::Resize { width: 65_535, height: 2_000 },
         ];
         for c in all {
             let e = c.to_edit(42);

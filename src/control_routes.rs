@@ -1,5 +1,5 @@
 //! The admin routes that write control entries (`control.rs`) to the ordered log:
-//! `POST /api/v1/admin/{cooldown,pause,resume,end,ban,unban,protect,unprotect}`, and
+//! `POST /api/v1/admin/{cooldown,pause,resume,end,ban,unban,protect,unprotect,fill,restore,resize}`, and
 //! `GET /api/v1/admin/audit`,
 //! the control entries applied, read back. Each POST answers with the version of its entry once
 //! it is durable; every node applies it at that version.
@@ -8,6 +8,7 @@
 //! appended, so a bad request writes nothing to the log. Not here: the routes that change only
 //! this node (`admin.rs`: limits, drain).
 
+use crate::bounds::MAX_GROWN_PIXELS;
 use crate::control::{Control, Rect, AUDIT_KEEP, MAX_BANS, MAX_COOLDOWN_MS, MAX_PROTECTED, MAX_REGION_PIXELS};
 use crate::edit_log::Edit;
 use crate::http::{Req, Response};
@@ -149,6 +150,12 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
         h: u32,
         version: u64,
     }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Resize {
+        width: u32,
+        height: u32,
+    }
     match action {
         "pause" => empty(body).map(|()| Control::Pause),
         "resume" => empty(body).map(|()| Control::Resume),
@@ -174,7 +181,7 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
             let rect = region_rect(shared, b.x, b.y, b.w, b.h)?;
             if !shared.geometry.valid_color(b.color as i64) {
                 let msg =
-                    format!("color {} is not in the palette (0 to {})", b.color, shared.geometry.palette.len() - 1);
+                    format!("color {} is not in the palette (0 to {})", b.color, shared.geometry.palette().len() - 1);
                 return Err(Response::error(400, "bad_color", &msg));
             }
             Ok(Control::Fill { rect, color: b.color as u8 })
@@ -215,6 +222,10 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
             }
             Ok(Control::Ban { user, revert_since_s })
         }
+        "resize" => {
+            let b: Resize = serde_json::from_slice(body).map_err(|e| bad_json("{\"width\": N, \"height\": N}", e))?;
+            resize(shared, b.width, b.height)
+        }
         "protect" | "unprotect" => {
             let rect = parse_rect(body, shared)?;
             if action == "unprotect" {
@@ -228,6 +239,27 @@ fn parse(action: &str, body: &[u8], shared: &Shared) -> Result<Control, Response
         }
         _ => Err(Response::error(404, "not_found", &format!("no such admin action: {action}"))),
     }
+}
+
+/// A resize the canvas can take now: each side at least its size, one larger, within the bound.
+/// (Two resizes racing on a cluster still compose: the log-order rule takes the larger side.)
+fn resize(shared: &Shared, width: u32, height: u32) -> Result<Control, Response> {
+    let (w, h) = shared.geometry.size();
+    if width < w || height < h {
+        let msg = format!("the canvas is {w}x{h} and only grows: {width}x{height} would cut it");
+        return Err(Response::error(400, "cannot_shrink", &msg));
+    }
+    if (width, height) == (w, h) {
+        return Err(Response::error(400, "no_change", &format!("the canvas is already {w}x{h}")));
+    }
+    let pixels = width as u64 * height as u64;
+    if width > 65_535 || height > 65_535 || pixels > MAX_GROWN_PIXELS {
+        let msg = format!(
+            "{width}x{height} is {pixels} pixels; a canvas grows to at most {MAX_GROWN_PIXELS} pixels and 65535 per side"
+        );
+        return Err(Response::error(413, "canvas_too_large", &msg));
+    }
+    Ok(Control::Resize { width, height })
 }
 
 /// `{"x","y","w","h"}`: a non-empty rectangle inside the canvas.
@@ -245,10 +277,10 @@ fn parse_rect(body: &[u8], shared: &Shared) -> Result<Rect, Response> {
 }
 
 fn check_rect(shared: &Shared, x: u32, y: u32, w: u32, h: u32) -> Result<Rect, Response> {
-    let g = &shared.geometry;
-    let inside = w >= 1 && h >= 1 && x.saturating_add(w) <= g.width && y.saturating_add(h) <= g.height;
+    let (width, height) = shared.geometry.size();
+    let inside = w >= 1 && h >= 1 && x.saturating_add(w) <= width && y.saturating_add(h) <= height;
     if !inside {
-        let msg = format!("the rectangle must be non-empty and inside the {}x{} canvas", g.width, g.height);
+        let msg = format!("the rectangle must be non-empty and inside the {width}x{height} canvas");
         return Err(Response::error(400, "bad_rect", &msg));
     }
     // Inside a canvas of sides at most 65535: every field fits 16 bits.

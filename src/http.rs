@@ -318,6 +318,7 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("POST", "/api/v1/admin/unban") => crate::control_routes::post(req, body, shared, "unban").await,
         ("POST", "/api/v1/admin/fill") => crate::control_routes::post(req, body, shared, "fill").await,
         ("POST", "/api/v1/admin/restore") => crate::control_routes::post(req, body, shared, "restore").await,
+        ("POST", "/api/v1/admin/resize") => crate::control_routes::post(req, body, shared, "resize").await,
         ("POST", "/api/v1/admin/protect") => crate::control_routes::post(req, body, shared, "protect").await,
         ("POST", "/api/v1/admin/unprotect") => crate::control_routes::post(req, body, shared, "unprotect").await,
         ("GET", "/api/v1/admin/audit") => crate::control_routes::audit(req, shared),
@@ -427,9 +428,10 @@ fn metrics(shared: &Shared) -> Response {
 
 fn info(shared: &Shared) -> Response {
     let g = &shared.geometry;
+    let (width, height) = g.size();
     let body = serde_json::json!({
-        "width": g.width,
-        "height": g.height,
+        "width": width,
+        "height": height,
         "palette": g.palette_hex(),
         "cooldown_ms": shared.limiter.cooldown_ms(),
         "paused": shared.switches.paused(),

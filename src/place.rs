@@ -154,10 +154,11 @@ fn begin_inner(
     let g = &shared.geometry;
     let user = user.ok_or(PlaceError::MissingToken)?;
     if g.index(body.x, body.y).is_none() {
-        return Err(PlaceError::BadCoordinates { x: body.x, y: body.y, width: g.width, height: g.height });
+        let (width, height) = g.size();
+        return Err(PlaceError::BadCoordinates { x: body.x, y: body.y, width, height });
     }
     if !g.valid_color(body.color) {
-        return Err(PlaceError::BadColor { color: body.color, max: g.palette.len() - 1 });
+        return Err(PlaceError::BadColor { color: body.color, max: g.palette().len() - 1 });
     }
     let now = crate::now_ms();
     // A holder of the roles file may place in protected areas; the flag travels in the log so

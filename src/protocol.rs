@@ -13,6 +13,9 @@ use tungstenite::protocol::frame::FrameHeader;
 pub const MAX_PIXELS: u64 = 1 << 27;
 pub const BATCH_TYPE: u8 = 0x01;
 pub const BATCH_HEADER_LEN: usize = 24;
+/// The stream message that grows the canvas at a version (PROTOCOL.md, "Resize message").
+pub const RESIZE_TYPE: u8 = 0x02;
+pub const RESIZE_LEN: usize = 28;
 pub const SNAPSHOT_HEADER_LEN: usize = 24;
 pub const SNAPSHOT_MAGIC: &[u8; 4] = b"PCS1";
 /// Largest client message (after reassembly) the server accepts.
@@ -91,6 +94,80 @@ pub fn encode_batch(from: u64, to: u64, edits: &[u32], stride: u8) -> Bytes {
         }
     }
     out.freeze()
+}
+
+/// Encodes the resize message covering `(from, to]` (one version, the resize entry's): from `to`
+/// on, the canvas is `width`x`height` and pixel indexes are `y * width + x`. One complete
+/// WebSocket binary frame, like a batch, so it travels in the same ring and catch-up.
+pub fn encode_resize(from: u64, to: u64, width: u32, height: u32) -> Bytes {
+    assert_eq!(to, from + 1, "a resize covers its own version");
+    let mut out = BytesMut::with_capacity(2 + RESIZE_LEN);
+    frame_header(OpCode::Data(Data::Binary), RESIZE_LEN, &mut out);
+    out.put_u8(RESIZE_TYPE);
+    out.put_bytes(0, 3);
+    out.put_u64_le(from);
+    out.put_u64_le(to);
+    out.put_u32_le(width);
+    out.put_u32_le(height);
+    out.freeze()
+}
+
+/// A decoded resize message payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResizeView {
+    pub from: u64,
+    pub to: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl ResizeView {
+    pub fn parse(p: &[u8]) -> Option<ResizeView> {
+        if p.len() != RESIZE_LEN || p[0] != RESIZE_TYPE {
+            return None;
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_le_bytes(p[i..i + 4].try_into().expect("4 bytes"));
+        let (from, to) = (u64_at(4), u64_at(12));
+        (to == from.wrapping_add(1)).then(|| ResizeView { from, to, width: u32_at(20), height: u32_at(24) })
+    }
+}
+
+/// One message of the stream (or of an `/api/v1/edits` body): a batch or a resize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamMessage<'a> {
+    Batch(BatchView<'a>),
+    Resize(ResizeView),
+}
+
+impl<'a> StreamMessage<'a> {
+    /// The message at the start of `p` and its length (an `/api/v1/edits` body is several, one
+    /// after another).
+    pub fn parse_prefix(p: &'a [u8]) -> Result<(StreamMessage<'a>, usize), BatchError> {
+        match p.first() {
+            Some(&RESIZE_TYPE) => {
+                let r = p.get(..RESIZE_LEN).and_then(ResizeView::parse).ok_or(BatchError::Short)?;
+                Ok((StreamMessage::Resize(r), RESIZE_LEN))
+            }
+            _ => {
+                if p.len() < BATCH_HEADER_LEN {
+                    return Err(BatchError::Short);
+                }
+                let count = u32::from_le_bytes(p[20..24].try_into().expect("4 bytes")) as usize;
+                let len = BATCH_HEADER_LEN.saturating_add(count.saturating_mul(p[1] as usize));
+                let b = BatchView::parse(p.get(..len).ok_or(BatchError::Length)?)?;
+                Ok((StreamMessage::Batch(b), len))
+            }
+        }
+    }
+
+    /// The versions `(from, to]` it covers.
+    pub fn span(&self) -> (u64, u64) {
+        match self {
+            StreamMessage::Batch(b) => (b.from, b.to),
+            StreamMessage::Resize(r) => (r.from, r.to),
+        }
+    }
 }
 
 /// The payload of a server frame (`encode_batch`'s): the frame without its WebSocket header, as
@@ -303,6 +380,28 @@ mod tests {
         p[1] = 4;
         p[20] = 1;
         assert_eq!(BatchView::parse(&p), Err(BatchError::Length));
+    }
+
+    #[test]
+    fn resize_roundtrip_and_a_body_of_several_messages() {
+        let f = encode_resize(9, 10, 1500, 1000);
+        let (h, p) = payload(&f);
+        assert_eq!(h.opcode, OpCode::Data(Data::Binary));
+        assert_eq!(ResizeView::parse(&p), Some(ResizeView { from: 9, to: 10, width: 1500, height: 1000 }));
+        let mut body = batch_payload(&encode_batch(5, 9, &[pack_edit(3, 1)], 4)).to_vec();
+        body.extend_from_slice(&p);
+        body.extend_from_slice(&batch_payload(&encode_batch(10, 12, &[pack_edit(1400, 2)], 4)));
+        let (mut at, mut spans) = (0, Vec::new());
+        while at < body.len() {
+            let (m, len) = StreamMessage::parse_prefix(&body[at..]).unwrap();
+            spans.push(m.span());
+            at += len;
+        }
+        assert_eq!(spans, vec![(5, 9), (9, 10), (10, 12)]);
+        assert!(StreamMessage::parse_prefix(&p[..20]).is_err());
+        let mut bad = p.clone();
+        bad[12] = 99;
+        assert_eq!(ResizeView::parse(&bad), None, "a resize covers exactly one version");
     }
 
     #[test]

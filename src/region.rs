@@ -40,8 +40,9 @@ fn rect_pixels(r: &Rect) -> impl Iterator<Item = (u32, u32)> + '_ {
     (r.y as u32..r.y as u32 + r.h as u32).flat_map(move |y| (r.x as u32..r.x as u32 + r.w as u32).map(move |x| (x, y)))
 }
 
+/// The color at (x, y); 0 where the canvas at that version was smaller (it grew since).
 fn color_at(c: &Canvas, x: u32, y: u32) -> u8 {
-    c.get(y * c.geometry.width + x)
+    c.color_at(x, y)
 }
 
 /// `rect` set to `color`, where it is not already.

@@ -180,7 +180,9 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let (hist_base, hist_end) = history.span();
     let use_checkpoint = |v: u64| (hist_base..=hist_end).contains(&v) || hist_base > 0 || oldest_after > 0;
 
+    let geometry = Arc::new(crate::canvas::LiveGeometry::new(&config.geometry));
     let mut applier = Applier::new(ApplierSetup {
+        geometry: geometry.clone(),
         canvas: Canvas::new(config.geometry.clone()),
         window: args.window,
         stride: args.edit_stride,
@@ -213,7 +215,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         catchups_per_addr_per_min: args.catchups_per_addr_per_min,
     };
     let shared = Arc::new(Shared {
-        geometry: config.geometry.clone(),
+        geometry,
         admission: Admission::new(limits),
         proofs: Proofs::new(&secret),
         sessions: SessionPolicy::new(args.anonymous_sessions, args.pow_difficulty),
@@ -268,7 +270,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     tracing::info!(
         listen = %args.listen, shards, max_conns_per_shard, fd_budget = budget.soft, fd_hard = budget.hard,
         proxy_protocol = ?args.proxy_protocol, anonymous_sessions = ?args.anonymous_sessions, batch_ms = args.batch_ms, cooldown_s = args.cooldown,
-        width = shared.geometry.width, height = shared.geometry.height, conn_bytes = crate::hub::CONN_BYTES,
+        width = shared.geometry.size().0, height = shared.geometry.size().1, conn_bytes = crate::hub::CONN_BYTES,
         startup_ms = started.elapsed().as_millis() as u64, "placecast serving"
     );
     // Until `finish` (or a shard ends by itself, which only a stop makes it do).

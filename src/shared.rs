@@ -13,7 +13,7 @@
 
 use crate::admission::Admission;
 use crate::applier::{ApplierStats, Control};
-use crate::canvas::Geometry;
+use crate::canvas::LiveGeometry;
 use crate::config::Config;
 use crate::edit_log::EditLog;
 use crate::lifecycle::{notify, Lifecycle};
@@ -32,7 +32,8 @@ use std::sync::Arc;
 /// State every shard and thread shares. Hot-path fields are read-mostly atomics.
 pub struct Shared {
     pub config: Config,
-    pub geometry: Geometry,
+    /// The canvas's palette and its size now (the applier grows it at resize entries).
+    pub geometry: Arc<LiveGeometry>,
     pub limiter: Arc<Limiter>,
     pub log: Arc<dyn EditLog>,
     /// Set on a shared (Kafka) log: placements wait for the applier's log-order verdict.

@@ -6,7 +6,7 @@
 //! in `tests/kafka.rs`.
 mod common;
 
-use common::{free_port, wait_for, Server, TEST_SECRET};
+use common::{free_port, wait_for, Model, Server, TEST_SECRET};
 
 const ADMIN: &str = "admin-secret-1-0123456789abcdefghijklmnop";
 
@@ -196,8 +196,11 @@ fn named_moderators_and_operators_act_within_their_roles_and_the_audit_names_the
 
     // A moderator bans and protects; pausing needs an operator.
     assert_eq!(as_holder(&s, &mod_token, "ban", r#"{"user":"eve"}"#).status, 200);
+    for (action, body) in [("pause", ""), ("resize", r#"{"width":32,"height":8}"#)] {
+        let r = as_holder(&s, &mod_token, action, body);
+        assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden_role"), "{action}");
+    }
     let r = as_holder(&s, &mod_token, "pause", "");
-    assert_eq!((r.status, r.error_code().as_str()), (403, "forbidden_role"));
     assert!(r.json()["error"]["message"].as_str().unwrap().contains("mod-mia is a moderator"));
     assert_eq!(as_holder(&s, &op_token, "unban", r#"{"user":"eve"}"#).status, 200, "operators may moderate");
     assert_eq!(as_holder(&s, "pcr-not-a-token", "pause", "").status, 401);
@@ -416,4 +419,138 @@ fn claims_in_user_tokens_set_their_cooldown() {
     // A tampered claim list is refused.
     let forged = alice.replacen("verified", "age90", 1);
     assert_eq!(s.place(&forged, 3, 3, 1).error_code(), "bad_token");
+}
+
+/// Every message of an `/api/v1/edits` body applied to `model` from `at`; the resizes seen.
+fn apply_edits_body(body: &[u8], mut at: u64, model: &mut Model) -> (u64, Vec<u64>) {
+    use placecast::protocol::StreamMessage;
+    let (mut i, mut resizes) = (0, Vec::new());
+    while i < body.len() {
+        let (m, len) = StreamMessage::parse_prefix(&body[i..]).expect("a message");
+        assert_eq!(m.span().0, at, "contiguous");
+        let next = m.span().1;
+        match m {
+            StreamMessage::Batch(b) => b.iter().for_each(|(p, c)| model.pixels[p as usize] = c),
+            StreamMessage::Resize(r) => {
+                model.grow(r.width, r.height);
+                resizes.push(r.to);
+            }
+        }
+        at = next;
+        i += len;
+    }
+    (at, resizes)
+}
+
+#[test]
+fn the_canvas_grows_while_live_and_every_client_follows_without_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut s = Server::start_in(tmp.path(), port, &flags());
+    let alice = token("alice");
+    for x in 0..4 {
+        assert_eq!(s.place(&alice, x, 7, 1 + x as u8).status, 200);
+    }
+    let first = s.snapshot();
+    assert_eq!((first.width, first.height), (16, 8));
+    // Live clients on both shards, and one that leaves before the resize and comes back after.
+    let (mut a, mut b) = common::one_per_shard(&s, &format!("?since={}", first.version));
+    let (mut ma, mut mb) = (Model::of(&first), Model::of(&first));
+    let away = first.version;
+
+    // Bad resizes write nothing.
+    let before = head(&s);
+    for (body, status, code) in [
+        (r#"{"width":15,"height":9}"#, 400, "cannot_shrink"),
+        (r#"{"width":16,"height":8}"#, 400, "no_change"),
+        (r#"{"width":5000,"height":5000}"#, 413, "canvas_too_large"),
+        (r#"{"width":70000,"height":8}"#, 413, "canvas_too_large"),
+        (r#"{"width":20}"#, 400, "bad_json"),
+    ] {
+        let r = admin(&s, "resize", body);
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{body}");
+    }
+    assert_eq!(head(&s), before);
+    assert_eq!(refused(&s.place(&alice, 20, 10, 5)), (400, "bad_coordinates".into()), "not yet");
+
+    let grown = control(&s, "resize", r#"{"width":24,"height":12}"#);
+    let info = s.http("GET", "/api/v1/canvas/info", &[], b"").json();
+    assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(24), Some(12)));
+    // The new area takes placements; the old pixels keep their (x, y).
+    assert_eq!(s.place(&alice, 20, 10, 5).status, 200);
+    assert_eq!(s.place(&alice, 23, 0, 6).status, 200);
+    let last = s.place(&alice, 2, 7, 9).json()["version"].as_u64().unwrap();
+    assert_eq!(refused(&s.place(&alice, 24, 0, 1)), (400, "bad_coordinates".into()));
+
+    // Both live clients got the resize in the stream, in order, and follow on at the new width:
+    // their canvases equal the snapshot, without a reload.
+    let snap = wait_for(30, "a snapshot at the last placement", || {
+        let sn = s.snapshot();
+        (sn.version >= last).then_some(sn)
+    });
+    assert_eq!((snap.width, snap.height), (24, 12));
+    for (ws, m) in [(&mut a, &mut ma), (&mut b, &mut mb)] {
+        let (_, resizes) = ws.follow_model(first.version, snap.version, m);
+        assert_eq!(resizes, vec![grown]);
+        assert_eq!(*m, Model::of(&snap));
+    }
+    assert_eq!((ma.at(20, 10), ma.at(23, 0), ma.at(2, 7), ma.at(3, 7), ma.at(17, 3)), (5, 6, 9, 4, 0));
+
+    // A client back from before the resize catches up across it, in the same messages.
+    let mut back = s.ws(&format!("?since={away}"));
+    let mut mback = Model::of(&first);
+    let (_, resizes) = back.follow_model(away, snap.version, &mut mback);
+    assert_eq!((resizes, &mback), (vec![grown], &Model::of(&snap)));
+
+    // The past keeps its size: the canvas just before the resize is 16x8, at it 24x12.
+    let at = |v: u64| {
+        let r = s.http("GET", &format!("/api/v1/canvas?at={v}"), &[], b"");
+        placecast::protocol::parse_snapshot(&r.body).unwrap()
+    };
+    let (pre, post) = (at(grown - 1), at(grown));
+    assert_eq!((pre.width, pre.height, post.width, post.height), (16, 8, 24, 12));
+    assert_eq!(pre.pixels, first.pixels);
+    // The edits chunk holds the resize between two batches; applied, it is the snapshot.
+    let chunk = s.http("GET", "/api/v1/edits?from=0", &[], b"");
+    let mut model = Model { width: 16, height: 8, pixels: vec![0; 128] };
+    let (to, resizes) = apply_edits_body(&chunk.body, 0, &mut model);
+    assert_eq!((resizes, to >= snap.version), (vec![grown], true));
+    assert_eq!(model.pixels, at(to).pixels);
+    // Who placed a pixel of the new area.
+    let p = s.http("GET", "/api/v1/pixel?x=20&y=10", &[], b"").json();
+    assert_eq!(p["last"]["user"], "alice", "{p}");
+    // A restore to before the resize clears the new area to the empty canvas.
+    region(&s, "restore", &format!(r#"{{"x":16,"y":0,"w":8,"h":12,"version":{}}}"#, grown - 1));
+    let restored = wait_for(30, "the restore in the snapshot", || {
+        let sn = s.snapshot();
+        (sn.pixels[10 * 24 + 20] == 0 && sn.pixels[23] == 0).then_some(sn)
+    });
+    assert_eq!(restored.pixels[7 * 24 + 2], 9, "outside the rectangle: kept");
+    let audit = audit(&s);
+    let e = &audit["entries"][1];
+    assert_eq!(
+        (e["action"].as_str(), e["width"].as_u64(), e["version"].as_u64()),
+        (Some("resize"), Some(24), Some(grown))
+    );
+
+    // A timelapse films the canvas at the size the log grew it to.
+    let film = tmp.path().join("grown.apng");
+    let out = std::process::Command::new(common::bin())
+        .args(["timelapse", "--data-dir", tmp.path().to_str().unwrap(), "--width", "16", "--height", "8"])
+        .args(["--duration", "1", "--fps", "4", "--pace", "edits", "--out", film.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("4 frames of 24x12"), "{said}");
+
+    // After a SIGKILL the node replays the resize: the same canvas, and a client from before the
+    // resize catches up across it again.
+    s.kill9();
+    let s = Server::start_in(tmp.path(), port, &flags());
+    let again = s.snapshot();
+    assert_eq!((again.width, again.height, &again.pixels), (24, 12, &restored.pixels));
+    let mut late = s.ws(&format!("?since={away}"));
+    let mut mlate = Model::of(&first);
+    let (_, resizes) = late.follow_model(away, again.version, &mut mlate);
+    assert_eq!((resizes, mlate), (vec![grown], Model::of(&again)));
 }

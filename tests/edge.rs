@@ -300,6 +300,7 @@ mod drain {
                     ws.set_timeout(Duration::from_millis(200));
                 }
                 Got::Text(_) | Got::Timeout => {}
+                Got::Resize { .. } => panic!("client {i}: this test does not resize the canvas"),
                 Got::Closed(c) => panic!("client {i}: unexpected close {c:?} at version {}", seen.at),
             }
         }

@@ -93,6 +93,15 @@ fn audit(n: &Node) -> serde_json::Value {
     n.s().http("GET", "/api/v1/admin/audit", &[("Authorization", &auth)], b"").json()
 }
 
+/// Waits until every node's `/api/v1/canvas/info` shows `key` = `value` (applied there).
+fn seen_everywhere(nodes: &[Node], key: &str, value: serde_json::Value) {
+    for n in nodes {
+        wait_for(30, &format!("{key} = {value} on every node"), || {
+            (n.s().http("GET", "/api/v1/canvas/info", &[], b"").json()[key] == value).then_some(())
+        });
+    }
+}
+
 fn answer(n: &Node, token: &str, x: u32) -> (u16, String) {
     let r = place_json(n.s().addr, token, x, 9, 3);
     (r.status, if r.status == 200 { String::new() } else { r.error_code() })
@@ -124,6 +133,8 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
         assert_eq!(answer(n, &bob, 10 + i as u32), (423, "paused".into()), "node {i}");
     }
     admin(&nodes[0], "resume", "");
+    // A node's early refusal reads the switches it has applied: wait until node 1 has it.
+    seen_everywhere(&nodes, "paused", serde_json::json!(false));
     assert_eq!(answer(&nodes[1], &bob, 13).0, 200);
     // A ban through one node holds on all.
     let ban = admin(&nodes[1], "ban", r#"{"user":"alice"}"#);
@@ -137,6 +148,7 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
         assert_eq!(answer(n, &bob, 70 + i as u32), (403, "protected".into()), "node {i}");
     }
     admin(&nodes[2], "unprotect", r#"{"x":70,"y":9,"w":3,"h":1}"#);
+    seen_everywhere(&nodes, "protected", serde_json::json!([]));
     assert_eq!(answer(&nodes[1], &bob, 71).0, 200);
     // A fill through one node, then a restore to the version before it through another: the
     // rectangle is back to the canvas at that version, on every node.
@@ -156,6 +168,22 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
             );
         }
     }
+    // The canvas grows through one node: every node applies it at its version, then pixels in
+    // the new columns are placed through every node.
+    let grown = admin(&nodes[1], "resize", r#"{"width":1200,"height":1000}"#);
+    seen_everywhere(&nodes, "width", serde_json::json!(1200));
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(answer(n, &bob, 1100 + i as u32).0, 200, "node {i}");
+    }
+    let snaps = converged(&nodes.iter().collect::<Vec<_>>(), grown + 3);
+    for s in &snaps {
+        assert_eq!(
+            (s.width, s.height, s.pixels[9 * 1200 + 1101], s.pixels[9 * 1200 + 81]),
+            (1200, 1000, 3, then[9 * 1000 + 81])
+        );
+    }
+    let r = nodes[2].s().http("GET", &format!("/api/v1/canvas?at={}", grown - 1), &[], b"");
+    assert_eq!(placecast::protocol::parse_snapshot(&r.body).unwrap().width, 1000, "the past keeps its size");
     // The end of the event, then the canvas is final everywhere.
     let end = admin(&nodes[0], "end", &format!(r#"{{"at_ms":{}}}"#, placecast::now_ms()));
     for (i, n) in nodes.iter().enumerate() {
@@ -168,8 +196,12 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     let audits: Vec<serde_json::Value> = nodes.iter().map(|n| audit(n)["entries"].clone()).collect();
     assert!(audits.iter().all(|a| *a == audits[0]), "one audit list: {audits:?}");
     let actions: Vec<&str> = audits[0].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["end", "restore", "fill", "unprotect", "protect", "ban", "resume", "pause", "cooldown"]);
-    assert_eq!(audits[0][5]["version"].as_u64(), Some(ban));
+    assert_eq!(
+        actions,
+        ["end", "resize", "restore", "fill", "unprotect", "protect", "ban", "resume", "pause", "cooldown"]
+    );
+    assert_eq!(audits[0][6]["version"].as_u64(), Some(ban));
+    assert_eq!((audits[0][1]["width"].as_u64(), audits[0][1]["version"].as_u64()), (Some(1200), Some(grown)));
 
     // The final canvas: one version and one hash on every node, once the end has passed.
     let finals: Vec<serde_json::Value> = nodes
@@ -187,7 +219,7 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     // A late node replays the topic to the same switches, audit and canvas.
     let late = Node::start(&broker, &flags);
     let snaps = converged(&[&nodes[0], &late], head);
-    assert!(snaps[1].pixels == snaps[0].pixels);
+    assert!(snaps[1].pixels == snaps[0].pixels && snaps[1].width == 1200, "the late node grew the canvas too");
     assert_eq!(audit(&late)["entries"], audits[0]);
     assert_eq!(late.s().http("GET", "/api/v1/canvas/final", &[], b"").json(), finals[0]);
     assert_eq!(answer(&late, &bob, 50), (410, "ended".into()));
@@ -199,7 +231,8 @@ fn control_entries_apply_at_one_version_on_every_node_a_late_one_and_a_restarted
     });
     nodes[1].server.take();
     nodes[1].restart();
-    converged(&[&nodes[0], &nodes[1]], head);
+    let snaps = converged(&[&nodes[0], &nodes[1]], head);
+    assert!(snaps[1].pixels == snaps[0].pixels && snaps[1].width == 1200, "a grown canvas from the checkpoint");
     assert_eq!(audit(&nodes[1])["entries"], audits[0]);
     assert_eq!(nodes[1].s().http("GET", "/api/v1/canvas/final", &[], b"").json(), finals[0], "from the checkpoint");
     let lift = placecast::now_ms() + 3_600_000;

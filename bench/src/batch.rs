@@ -82,6 +82,21 @@ pub fn decode_batch(payload: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(BatchHeader { stride, from, to, count })
 }
 
+/// Type byte of a resize message: the canvas grows at version `to` (PROTOCOL.md).
+pub const RESIZE_TYPE: u8 = 0x02;
+/// A resize message's whole payload.
+pub const RESIZE_LEN: usize = 28;
+
+/// A resize message as a batch of no edits covering its one version (the load tester only
+/// follows versions; its clients do not keep the canvas).
+pub fn decode_resize(payload: &[u8]) -> Option<BatchHeader> {
+    if payload.len() != RESIZE_LEN || payload[0] != RESIZE_TYPE {
+        return None;
+    }
+    let (from, to) = (u64_at(payload, 4), u64_at(payload, 12));
+    (to == from.wrapping_add(1)).then_some(BatchHeader { stride: 4, from, to, count: 0 })
+}
+
 /// The packed edits of a batch whose header `h` was decoded from `payload`, in log order.
 pub fn edits<'a>(payload: &'a [u8], h: &BatchHeader) -> impl Iterator<Item = u32> + 'a {
     let stride = h.stride as usize;
@@ -234,6 +249,12 @@ mod tests {
         let mut b = ok.clone();
         b[0] = 2;
         assert_eq!(decode_batch(&b), Err(BatchError::Type(2)));
+        let mut r = vec![RESIZE_TYPE, 0, 0, 0];
+        r.extend_from_slice(&9u64.to_le_bytes());
+        r.extend_from_slice(&10u64.to_le_bytes());
+        r.extend_from_slice(&[0; 8]);
+        assert_eq!(decode_resize(&r), Some(BatchHeader { stride: 4, from: 9, to: 10, count: 0 }));
+        assert_eq!(decode_resize(&r[..27]), None);
         let mut b = ok.clone();
         b[1] = 3;
         assert_eq!(decode_batch(&b), Err(BatchError::Stride(3)));

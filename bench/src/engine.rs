@@ -1111,7 +1111,10 @@ impl Thread {
         match h.opcode {
             ws::OP_BINARY => match batch::decode_batch(payload) {
                 Ok(b) => self.on_batch(i, &b, payload, now),
-                Err(_) => self.counts.bad_batches += 1,
+                Err(_) => match batch::decode_resize(payload) {
+                    Some(r) => self.on_batch(i, &r, payload, now),
+                    None => self.counts.bad_batches += 1,
+                },
             },
             ws::OP_TEXT => {
                 self.counts.text_messages += 1;

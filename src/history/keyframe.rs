@@ -50,7 +50,8 @@ fn bad(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
 }
 
-/// Decodes a keyframe file for `version` of a canvas of `g`.
+/// Decodes a keyframe file for `version` of a canvas of `g` (the size the history says the canvas
+/// had at `version`: a keyframe of another size is of another log).
 pub fn decode(b: &[u8], version: u64, g: &Geometry) -> io::Result<Canvas> {
     if b.len() < HEAD || &b[0..4] != MAGIC {
         return Err(bad("not a keyframe"));
@@ -114,17 +115,16 @@ pub fn disk_bytes(dir: &Path) -> u64 {
 
 /// The keyframe writer thread's handle.
 pub struct Keyframer {
-    tx: Sender<(u64, Vec<u8>)>,
+    tx: Sender<(u64, u32, u32, Vec<u8>)>,
 }
 
 impl Keyframer {
     pub fn start(dir: PathBuf, reader: Arc<HistoryReader>) -> io::Result<Keyframer> {
-        let (tx, rx) = bounded::<(u64, Vec<u8>)>(QUEUE);
+        let (tx, rx) = bounded::<(u64, u32, u32, Vec<u8>)>(QUEUE);
         std::thread::Builder::new().name("placecast-keyframes".into()).spawn(move || {
-            let g = reader.geometry().clone();
-            for (v, pixels) in rx {
+            for (v, width, height, pixels) in rx {
                 let tmp = dir.join(format!(".{}.tmp", name(v)));
-                let result = std::fs::write(&tmp, encode(v, g.width, g.height, &pixels))
+                let result = std::fs::write(&tmp, encode(v, width, height, &pixels))
                     .and_then(|()| std::fs::rename(&tmp, dir.join(name(v))));
                 match result {
                     Ok(()) => reader.add_keyframe(v),
@@ -139,7 +139,8 @@ impl Keyframer {
     pub fn write(&self, version: u64, canvas: &Canvas) {
         // The thread ends only with the process; a send error would mean it died, and the
         // panic hook has aborted by then.
-        let _ = self.tx.send((version, canvas.pixels().to_vec()));
+        let g = &canvas.geometry;
+        let _ = self.tx.send((version, g.width, g.height, canvas.pixels().to_vec()));
     }
 }
 

@@ -20,6 +20,12 @@
 //! Memory: one u64 per pixel (the version of its last applied edit: 8 MB at 1000x1000) and one
 //! u64 per 4,096 versions (the running maximum of the edits' timestamps, for `?t=`).
 //!
+//! Size: the header holds the canvas's size at `base`; a resize entry (a control record,
+//! `control::resize_of`, kept like any record) grows it from its version on, by the same rule as
+//! the applier (`Geometry::grown`). The per-pixel heads are then copied into a larger table
+//! (swapped whole, so a reader sees one size or the other), keyframes carry their own size, and
+//! the canvas at V has the size the log had at V.
+//!
 //! Crash semantics: this is derived data, never fsynced; records are written (one write(2) per
 //! turn of the applier's loop) before the in-memory heads that point at them are published, so
 //! a reader only follows links to records in the file. At open, records are checked in order
@@ -74,6 +80,35 @@ pub enum Lookup {
     Off,
 }
 
+/// The version of each pixel's last applied edit (0: never edited since `base`), for one size.
+struct Heads {
+    width: u32,
+    height: u32,
+    slots: Box<[AtomicU64]>,
+}
+
+impl Heads {
+    fn new(width: u32, height: u32) -> Heads {
+        Heads { width, height, slots: (0..width as usize * height as usize).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    fn index(&self, x: u32, y: u32) -> Option<usize> {
+        (x < self.width && y < self.height).then(|| y as usize * self.width as usize + x as usize)
+    }
+
+    /// A copy grown to `width`x`height` (each pixel at its (x, y)).
+    fn grown(&self, width: u32, height: u32) -> Heads {
+        let out = Heads::new(width, height);
+        for (i, slot) in self.slots.iter().enumerate() {
+            let (x, y) = ((i % self.width as usize) as u32, (i / self.width as usize) as u32);
+            if let Some(j) = out.index(x, y) {
+                out.slots[j].store(slot.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        out
+    }
+}
+
 /// One version as the history holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rec {
@@ -87,6 +122,14 @@ pub struct Rec {
     pub ts_ms: u64,
     /// The previous applied edit of this pixel (0: none).
     pub prev: u64,
+}
+
+impl Rec {
+    /// The size a resize entry asks for, if this is one (`control::resize_of`).
+    pub fn resize(&self) -> Option<(u32, u32)> {
+        let e = Edit { x: self.x, y: self.y, color: self.color, user: self.user, ts_ms: self.ts_ms, ext: 0, aux: 0 };
+        crate::control::resize_of(&e)
+    }
 }
 
 fn check(version: u64, b: &[u8]) -> u16 {
@@ -208,9 +251,12 @@ pub struct HistoryReader {
     dir: PathBuf,
     file: File,
     base: u64,
+    /// The canvas's geometry at `base` (the palette never changes).
     geometry: Geometry,
-    /// The version of each pixel's last applied edit (0: never edited since `base`).
-    heads: Box<[AtomicU64]>,
+    /// The heads at the current size (swapped whole at a resize).
+    heads: RwLock<Arc<Heads>>,
+    /// Resizes after `base` that grew the canvas, `(version, width, height)` ascending.
+    resizes: RwLock<Vec<(u64, u32, u32)>>,
     /// Every version up to this is in the file.
     flushed: AtomicU64,
     /// Running maximum timestamp at versions `base + (i + 1) * TIME_STEP`.
@@ -244,8 +290,22 @@ impl HistoryReader {
         self.last_ts.load(Ordering::Relaxed)
     }
 
+    /// The geometry at `base`.
     pub fn geometry(&self) -> &Geometry {
         &self.geometry
+    }
+
+    /// The geometry the canvas had after version `v` was applied.
+    pub fn geometry_at(&self, v: u64) -> Geometry {
+        let r = self.resizes.read().unwrap_or_else(|p| p.into_inner());
+        match r.iter().rev().find(|r| r.0 <= v) {
+            Some(&(_, width, height)) => Geometry { width, height, palette: self.geometry.palette.clone() },
+            None => self.geometry.clone(),
+        }
+    }
+
+    fn heads(&self) -> Arc<Heads> {
+        self.heads.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn keyframe_count(&self) -> usize {
@@ -293,10 +353,11 @@ impl HistoryReader {
             .collect()
     }
 
-    /// The last `n` applied edits of pixel `(x, y)`, newest first (`None`: outside the canvas).
+    /// The last `n` applied edits of pixel `(x, y)`, newest first (`None`: outside the canvas as
+    /// the history has applied it so far).
     pub fn pixel(&self, x: u32, y: u32, n: usize) -> Option<Result<Vec<Rec>, HistoryError>> {
-        let i = self.geometry.index(x as i64, y as i64)? as usize;
-        let mut v = self.heads[i].load(Ordering::Acquire);
+        let heads = self.heads();
+        let mut v = heads.slots[heads.index(x, y)?].load(Ordering::Acquire);
         let mut out = Vec::with_capacity(n.min(16));
         while v > self.base && out.len() < n {
             match self.record(v) {
@@ -345,11 +406,7 @@ impl HistoryReader {
         while at < v {
             let to = (at + step).min(v);
             for r in self.records(at, to)? {
-                if let (true, Some(i)) = (r.applied, self.geometry.index(r.x as i64, r.y as i64)) {
-                    if self.geometry.valid_color(r.color as i64) {
-                        canvas.set(i, r.color);
-                    }
-                }
+                apply_rec(&mut canvas, &r);
             }
             at = to;
         }
@@ -364,7 +421,7 @@ impl HistoryReader {
             k.range(self.base..=v).rev().copied().collect()
         };
         for k in candidates {
-            match keyframe::read(&self.dir, k, &self.geometry) {
+            match keyframe::read(&self.dir, k, &self.geometry_at(k)) {
                 Ok(c) => return (c, k),
                 Err(e) => tracing::warn!(version = k, error = %e, "skipping an unreadable keyframe"),
             }
@@ -372,14 +429,32 @@ impl HistoryReader {
         (Canvas::new(self.geometry.clone()), self.base)
     }
 
-    /// Edits of versions `(from, to]` as packed wire edits (applied ones only).
-    pub fn packed(&self, from: u64, to: u64) -> Result<Vec<u32>, HistoryError> {
+    /// Versions `(from, to]` as stream messages' payloads, one after another (PROTOCOL.md): a
+    /// batch of packed wire edits (applied ones only), split by a resize message at each resize.
+    pub fn stream(&self, from: u64, to: u64, stride: u8) -> Result<Vec<u8>, HistoryError> {
+        use crate::protocol::{batch_payload, encode_batch, encode_resize, pack_edit};
         self.check_version(from)?;
-        let mut out = Vec::new();
+        let mut g = self.geometry_at(from);
+        let (mut out, mut edits, mut start) = (Vec::new(), Vec::new(), from);
         for r in self.records(from, to)? {
-            if let (true, Some(i)) = (r.applied, self.geometry.index(r.x as i64, r.y as i64)) {
-                out.push(crate::protocol::pack_edit(i, r.color));
+            if let Some(grown) = r.resize().and_then(|(w, h)| g.grown(w, h)) {
+                out.extend_from_slice(&batch_payload(&encode_batch(start, r.version - 1, &edits, stride)));
+                out.extend_from_slice(&batch_payload(&encode_resize(
+                    r.version - 1,
+                    r.version,
+                    grown.width,
+                    grown.height,
+                )));
+                (g, start) = (grown, r.version);
+                edits.clear();
+                continue;
             }
+            if let (true, Some(i)) = (r.applied, g.index(r.x as i64, r.y as i64)) {
+                edits.push(pack_edit(i, r.color));
+            }
+        }
+        if start < to || out.is_empty() {
+            out.extend_from_slice(&batch_payload(&encode_batch(start, to, &edits, stride)));
         }
         Ok(out)
     }
@@ -446,7 +521,7 @@ impl HistoryWriter {
         let header = match (len >= HEADER as u64).then(|| file.read_exact_at(&mut head, 0)) {
             Some(Ok(())) => Header::decode(&head)
                 .map(|h| adopt_first_edit(&file, h, &want(0)))
-                .filter(|h| *h == want(h.base) && h.base <= s.log_head),
+                .filter(|h| fits(h, &want(h.base)) && h.base <= s.log_head),
             _ => None,
         };
         let header = match header {
@@ -461,7 +536,8 @@ impl HistoryWriter {
         let reader = Arc::new(HistoryReader {
             file: File::open(&path)?,
             base: header.base,
-            heads: (0..s.geometry.pixels()).map(|_| AtomicU64::new(0)).collect(),
+            heads: RwLock::new(Arc::new(Heads::new(header.width, header.height))),
+            resizes: RwLock::new(Vec::new()),
             flushed: AtomicU64::new(header.base),
             times: RwLock::new(Vec::new()),
             first_ts: AtomicU64::new(0),
@@ -472,7 +548,7 @@ impl HistoryWriter {
             hash_key: derive_hash_key(s.secret),
             builds: AtomicUsize::new(0),
             cache: Mutex::new(VecDeque::new()),
-            geometry: s.geometry.clone(),
+            geometry: Geometry { width: header.width, height: header.height, palette: s.geometry.palette.clone() },
             dir: dir.clone(),
         });
         let mut w = HistoryWriter {
@@ -515,14 +591,19 @@ impl HistoryWriter {
         let mut r = BufReader::with_capacity(1 << 20, &mut self.file);
         let mut b = [0u8; RECORD];
         let (mut v, mut times, mut first_ts) = (base, Vec::new(), 0u64);
-        let heads = &self.reader.heads;
+        let (mut heads, mut g, mut resizes) = (self.reader.heads(), self.reader.geometry.clone(), Vec::new());
         while v - base < records {
             r.read_exact(&mut b)?;
             let Some(rec) = decode_rec(v + 1, &b) else { break };
             v += 1;
+            if let Some(grown) = rec.resize().and_then(|(w, h)| g.grown(w, h)) {
+                heads = Arc::new(heads.grown(grown.width, grown.height));
+                resizes.push((v, grown.width, grown.height));
+                g = grown;
+            }
             if rec.applied {
-                if let Some(i) = self.reader.geometry.index(rec.x as i64, rec.y as i64) {
-                    heads[i as usize].store(v, Ordering::Relaxed);
+                if let Some(i) = heads.index(rec.x as u32, rec.y as u32) {
+                    heads.slots[i].store(v, Ordering::Relaxed);
                 }
             }
             if first_ts == 0 && rec.ts_ms > 0 {
@@ -542,6 +623,8 @@ impl HistoryWriter {
         self.file.seek(SeekFrom::Start(keep))?;
         self.last = v;
         self.had = v;
+        *self.reader.heads.write().unwrap_or_else(|p| p.into_inner()) = heads;
+        *self.reader.resizes.write().unwrap_or_else(|p| p.into_inner()) = resizes;
         *self.reader.times.write().unwrap_or_else(|p| p.into_inner()) = times;
         self.reader.first_ts.store(first_ts, Ordering::Relaxed);
         self.reader.last_ts.store(self.running_ts, Ordering::Relaxed);
@@ -565,13 +648,15 @@ impl HistoryWriter {
             "the history does not reach the version this node starts from (restored from a checkpoint without its history); \
              it starts again there: pixel lookups and older canvases begin at this version"
         );
-        let header = Header { base: version, ..self.header };
+        let g = &canvas.geometry;
+        let header = Header { base: version, width: g.width, height: g.height, ..self.header };
         reset(&mut self.file, &self.reader.dir, header)?;
         // The reader's base is fixed at open: rebuild it over the new file.
         let fresh = Arc::new(HistoryReader {
             file: File::open(self.reader.dir.join(FILE))?,
             base: version,
-            heads: (0..self.reader.geometry.pixels()).map(|_| AtomicU64::new(0)).collect(),
+            heads: RwLock::new(Arc::new(Heads::new(g.width, g.height))),
+            resizes: RwLock::new(Vec::new()),
             flushed: AtomicU64::new(version),
             times: RwLock::new(Vec::new()),
             first_ts: AtomicU64::new(0),
@@ -582,7 +667,7 @@ impl HistoryWriter {
             hash_key: self.reader.hash_key,
             builds: AtomicUsize::new(0),
             cache: Mutex::new(VecDeque::new()),
-            geometry: self.reader.geometry.clone(),
+            geometry: g.clone(),
             dir: self.reader.dir.clone(),
         });
         self.keyframes = keyframe::Keyframer::start(self.reader.dir.clone(), fresh.clone())?;
@@ -606,9 +691,7 @@ impl HistoryWriter {
         }
         assert_eq!(v, self.last + 1, "history versions must be contiguous");
         let prev = match target {
-            Some(i) => {
-                self.pending.insert(i, v).unwrap_or_else(|| self.reader.heads[i as usize].load(Ordering::Relaxed))
-            }
+            Some(i) => self.pending.insert(i, v).unwrap_or_else(|| self.head_now(i)),
             None => 0,
         };
         let rec = Rec {
@@ -632,6 +715,10 @@ impl HistoryWriter {
         if (v - self.header.base).is_multiple_of(TIME_STEP) {
             self.reader.times.write().unwrap_or_else(|p| p.into_inner()).push(self.running_ts);
         }
+        let g = &canvas.geometry;
+        if (g.width, g.height) != self.size() {
+            self.grow(v, g);
+        }
         if v.is_multiple_of(self.reader.keyframe_every) {
             // The keyframe's version must be readable before a reader can pick it.
             self.flush();
@@ -639,6 +726,25 @@ impl HistoryWriter {
         } else if self.buf.len() >= HISTORY_BUFFER {
             self.flush();
         }
+    }
+
+    fn size(&self) -> (u32, u32) {
+        let h = self.reader.heads();
+        (h.width, h.height)
+    }
+
+    /// The applied head of pixel index `i` (of the current size), as published.
+    fn head_now(&self, i: u32) -> u64 {
+        self.reader.heads.read().unwrap_or_else(|p| p.into_inner()).slots[i as usize].load(Ordering::Relaxed)
+    }
+
+    /// The canvas grew at version `v` (the applier applied the resize entry just recorded):
+    /// publish what is pending at the old size, then swap in heads of the new size.
+    fn grow(&mut self, v: u64, g: &Geometry) {
+        self.flush();
+        let grown = Arc::new(self.reader.heads().grown(g.width, g.height));
+        *self.reader.heads.write().unwrap_or_else(|p| p.into_inner()) = grown;
+        self.reader.resizes.write().unwrap_or_else(|p| p.into_inner()).push((v, g.width, g.height));
     }
 
     /// Writes the buffered records, then publishes the heads that point at them.
@@ -656,8 +762,9 @@ impl HistoryWriter {
             return;
         }
         self.buf.clear();
+        let heads = self.reader.heads();
         for (i, v) in self.pending.drain() {
-            self.reader.heads[i as usize].store(v, Ordering::Release);
+            heads.slots[i as usize].store(v, Ordering::Release);
         }
         self.reader.last_ts.store(self.running_ts, Ordering::Relaxed);
         self.reader.flushed.store(self.last, Ordering::Release);
@@ -671,6 +778,36 @@ impl HistoryReader {
 
     fn add_keyframe(&self, v: u64) {
         self.keyframes.write().unwrap_or_else(|p| p.into_inner()).insert(v);
+    }
+}
+
+/// Whether a history's header belongs to this log and canvas: from version 0 the canvas is the
+/// configured one; a history begun later (at a checkpoint) starts at the size the log had grown
+/// the canvas to by then, never smaller than configured.
+fn fits(h: &Header, want: &Header) -> bool {
+    let size_ok = match h.base {
+        0 => (h.width, h.height) == (want.width, want.height),
+        _ => {
+            h.width >= want.width
+                && h.height >= want.height
+                && h.width as u64 * h.height as u64 <= crate::protocol::MAX_PIXELS
+        }
+    };
+    h.log_id == want.log_id && h.base == want.base && size_ok
+}
+
+/// Applies one history record to a canvas being rebuilt (the canvas at V, the tools): a resize
+/// grows it by the applier's rule, an applied edit sets its pixel.
+pub fn apply_rec(canvas: &mut Canvas, r: &Rec) {
+    if let Some(g) = r.resize().and_then(|(w, h)| canvas.geometry.grown(w, h)) {
+        canvas.grow(g);
+        return;
+    }
+    let g = &canvas.geometry;
+    if let (true, Some(i)) = (r.applied, g.index(r.x as i64, r.y as i64)) {
+        if g.valid_color(r.color as i64) {
+            canvas.set(i, r.color);
+        }
     }
 }
 

@@ -91,9 +91,9 @@ pub async fn pixel(req: &Req, shared: &Arc<Shared>) -> Response {
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
         _ => return Response::error(400, "bad_coordinates", "x and y are required"),
     };
-    let g = &shared.geometry;
-    if x >= g.width as u64 || y >= g.height as u64 {
-        return Response::error(400, "bad_coordinates", &format!("x and y must be inside {}x{}", g.width, g.height));
+    let (w, hh) = shared.geometry.size();
+    if x >= w as u64 || y >= hh as u64 {
+        return Response::error(400, "bad_coordinates", &format!("x and y must be inside {w}x{hh}"));
     }
     if n == Some(0) || n.is_some_and(|n| n as usize > MAX_PIXEL_HISTORY) {
         return Response::error(400, "bad_request", &format!("history must be 1..={MAX_PIXEL_HISTORY}"));
@@ -101,7 +101,9 @@ pub async fn pixel(req: &Req, shared: &Arc<Shared>) -> Response {
     let want = n.unwrap_or(1) as usize;
     let reader = h.clone();
     let found = glommio::executor()
-        .spawn_blocking(move || reader.pixel(x as u32, y as u32, want).expect("inside the canvas"))
+        // Outside the history's size: the canvas has just grown and the history not yet applied
+        // the resize, so the pixel has no edits yet.
+        .spawn_blocking(move || reader.pixel(x as u32, y as u32, want).unwrap_or_else(|| Ok(Vec::new())))
         .await;
     let edits = match found {
         Ok(e) => e,
@@ -256,7 +258,8 @@ pub async fn final_canvas(shared: &Arc<Shared>, addr: AddrKey) -> Response {
         .header("Access-Control-Allow-Origin", "*")
 }
 
-/// `GET /api/v1/edits?from=V`: versions `(V, V + CHUNK]` as one batch payload (PROTOCOL.md);
+/// `GET /api/v1/edits?from=V`: versions `(V, V + CHUNK]` as one batch payload, or several
+/// messages one after another when the canvas grew inside the chunk (PROTOCOL.md);
 /// V must be a multiple of `CHUNK`. A whole chunk never changes (immutable); the newest,
 /// partial one is cached for a second, like the live snapshot.
 pub async fn edits(req: &Req, shared: &Arc<Shared>, addr: AddrKey) -> Response {
@@ -300,13 +303,7 @@ pub async fn edits(req: &Req, shared: &Arc<Shared>, addr: AddrKey) -> Response {
     let Some(_slot) = BuildSlot::take(&h) else { return busy() };
     let stride = shared.config.args.edit_stride;
     let reader = h.clone();
-    let built = glommio::executor()
-        .spawn_blocking(move || {
-            reader
-                .packed(from, to)
-                .map(|edits| crate::protocol::batch_payload(&crate::protocol::encode_batch(from, to, &edits, stride)))
-        })
-        .await;
+    let built = glommio::executor().spawn_blocking(move || reader.stream(from, to, stride).map(Bytes::from)).await;
     match built {
         Ok(body) => {
             if whole {

@@ -116,8 +116,85 @@ fn pixel_history_canvas_at_and_time_survive_reopen() {
     assert_eq!(r.version_at(1_000 + 10 * 5_000 + 5).unwrap(), 5_000);
     assert_eq!(r.version_at(u64::MAX).unwrap(), n);
     assert_eq!((r.first_ts_ms(), r.last_ts_ms()), (1_010, 1_000 + 10 * n));
-    let packed = r.packed(4096, 8192).unwrap();
-    assert_eq!(packed.len(), (4097u64..=8192).filter(|v| !v.is_multiple_of(13)).count());
+    let body = r.stream(4096, 8192, 4).unwrap();
+    let b = crate::protocol::BatchView::parse(&body).unwrap();
+    assert_eq!(b.count as usize, (4097u64..=8192).filter(|v| !v.is_multiple_of(13)).count());
+}
+
+#[test]
+fn a_resize_grows_heads_canvases_and_keyframes_and_survives_reopen() {
+    use crate::control::Control;
+    use crate::protocol::StreamMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let (small, big) = (geometry(), Geometry::new(30, 12, RPLACE_2017_PALETTE.to_vec()).unwrap());
+    let (resize_at, n) = (5_000u64, 9_000u64);
+    // Edits before the resize stay in the 20x10 canvas; after it, some land in the new area.
+    let edit_at = |v: u64| {
+        let e = edit(v);
+        if v > resize_at {
+            Edit { x: e.x + 25, y: e.y + 9, ..e }
+        } else {
+            e
+        }
+    };
+    let mut model = Canvas::new(small.clone());
+    let mut models = vec![model.pixels().to_vec()];
+    {
+        let mut w = HistoryWriter::open(setup(dir.path(), 0, "log")).unwrap();
+        let mut c = Canvas::new(small.clone());
+        w.begin(0, &c).unwrap();
+        for v in 1..=n {
+            let e = if v == resize_at { Control::Resize { width: 30, height: 12 }.to_edit(0) } else { edit_at(v) };
+            let target = if v == resize_at {
+                c.grow(big.clone());
+                model.grow(big.clone());
+                None
+            } else {
+                let i = c.geometry.index(e.x as i64, e.y as i64).unwrap();
+                c.set(i, e.color);
+                model.set(i, e.color);
+                Some(i)
+            };
+            w.record(v, &e, target, &c);
+            models.push(model.pixels().to_vec());
+        }
+        w.flush();
+        wait_keyframes(&w.reader(), 2);
+        let r = w.reader();
+        assert_eq!(
+            r.pixel(27, 11, 1).unwrap().unwrap()[0].version,
+            (resize_at + 1..=n).rev().find(|&v| (edit_at(v).x, edit_at(v).y) == (27, 11)).unwrap()
+        );
+    }
+    let w = HistoryWriter::open(setup(dir.path(), n, "log")).unwrap();
+    let r = w.reader();
+    assert_eq!((r.geometry_at(resize_at - 1).width, r.geometry_at(resize_at).width), (20, 30));
+    for v in [0, 4095, 4096, resize_at - 1, resize_at, resize_at + 1, 8192, n] {
+        let c = r.canvas_at(v).unwrap();
+        assert_eq!(c.pixels(), &models[v as usize][..], "canvas at {v}");
+        let want = if v >= resize_at { (30, 12) } else { (20, 10) };
+        assert_eq!((c.geometry.width, c.geometry.height), want);
+    }
+    // After reopening, the heads are of the grown size and a new-area pixel has its edits.
+    let last = (resize_at + 1..=n).rev().find(|&v| (edit_at(v).x, edit_at(v).y) == (27, 11)).unwrap();
+    assert_eq!(r.pixel(27, 11, 1).unwrap().unwrap()[0].version, last);
+    assert_eq!(
+        r.pixel(3, 1, 1).unwrap().unwrap()[0].version,
+        (1..resize_at).rev().find(|&v| (edit(v).x, edit(v).y) == (3, 1)).unwrap()
+    );
+    // The stream across the resize is a batch, the resize, a batch; indexes use each width.
+    let body = r.stream(4096, n, 4).unwrap();
+    let (mut at, mut spans, mut indexes) = (0, Vec::new(), Vec::new());
+    while at < body.len() {
+        let (m, len) = StreamMessage::parse_prefix(&body[at..]).unwrap();
+        spans.push(m.span());
+        if let StreamMessage::Batch(b) = &m {
+            indexes.push(b.iter().map(|(i, _)| i).max().unwrap());
+        }
+        at += len;
+    }
+    assert_eq!(spans, vec![(4096, resize_at - 1), (resize_at - 1, resize_at), (resize_at, n)]);
+    assert!(indexes[0] < 200 && indexes[1] >= 9 * 30 + 25, "{indexes:?}");
 }
 
 #[test]

@@ -328,6 +328,8 @@ fn timelapse_inner(args: &TimelapseCommand) -> Result<(), ToolError> {
     use crate::timelapse::{FrameEdit, Head, TimelapseError};
     let config = config(&args.serve).map_err(ToolError::Config)?;
     let reader = LogReader::open(&config).map_err(ToolError::Failed)?;
+    // The film has one size: the canvas as large as the log grew it (smaller at first, white).
+    let geometry = reader.final_geometry.clone();
     let e = reader.extent;
     let head = Head { version: e.head, first_ts_ms: e.first_ts_ms, last_ts_ms: e.last_ts_ms };
     let stop = stop_flag();
@@ -339,7 +341,7 @@ fn timelapse_inner(args: &TimelapseCommand) -> Result<(), ToolError> {
         Ok(_) => None,
         Err(e) => Some(Err(e)),
     });
-    match crate::timelapse::run(&args.timelapse, &config.geometry, head, edits, &stop) {
+    match crate::timelapse::run(&args.timelapse, &geometry, head, edits, &stop) {
         Ok(summary) => {
             eprintln!("placecast: {summary}");
             Ok(())

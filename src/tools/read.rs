@@ -36,12 +36,23 @@ pub struct Extent {
     pub last_ts_ms: u64,
 }
 
+/// What a scan of the embedded log's file finds before reading it for real.
+struct Scan {
+    head: u64,
+    /// The canvas as the log's resize entries leave it at `head`.
+    geometry: Geometry,
+}
+
 /// Every version of the configured log up to its head at start, in order.
 pub struct LogReader {
     pub extent: Extent,
     source: Source,
     next: u64,
+    /// The canvas at the version being read (resize entries grow it).
     geometry: Geometry,
+    /// The canvas at the log's head, when known without reading the log twice (the embedded
+    /// file, scanned at open); the configured one on Kafka.
+    pub final_geometry: Geometry,
     rule: Option<LogRule>,
     /// The first edit of a Kafka topic, read to learn its time before iterating.
     peeked: Option<Committed>,
@@ -64,7 +75,8 @@ impl LogReader {
         let path = args.data_dir.join(LOG_FILE);
         let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let bytes = file.metadata().map_err(|e| e.to_string())?.len();
-        let head = valid_records(&file, bytes / RECORD as u64).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Scan { head, geometry: final_geometry } = valid_records(&file, bytes / RECORD as u64, &config.geometry)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         (&file).seek(SeekFrom::Start(0)).map_err(|e| format!("{}: {e}", path.display()))?;
         let ts = |v: u64| -> u64 {
             let mut rec = [0u8; RECORD];
@@ -84,6 +96,7 @@ impl LogReader {
             source: Source::File(BufReader::with_capacity(1 << 20, file)),
             next: 1,
             geometry: config.geometry.clone(),
+            final_geometry,
             rule: None,
             peeked: None,
             _log: None,
@@ -113,6 +126,7 @@ impl LogReader {
                 source: Source::Channel(rx),
                 next: first + 1,
                 geometry: config.geometry.clone(),
+                final_geometry: config.geometry.clone(),
                 rule: Some(LogRule::new(args.cooldown * 1000).with_classes(
                     crate::claims::ClaimCooldowns::parse(&args.claim_cooldown).unwrap_or_default().table(),
                 )),
@@ -145,6 +159,9 @@ impl LogReader {
 
     fn judge(&mut self, c: Committed) -> Applied {
         let e = c.edit;
+        if let Some(g) = crate::control::resize_of(&e).and_then(|(w, h)| self.geometry.grown(w, h)) {
+            self.geometry = g;
+        }
         let inside = self.geometry.index(e.x as i64, e.y as i64).is_some() && self.geometry.valid_color(e.color as i64);
         // A control entry changes no pixel (x = CONTROL_X is outside every canvas); on a shared
         // log it changes the rule, as in the applier. The embedded writer logged only edits its
@@ -160,25 +177,29 @@ impl LogReader {
     }
 }
 
-/// The number of leading valid records of an embedded log file of `records` records: a bad run
-/// at the very end (at most one group) is a write in progress or a torn tail; anything else is
-/// damage the operator must see.
-fn valid_records(file: &File, records: u64) -> std::io::Result<u64> {
+/// The number of leading valid records of an embedded log file of `records` records, and the
+/// canvas its resize entries leave: a bad run at the very end (at most one group) is a write in
+/// progress or a torn tail; anything else is damage the operator must see.
+fn valid_records(file: &File, records: u64, configured: &Geometry) -> std::io::Result<Scan> {
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut rec = [0u8; RECORD];
+    let mut geometry = configured.clone();
     for v in 1..=records {
         r.read_exact(&mut rec)?;
-        if decode(v, &rec).is_none() {
+        let Some(e) = decode(v, &rec) else {
             if records - v < GROUP as u64 {
-                return Ok(v - 1);
+                return Ok(Scan { head: v - 1, geometry });
             }
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("record {v} is damaged; see `placecast log verify`"),
             ));
+        };
+        if let Some(g) = crate::control::resize_of(&e).and_then(|(w, h)| geometry.grown(w, h)) {
+            geometry = g;
         }
     }
-    Ok(records)
+    Ok(Scan { head: records, geometry })
 }
 
 impl Iterator for LogReader {

@@ -227,7 +227,18 @@ pub struct Ws {
 /// What a client saw, in order.
 #[derive(Debug)]
 pub enum Got {
-    Batch { from: u64, to: u64, edits: Vec<(u32, u8)> },
+    Batch {
+        from: u64,
+        to: u64,
+        edits: Vec<(u32, u8)>,
+    },
+    /// The canvas grew at version `to` (PROTOCOL.md, "Resize message").
+    Resize {
+        from: u64,
+        to: u64,
+        width: u32,
+        height: u32,
+    },
     Text(serde_json::Value),
     Closed(Option<(u16, String)>),
     Timeout,
@@ -263,6 +274,9 @@ impl Ws {
         loop {
             match self.ws.read() {
                 Ok(Message::Binary(b)) => {
+                    if let Some(r) = placecast::protocol::ResizeView::parse(&b) {
+                        return Got::Resize { from: r.from, to: r.to, width: r.width, height: r.height };
+                    }
                     let v = BatchView::parse(&b).expect("valid batch");
                     return Got::Batch { from: v.from, to: v.to, edits: v.iter().collect() };
                 }
@@ -309,11 +323,69 @@ impl Ws {
                     }
                     at = to;
                 }
+                Got::Resize { .. } => panic!("a resize: follow this client with `follow_model`"),
                 Got::Closed(c) => panic!("closed: {c:?}"),
                 _ => {}
             }
         }
         at
+    }
+
+    /// Reads until the client's version reaches `version`, applying batches and resizes to
+    /// `model` as a client must (contiguous versions, growing at a resize); returns the
+    /// versions of the resizes seen.
+    pub fn follow_model(&mut self, mut at: u64, version: u64, model: &mut Model) -> (u64, Vec<u64>) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut resizes = Vec::new();
+        while at < version {
+            assert!(Instant::now() < deadline, "stuck at {at}, waiting for {version}");
+            match self.next() {
+                Got::Batch { from, to, edits } => {
+                    assert_eq!(from, at, "batches must be contiguous: no gap, no duplicate");
+                    for (i, c) in edits {
+                        model.pixels[i as usize] = c;
+                    }
+                    at = to;
+                }
+                Got::Resize { from, to, width, height } => {
+                    assert_eq!(from, at, "a resize follows the version before it");
+                    model.grow(width, height);
+                    resizes.push(to);
+                    at = to;
+                }
+                Got::Closed(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+        (at, resizes)
+    }
+}
+
+/// A client's canvas: its size and one palette index per pixel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl Model {
+    pub fn of(s: &SnapshotView) -> Model {
+        Model { width: s.width, height: s.height, pixels: s.pixels.clone() }
+    }
+
+    /// Grown as a client grows it: each pixel at its (x, y), new ones 0.
+    pub fn grow(&mut self, width: u32, height: u32) {
+        let mut p = vec![0u8; width as usize * height as usize];
+        for y in 0..self.height as usize {
+            let row = &self.pixels[y * self.width as usize..(y + 1) * self.width as usize];
+            p[y * width as usize..y * width as usize + row.len()].copy_from_slice(row);
+        }
+        (self.width, self.height, self.pixels) = (width, height, p);
+    }
+
+    pub fn at(&self, x: u32, y: u32) -> u8 {
+        self.pixels[(y * self.width + x) as usize]
     }
 }
 
