@@ -334,10 +334,15 @@
     if (S.image && S.image.close) S.image.close();
     S.image = bitmap;
     S.version = version;
-    if (bitmap.width !== el.view.width || bitmap.height !== el.view.height) {
-      el.view.width = bitmap.width;
-      el.view.height = bitmap.height;
-      if (!S.width) { S.width = bitmap.width; S.height = bitmap.height; }
+    // The canvas only grows (POST /api/v1/admin/resize): a picture larger than the size the
+    // info gave is the newer size (the info may be from just before a resize).
+    if (bitmap.width > S.width || bitmap.height > S.height) {
+      S.width = Math.max(S.width, bitmap.width);
+      S.height = Math.max(S.height, bitmap.height);
+    }
+    if (S.width !== el.view.width || S.height !== el.view.height) {
+      el.view.width = S.width;
+      el.view.height = S.height;
       applyZoom();
     }
     drawView();
@@ -882,6 +887,9 @@
 
   el.histRange.addEventListener('input', () => { el.histVersion.value = el.histRange.value; });
   el.histRange.addEventListener('change', () => { el.histVersion.value = el.histRange.value; previewVersion(); });
+  // Typing marks the field as the moderator's at once: the periodic history refresh must not put
+  // the head version back before the field is left (a 'change' comes only on blur).
+  el.histVersion.addEventListener('input', () => { S.touched.version = true; });
   el.histVersion.addEventListener('change', () => { S.touched.version = true; el.histRange.value = el.histVersion.value; previewVersion(); });
   el.preview.addEventListener('click', previewVersion);
   el.previewTime.addEventListener('click', () => {

@@ -141,6 +141,7 @@
     paused: false,
     userPaused: false,
     loads: 0, // snapshots loaded
+    resizes: 0, // resize messages that changed the live model's size
     lastCloseCode: 0, // close code of the last connection the server (or the network) ended
     closes: [], // the last few closes: {code, reason, at, hint, delayMs}
     hiddenTimer: 0,
@@ -321,8 +322,12 @@
   }
 
   // ---------------------------------------------------------------- image state
+  // A model of w x h pixels (all color 0, not yet painted). The view is refitted only for the
+  // first model: a later one (a reload, a resize) keeps the user's view, since a pixel's (x, y)
+  // stays where it was when the canvas grows.
   function allocate(w, h) {
     const n = w * h;
+    const first = !S.indices;
     S.width = w;
     S.height = h;
     S.indices = new Uint8Array(n);
@@ -332,7 +337,38 @@
     S.off.width = w;
     S.off.height = h;
     S.offCtx = S.off.getContext('2d');
-    S.fitted = false;
+    if (first) S.fitted = false;
+  }
+
+  // Grows (or, defensively, crops) the live model to w x h: every pixel keeps its (x, y), rows
+  // are laid out again at the new width, new pixels are color 0. Everything is redrawn; the
+  // view stays where the user left it.
+  function resizeModel(w, h) {
+    const ow = S.width;
+    const oh = S.height;
+    if (w === ow && h === oh) return;
+    const oldIdx = S.indices;
+    const oldImg = S.img32;
+    allocate(w, h);
+    const idx = S.indices;
+    const img = S.img32;
+    img.fill(S.pal32[0]);
+    const cw = Math.min(ow, w);
+    const ch = Math.min(oh, h);
+    if (cw === w && cw === ow) {
+      idx.set(oldIdx.subarray(0, ch * w));
+      img.set(oldImg.subarray(0, ch * w));
+    } else {
+      for (let y = 0; y < ch; y++) {
+        idx.set(oldIdx.subarray(y * ow, y * ow + cw), y * w);
+        img.set(oldImg.subarray(y * ow, y * ow + cw), y * w);
+      }
+    }
+    if (S.hover && (S.hover.x >= w || S.hover.y >= h)) setHover(null);
+    S.dirty = null;
+    markDirty(0, 0, w, h);
+    layout(); // fits only a canvas never fitted; clamps the view to the new size
+    S.resizes++;
   }
 
   function applyInfo(info) {
@@ -417,11 +453,15 @@
     return version;
   }
 
-  // Applies one binary batch. Returns 'ok', 'stale' (already applied), 'gap', 'bad' or 'ignored'.
+  // Applies one binary stream message: a batch (0x01) or a resize (0x02). Returns 'ok',
+  // 'stale' (already applied), 'gap', 'bad' or 'ignored' (a type this client does not know).
   function applyBatch(buf) {
-    if (buf.byteLength < 24) return 'bad';
+    if (buf.byteLength < 1) return 'bad';
     const dv = new DataView(buf);
-    if (dv.getUint8(0) !== 0x01) return 'ignored';
+    const type = dv.getUint8(0);
+    if (type === 0x02) return applyResize(dv, buf);
+    if (type !== 0x01) return 'ignored';
+    if (buf.byteLength < 24) return 'bad';
     const stride = dv.getUint8(1);
     if (stride < 4) return 'bad';
     const from = u64(dv, 4);
@@ -464,6 +504,24 @@
     }
     S.version = to;
     if (x1 >= 0) markDirty(x0, y0, x1 + 1, y1 + 1);
+    return 'ok';
+  }
+
+  // The resize message (PROTOCOL.md): covers (from, to] like a batch; from `to` on the canvas
+  // is width x height and the batches' indexes use the new width. Same order rule as a batch:
+  // applied only from our version, a gap reloads the snapshot.
+  function applyResize(dv, buf) {
+    if (buf.byteLength < 28) return 'bad';
+    const from = u64(dv, 4);
+    const to = u64(dv, 12);
+    const w = dv.getUint32(20, true);
+    const h = dv.getUint32(24, true);
+    if (to < from || !w || !h || w * h > 1 << 27) return 'bad';
+    if (!S.indices) return 'gap';
+    if (from > S.version) return 'gap';
+    if (from < S.version && to <= S.version) return 'stale';
+    resizeModel(w, h);
+    S.version = to;
     return 'ok';
   }
 
@@ -514,13 +572,16 @@
     const s = S.scale;
     const sx0 = Math.max(0, Math.floor(-S.ox / s));
     const sy0 = Math.max(0, Math.floor(-S.oy / s));
-    const sx1 = Math.min(S.width, src.width, Math.ceil((S.cssW - S.ox) / s));
-    const sy1 = Math.min(S.height, src.height, Math.ceil((S.cssH - S.oy) / s));
+    // A past version may be smaller than the live canvas (it grew since): draw it at its size.
+    const cw = Math.min(S.width, src.width);
+    const ch = Math.min(S.height, src.height);
+    const sx1 = Math.min(cw, Math.ceil((S.cssW - S.ox) / s));
+    const sy1 = Math.min(ch, Math.ceil((S.cssH - S.oy) / s));
     if (sx1 <= sx0 || sy1 <= sy0) return;
 
     // A soft edge around the canvas so it stands out from the background.
     ctx.fillStyle = 'rgba(0,0,0,0.35)';
-    ctx.fillRect((S.ox - 1) * dpr, (S.oy - 1) * dpr, (S.width * s + 2) * dpr, (S.height * s + 2) * dpr);
+    ctx.fillRect((S.ox - 1) * dpr, (S.oy - 1) * dpr, (cw * s + 2) * dpr, (ch * s + 2) * dpr);
 
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(src, sx0, sy0, sx1 - sx0, sy1 - sy0,
@@ -2670,6 +2731,10 @@
     get scale() { return S.scale; },
     get frames() { return S.frames; },
     get snapshotLoads() { return S.loads; },
+    /** Resize messages applied to the live model (the canvas grew without a reload). */
+    get resizes() { return S.resizes; },
+    /** The history view's canvas size (the size at the version shown; 0 before one is loaded). */
+    get historySize() { return { width: S.hist.width, height: S.hist.height }; },
     get lastCloseCode() { return S.lastCloseCode; },
     /** The last few closes, oldest first: {code, reason, at, hint: {afterMs, jitterMs}|null, delayMs}. */
     get closes() { return S.closes.map((c) => Object.assign({}, c, { hint: c.hint && Object.assign({}, c.hint) })); },
