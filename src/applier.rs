@@ -91,11 +91,17 @@ pub struct ApplierStats {
     pub cuts_deferred: AtomicU64,
     /// Wall-clock ms of the applier loop's last turn (readiness and the systemd watchdog).
     pub heartbeat_ms: AtomicU64,
+    /// Wakes each shard's tick task after a message to it.
+    pub shard_wake: Box<[crate::messages::ShardWake]>,
 }
 
 impl ApplierStats {
     pub fn new(shards: usize) -> Self {
-        ApplierStats { shard_backlog: (0..shards).map(|_| AtomicU64::new(0)).collect(), ..Default::default() }
+        ApplierStats {
+            shard_backlog: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            shard_wake: (0..shards).map(|_| Default::default()).collect(),
+            ..Default::default()
+        }
     }
 
     fn shards_busy(&self) -> bool {
@@ -511,16 +517,17 @@ impl Applier {
             return;
         };
         let (w, h) = (g.width, g.height);
-        if self.live {
-            self.cut_to(version - 1);
-        }
+        // The size first: the cut below publishes `version` as applied, and an admin route
+        // waiting for it answers then, so a placement sent next must find the new size.
+        // (`pending` holds packed indexes already: growing does not change them.)
         self.canvas.grow(g);
         self.geometry.publish(&self.canvas.geometry);
         self.resizes.push_back((version, w, h));
         if self.live {
+            self.cut_to(version - 1);
             let frame = encode_resize(version - 1, version, w, h);
-            for s in &self.shards {
-                let _ = s.send(ShardMsg::Batch { frame: frame.clone(), from: version - 1, to: version });
+            for i in 0..self.shards.len() {
+                self.send_to(i, ShardMsg::Batch { frame: frame.clone(), from: version - 1, to: version });
             }
             self.cut_version = version;
             self.publish_versions();
@@ -573,9 +580,8 @@ impl Applier {
         }
         let from = self.cut_version;
         let frame = encode_batch(from, to, &self.pending, self.stride);
-        for s in &self.shards {
-            // A shard that has exited is shutting down; the rest still get the batch.
-            let _ = s.send(ShardMsg::Batch { frame: frame.clone(), from, to });
+        for i in 0..self.shards.len() {
+            self.send_to(i, ShardMsg::Batch { frame: frame.clone(), from, to });
         }
         self.pending.clear();
         self.cut_version = to;
@@ -619,8 +625,17 @@ impl Applier {
             }
             CatchUpReply::Frames(self.catch_up_frames(r.since))
         };
-        if let Some(s) = self.shards.get(r.shard) {
-            let _ = s.send(ShardMsg::CatchUp { conn: r.conn, reply });
+        if r.shard < self.shards.len() {
+            self.send_to(r.shard, ShardMsg::CatchUp { conn: r.conn, reply });
+        }
+    }
+
+    /// A message to shard `i`, and the wake that makes its tick task read it now.
+    fn send_to(&self, i: usize, m: ShardMsg) {
+        // A shard that has exited is shutting down; the rest still get their messages.
+        let _ = self.shards[i].send(m);
+        if let Some(w) = self.stats.shard_wake.get(i) {
+            w.wake();
         }
     }
 

@@ -207,6 +207,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PLACECAST_NO_FSYNC", default_value_t = false)]
     pub no_fsync: bool,
 
+    /// Microseconds a group commit of the embedded log stays open after its first placement for
+    /// more to share its fdatasync (0 to 100000). Adds at most this to a placement's answer;
+    /// saves most fdatasyncs under a steady trickle of placements (bench/RESULTS.md).
+    #[arg(long, env = "PLACECAST_COMMIT_WINDOW_US", default_value_t = crate::bounds::COMMIT_WINDOW_US, value_parser = clap::value_parser!(u64).range(0..=crate::bounds::MAX_COMMIT_WINDOW_US))]
+    pub commit_window_us: u64,
+
     /// Kafka bootstrap brokers (host:port,...). Setting it makes a Kafka topic the edit log, shared
     /// by every node, instead of the embedded log (needs a build with the `kafka` feature; see
     /// KAFKA.md). Every node must then use the same --cooldown, canvas size and palette.

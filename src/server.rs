@@ -69,7 +69,9 @@ pub fn open_log(
         return Ok((Arc::new(k), oldest, format!("kafka topic {}", args.kafka_topic)));
     }
     let id = crate::edit_log::file::identity(&args.data_dir);
-    Ok((Arc::new(FileLog::open_with_names(&args.data_dir, !args.no_fsync, names.clone())?), 0, id))
+    let log = FileLog::open_with_names(&args.data_dir, !args.no_fsync, names.clone())?;
+    log.set_commit_window(Duration::from_micros(args.commit_window_us))?;
+    Ok((Arc::new(log), 0, id))
 }
 
 /// The secret from configuration, or one created once (atomically) and kept in the data

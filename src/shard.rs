@@ -21,10 +21,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often an active shard looks for new batches and socket readiness: bounds added latency.
+/// How often a shard whose WebSockets sent something in the last `IDLE_AFTER` looks at their
+/// readiness again: bounds the wait of a WebSocket placement. New batches and catch-up answers
+/// do not wait for it: the applier wakes the tick task (`messages::ShardWake`).
 pub const TICK: Duration = Duration::from_millis(1);
-/// How often a shard that has seen nothing for `IDLE_AFTER` looks. Each wakeup costs tens of
-/// microseconds on a VM; an idle appliance should not burn a core's percent per shard.
+/// How often a shard whose WebSockets were quiet for `IDLE_AFTER` looks (pings, timers, the
+/// first message after a quiet second). Each wakeup of a glommio executor costs several
+/// io_uring_enter calls (tens of microseconds on a VM): 1 ms ticks at all times were most of an
+/// idle-client shard's CPU under a trickle of placements (bench/RESULTS.md).
 pub const IDLE_TICK: Duration = Duration::from_millis(10);
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 
@@ -165,6 +169,8 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
             Tick::Idle if last_active.elapsed() < IDLE_AFTER => TICK,
             Tick::Idle => IDLE_TICK,
         };
-        glommio::timer::sleep(pause).await;
+        // Until the pause is over or the applier sends something, whichever is first.
+        let wake = &shared.applier.shard_wake[hub.borrow().shard()];
+        futures_lite::future::or(glommio::timer::sleep(pause), wake.woken()).await;
     }
 }

@@ -379,9 +379,7 @@ impl Hub {
     /// then socket readiness and timers. Says how soon the caller should come back.
     pub fn tick(&mut self) -> Tick {
         let before = self.head_seq();
-        let mut did = 0usize;
         while let Ok(msg) = self.rx.try_recv() {
-            did += 1;
             match msg {
                 ShardMsg::Batch { frame, .. } => {
                     self.ring.push_back(frame);
@@ -401,9 +399,11 @@ impl Hub {
         if self.cursor.is_some() {
             self.broadcast_slice();
         }
-        did += self.poll_sockets();
+        // Only socket work keeps the tick fast: batches and catch-up answers wake the tick task
+        // themselves (`ShardWake`), so a steady stream of batches costs no timer wakeups.
+        let mut sockets = self.poll_sockets();
         if !self.closing.is_empty() {
-            did += 1;
+            sockets += 1;
             self.expire_closing();
         }
         let now = Instant::now();
@@ -417,7 +417,7 @@ impl Hub {
         }
         let backlog = self.cursor.map_or(0, |c| self.head_seq() - c.seq);
         self.shared.applier.shard_backlog[self.shard].store(backlog, std::sync::atomic::Ordering::Release);
-        match (self.cursor.is_some(), did > 0 || !self.read_again.is_empty()) {
+        match (self.cursor.is_some(), sockets > 0 || !self.read_again.is_empty()) {
             (true, _) => Tick::Busy,
             (false, true) => Tick::Active,
             (false, false) => Tick::Idle,
