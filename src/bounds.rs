@@ -184,6 +184,20 @@ pub const CLAIM_TTL_MS: u64 = 24 * 3600 * 1000;
 /// bound. A canvas configured larger cannot grow. A resize the log holds that would exceed it
 /// (two requests racing on a cluster) is applied as a no-op, the same way on every node.
 pub const MAX_GROWN_PIXELS: u64 = 1 << 24;
+// ---- Published checkpoints (edit_log/published.rs) ----
+
+/// Bytes of a checkpoint per message on the checkpoint topic: under Kafka's default 1 MB
+/// message limit with room for the 68-byte header (a 1000x1000 canvas is 2 messages; with a
+/// million users' last placements, 34).
+pub const CHECKPOINT_CHUNK_BYTES: usize = 512 * 1024;
+/// The largest checkpoint published or accepted: a 4096x4096 canvas (16 MB) and 7 M users'
+/// last placements (16 B each); larger ones are not published (the node logs why).
+pub const MAX_CHECKPOINT_BYTES: usize = 128 << 20;
+/// Messages a joining node reads back from the end of the checkpoint topic: two of the largest
+/// checkpoints plus room for interleaved small ones; also its memory bound while reading
+/// (768 x 512 KiB = 384 MiB at most, a few MB for a usual canvas).
+pub const PUBLISHED_READBACK: usize = 2 * MAX_CHECKPOINT_BYTES / CHECKPOINT_CHUNK_BYTES + 256;
+
 /// How long an admin route waits for this node to apply its control entry before answering 202
 /// (the applier applies within a batch interval normally).
 pub const APPLY_WAIT: Duration = Duration::from_secs(5);

@@ -233,6 +233,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PLACECAST_CHECKPOINT_SECS", default_value_t = 30)]
     pub checkpoint_secs: u64,
 
+    /// The Kafka topic where nodes publish their checkpoints for joining nodes (one partition;
+    /// compaction welcome). Empty: the edit topic's name with `-checkpoints` after it. A node
+    /// runs without it (and says so) when it does not exist.
+    #[arg(long, env = "PLACECAST_CHECKPOINT_TOPIC", default_value = "")]
+    pub checkpoint_topic: String,
+
+    /// Seconds between publications of this node's checkpoint (when its version moved); 0 = this
+    /// node does not publish.
+    #[arg(long, env = "PLACECAST_PUBLISH_CHECKPOINT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub publish_checkpoint_secs: u64,
+
+    /// A node with an empty data directory replays the whole edit topic instead of starting from
+    /// the newest published checkpoint (its history then reaches back to version 0).
+    #[arg(long, env = "PLACECAST_NO_PUBLISHED_JOIN", default_value_t = false)]
+    pub no_published_join: bool,
+
     /// PROXY protocol on the listener (behind a layer-4 load balancer): off, v1, v2 or any.
     /// When on, connections from --trusted-proxies must start with a header and others must not.
     #[arg(long, env = "PLACECAST_PROXY_PROTOCOL", value_enum, default_value_t = ProxyMode::Off)]

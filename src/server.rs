@@ -65,6 +65,20 @@ pub fn open_log(
             timeout_ms: args.kafka_timeout_ms,
         })?;
         k.set_names(names.clone());
+        if args.publish_checkpoint_secs > 0 {
+            let settings = KafkaSettings {
+                brokers: brokers.clone(),
+                topic: args.kafka_topic.clone(),
+                timeout_ms: args.kafka_timeout_ms,
+            };
+            crate::edit_log::published::spawn_publisher(
+                settings,
+                checkpoint_topic(args),
+                args.data_dir.clone(),
+                Duration::from_secs(args.publish_checkpoint_secs),
+            )
+            .map_err(ServerError::Io)?;
+        }
         let oldest = k.oldest_after();
         return Ok((Arc::new(k), oldest, format!("kafka topic {}", args.kafka_topic)));
     }
@@ -180,7 +194,10 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     // A checkpoint the history does not reach would start the history again at it; when the
     // topic still holds everything, replaying it whole keeps the history whole instead.
     let (hist_base, hist_end) = history.span();
-    let use_checkpoint = |v: u64| (hist_base..=hist_end).contains(&v) || hist_base > 0 || oldest_after > 0;
+    // A node with nothing of its own (no checkpoint, no history) joins from the newest
+    // checkpoint another node published, and replays only the topic after it.
+    let joined = shared_log && hist_end == 0 && join_from_published(&args, head);
+    let use_checkpoint = |v: u64| (hist_base..=hist_end).contains(&v) || hist_base > 0 || oldest_after > 0 || joined;
 
     let geometry = Arc::new(crate::canvas::LiveGeometry::new(&config.geometry));
     let mut applier = Applier::new(ApplierSetup {
@@ -408,6 +425,61 @@ pub fn forward_signals(to: Sender<Stop>) -> std::io::Result<()> {
 
 /// Starts the applier from `DATA_DIR/checkpoint.bin` when it fits this log; otherwise the whole
 /// log is replayed.
+/// Writes the newest published checkpoint as this node's own, if it has none and one exists
+/// (`edit_log::published`); true when it did. Any failure leaves the node to replay the topic.
+#[cfg(feature = "kafka")]
+fn join_from_published(args: &crate::config::ServeArgs, head: u64) -> bool {
+    use crate::edit_log::kafka::KafkaSettings;
+    if args.no_published_join || crate::checkpoint::path_in(&args.data_dir).exists() {
+        return false;
+    }
+    let Some(brokers) = &args.kafka_brokers else { return false };
+    let settings =
+        KafkaSettings { brokers: brokers.clone(), topic: args.kafka_topic.clone(), timeout_ms: args.kafka_timeout_ms };
+    let topic = checkpoint_topic(args);
+    let started = Instant::now();
+    let found = match crate::edit_log::published::fetch_newest(&settings, &topic) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, topic, "cannot read the published checkpoints; replaying the whole edit topic");
+            return false;
+        }
+    };
+    let Some((version, bytes)) = found else {
+        tracing::info!(topic, "no published checkpoint; replaying the whole edit topic");
+        return false;
+    };
+    let Some(cp) = Checkpoint::decode(&bytes).filter(|cp| cp.version == version && version <= head) else {
+        tracing::warn!(
+            version,
+            head,
+            topic,
+            "the published checkpoint does not fit this topic; replaying the whole edit topic"
+        );
+        return false;
+    };
+    if let Err(e) = cp.write(&args.data_dir) {
+        tracing::warn!(error = %e, "cannot keep the published checkpoint; replaying the whole edit topic");
+        return false;
+    }
+    tracing::info!(version, head, bytes = bytes.len(), ms = started.elapsed().as_millis() as u64, topic,
+        "joining from a published checkpoint: replaying only the edits after it (pixel lookups and the past start there on this node)");
+    true
+}
+
+#[cfg(not(feature = "kafka"))]
+fn join_from_published(_args: &crate::config::ServeArgs, _head: u64) -> bool {
+    false
+}
+
+/// The topic of published checkpoints (`--checkpoint-topic`, or the edit topic's `-checkpoints`).
+pub fn checkpoint_topic(args: &crate::config::ServeArgs) -> String {
+    match args.checkpoint_topic.trim() {
+        "" => format!("{}-checkpoints", args.kafka_topic),
+        t => t.to_string(),
+    }
+}
+
 fn restore_checkpoint(
     applier: &mut Applier,
     dir: &Path,

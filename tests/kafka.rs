@@ -468,3 +468,51 @@ fn a_claim_class_travels_with_the_edit_and_every_node_judges_it_alike() {
     let row: Vec<u8> = (1..6).map(|x| snaps[0].pixels[9 * 1000 + x]).collect();
     assert_eq!(row, [3, 3, 3, 3, 0], "Vera's three and Paul's first are on the canvas");
 }
+
+#[test]
+fn a_node_with_an_empty_data_directory_joins_from_a_published_checkpoint_and_replays_only_the_tail() {
+    let broker = Broker::start();
+    let cp_topic = format!("{TOPIC}-checkpoints");
+    broker.create_topic(&cp_topic);
+    let flags = ["--cooldown", "0", "--batch-ms", "20", "--checkpoint-secs", "1", "--publish-checkpoint-secs", "1"];
+    let a = Node::start(&broker, &flags);
+    let mint = |u: &str| placecast::token::Signer::new(TEST_SECRET.as_bytes()).mint(u, 0).unwrap();
+    for i in 0..200u32 {
+        let r = place_json(a.s().addr, &mint(&format!("u{}", i % 20)), i % 1000, i / 1000, (i % 15 + 1) as u8);
+        assert_eq!(r.status, 200);
+    }
+    // Node a publishes its checkpoint; read it as a joining node will.
+    let settings =
+        placecast::edit_log::kafka::KafkaSettings { brokers: broker.addr(), topic: TOPIC.into(), timeout_ms: 5000 };
+    let published = wait_for(60, "a published checkpoint of the first 200 edits", || {
+        let (v, _) = placecast::edit_log::published::fetch_newest(&settings, &cp_topic).ok().flatten()?;
+        (v >= 200).then_some(v)
+    });
+    // The tail after it.
+    for i in 0..50u32 {
+        assert_eq!(place_json(a.s().addr, &mint("tail"), 500 + i, 7, 3).status, 200);
+    }
+    let head = a.version();
+    // A fresh node starts from the published checkpoint: same canvas, its history starts there.
+    let late = Node::start(&broker, &flags);
+    let snaps = converged(&[&a, &late], head);
+    assert!(snaps[0].pixels == snaps[1].pixels, "byte-identical canvases");
+    let info = late.s().http("GET", "/api/v1/history/info", &[], b"").json();
+    let first = info["first_version"].as_u64().unwrap();
+    // Node a goes on publishing (every second): the late node took the newest, at or after the
+    // one seen above, and replayed what followed it.
+    let now = a.version();
+    assert!(
+        first >= published && first <= now,
+        "joined at a published checkpoint ({first}; published {published}, head {now})"
+    );
+    // Placements through it are judged alike (the rule state came with the checkpoint).
+    assert_eq!(place_json(late.s().addr, &mint("u1"), 900, 9, 4).status, 200);
+    // With --no-published-join a fresh node replays the whole topic (and keeps all the history).
+    let mut whole: Vec<&str> = flags.to_vec();
+    whole.push("--no-published-join");
+    let full = Node::start(&broker, &whole);
+    let snaps = converged(&[&a, &late, &full], head + 1);
+    assert!(snaps.iter().all(|s| s.pixels == snaps[0].pixels), "byte-identical canvases");
+    assert_eq!(full.s().http("GET", "/api/v1/history/info", &[], b"").json()["first_version"], 0);
+}

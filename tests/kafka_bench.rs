@@ -120,6 +120,15 @@ fn placements_latency_and_log_to_client() {
 // The caller waits for the child it is handed.
 #[allow(clippy::zombie_processes)]
 fn time_to_serving(dir: &std::path::Path, broker: &Broker) -> (std::process::Child, std::net::SocketAddr, u128) {
+    time_to_serving_with(dir, broker, &[])
+}
+
+#[allow(clippy::zombie_processes)]
+fn time_to_serving_with(
+    dir: &std::path::Path,
+    broker: &Broker,
+    extra: &[&str],
+) -> (std::process::Child, std::net::SocketAddr, u128) {
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let started = Instant::now();
@@ -127,7 +136,20 @@ fn time_to_serving(dir: &std::path::Path, broker: &Broker) -> (std::process::Chi
         .args(common::serve_args(
             dir,
             port,
-            &["--drain-grace-ms", "0", "--cooldown", "0", "--kafka-brokers", &broker.addr(), "--kafka-topic", TOPIC],
+            &[
+                &[
+                    "--drain-grace-ms",
+                    "0",
+                    "--cooldown",
+                    "0",
+                    "--kafka-brokers",
+                    &broker.addr(),
+                    "--kafka-topic",
+                    TOPIC,
+                ],
+                extra,
+            ]
+            .concat(),
         ))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -216,13 +238,40 @@ fn cold_start_with_many_edits() {
     measure_start(&broker, n);
 }
 
-/// Times a node's start with no checkpoint, then its restart from the checkpoint written on SIGTERM.
+/// Times a node's start with no checkpoint, then its restart from the checkpoint written on
+/// SIGTERM; then a second node with an empty data directory joining from the checkpoint the
+/// first one published.
 fn measure_start(broker: &Broker, n: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, ms) = time_to_serving(dir.path(), broker);
+    let cp_topic = format!("{TOPIC}-checkpoints");
+    let _ = Command::new(tansu_bin())
+        .args(["topic", "create", &cp_topic, "--partitions", "1", "--broker", &broker.url()])
+        .output();
+    let publish = ["--publish-checkpoint-secs", "1", "--checkpoint-secs", "1"];
+    let (mut child, addr, ms) = time_to_serving_with(dir.path(), broker, &publish);
     let v = try_http(addr, "GET", "/healthz", &[], b"").unwrap().json()["version"].as_u64().unwrap();
     assert_eq!(v, n);
     println!("BENCH cold start, no checkpoint, {n} edits: {ms} ms to serving");
+    let settings =
+        placecast::edit_log::kafka::KafkaSettings { brokers: broker.addr(), topic: TOPIC.into(), timeout_ms: 60_000 };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(Some((v, b))) = placecast::edit_log::published::fetch_newest(&settings, &cp_topic) {
+            if v >= n {
+                println!("BENCH published checkpoint at version {v}: {} bytes", b.len());
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no published checkpoint");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let joiner = tempfile::tempdir().unwrap();
+    let (mut j, jaddr, jms) = time_to_serving(joiner.path(), broker);
+    let jv = try_http(jaddr, "GET", "/healthz", &[], b"").unwrap().json()["version"].as_u64().unwrap();
+    assert_eq!(jv, n);
+    println!("BENCH a new node, empty data directory, joining from the published checkpoint: {jms} ms to serving");
+    let _ = j.kill();
+    let _ = j.wait();
     // SAFETY: signalling our own child by its PID.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait().unwrap();

@@ -11,6 +11,8 @@
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod published;
 pub mod tool;
 
 use crossbeam_channel::Sender;

@@ -45,6 +45,15 @@ impl Broker {
         b
     }
 
+    /// Creates another topic of one partition (the checkpoint topic, say).
+    pub fn create_topic(&self, name: &str) {
+        let out = Command::new(tansu_bin())
+            .args(["topic", "create", name, "--partitions", "1", "--broker", &self.url()])
+            .output()
+            .expect("run tansu topic create");
+        assert!(out.status.success(), "tansu topic create {name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// A broker on storage that already holds the topic (kept by the caller).
     pub fn start_existing(dir: &Path) -> Broker {
         let mut b = Broker { port: free_port(), child: None, dir: dir.to_path_buf(), _tmp: None };
