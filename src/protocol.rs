@@ -129,7 +129,7 @@ impl ResizeView {
         let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
         let u32_at = |i: usize| u32::from_le_bytes(p[i..i + 4].try_into().expect("4 bytes"));
         let (from, to) = (u64_at(4), u64_at(12));
-        (to == from.wrapping_add(1)).then(|| ResizeView { from, to, width: u32_at(20), height: u32_at(24) })
+        (from.checked_add(1) == Some(to)).then(|| ResizeView { from, to, width: u32_at(20), height: u32_at(24) })
     }
 }
 
@@ -402,6 +402,46 @@ mod tests {
         let mut bad = p.clone();
         bad[12] = 99;
         assert_eq!(ResizeView::parse(&bad), None, "a resize covers exactly one version");
+    }
+
+    /// The fuzz target's property (`fuzz/fuzz_targets/wire_formats.rs`) over random bodies made
+    /// of message-like pieces: reading never panics and never runs past the bytes.
+    #[test]
+    fn any_body_reads_without_panic_or_overrun() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut body = Vec::new();
+            for _ in 0..(next() % 4) {
+                let kind = next() % 3;
+                let mut piece = match kind {
+                    0 => batch_payload(&encode_batch(5, 9, &[pack_edit(1, 2)], 4)).to_vec(),
+                    1 => batch_payload(&encode_resize(9, 10, 3, 4)).to_vec(),
+                    _ => (0..next() % 40).map(|_| next() as u8).collect(),
+                };
+                if next() % 4 == 0 && !piece.is_empty() {
+                    let i = (next() as usize) % piece.len();
+                    piece[i] = next() as u8;
+                }
+                body.extend_from_slice(&piece);
+            }
+            let mut at = 0;
+            while at < body.len() {
+                match StreamMessage::parse_prefix(&body[at..]) {
+                    Ok((m, len)) => {
+                        assert!(len > 0 && at + len <= body.len());
+                        assert!(m.span().1 >= m.span().0);
+                        at += len;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
     }
 
     #[test]
