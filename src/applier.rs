@@ -323,7 +323,8 @@ impl Applier {
             }
             if self.version.is_multiple_of(65_536) && Instant::now() >= next_report {
                 let rate = (self.version - from) as f64 / started.elapsed().as_secs_f64().max(0.001);
-                tracing::info!(version = self.version, head, per_s = rate as u64, "replaying the log");
+                let eta_s = ((head - self.version) as f64 / rate.max(1.0)).ceil() as u64;
+                tracing::info!(version = self.version, head, per_s = rate as u64, eta_s, "replaying the log");
                 next_report += Duration::from_secs(5);
             }
         }
