@@ -127,7 +127,8 @@ pub struct KafkaLog {
     /// while the broker is away) makes librdkafka's idempotent producer bump its epoch when the
     /// broker returns; tansu 0.6 panics on that request and stops serving, so a node never lets
     /// a producer that failed reach the broker again: a fresh producer gets a fresh producer id.
-    producer: Arc<Mutex<Arc<Prod>>>,
+    /// Read by every placement without a lock (`ArcSwap`); swapped by `supervise`.
+    producer: Arc<arc_swap::ArcSwap<Prod>>,
     /// The high watermark seen at start, then the last version delivered by the tailer.
     head: Arc<AtomicU64>,
     /// The low watermark at start: the oldest version still in the topic is `low + 1`.
@@ -166,7 +167,7 @@ fn make_producer(s: &KafkaSettings, failed: &crossbeam_channel::Sender<()>) -> R
 /// drops the old one here, off the shards (dropping waits for librdkafka's threads).
 fn supervise(
     settings: KafkaSettings,
-    slot: std::sync::Weak<Mutex<Arc<Prod>>>,
+    slot: std::sync::Weak<arc_swap::ArcSwap<Prod>>,
     failed_tx: crossbeam_channel::Sender<()>,
     failed: crossbeam_channel::Receiver<()>,
 ) {
@@ -175,7 +176,7 @@ fn supervise(
         let Some(slot) = slot.upgrade() else { return };
         match make_producer(&settings, &failed_tx) {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut *slot.lock().unwrap_or_else(|p| p.into_inner()), Arc::new(fresh));
+                let old = slot.swap(Arc::new(fresh));
                 tracing::info!(
                     "a Kafka delivery failed; replaced the producer so it starts afresh when the broker is back"
                 );
@@ -276,7 +277,7 @@ impl KafkaLog {
             .fetch_watermarks(&s.topic, 0, timeout)
             .map_err(|e| unavailable(s, "reading the topic's offsets", e))?;
         let (failed_tx, failed_rx) = crossbeam_channel::bounded(1);
-        let producer = Arc::new(Mutex::new(Arc::new(make_producer(s, &failed_tx)?)));
+        let producer = Arc::new(arc_swap::ArcSwap::from_pointee(make_producer(s, &failed_tx)?));
         let (weak, set) = (Arc::downgrade(&producer), settings.clone());
         std::thread::Builder::new()
             .name("placecast-kafka-producer".into())
@@ -319,7 +320,7 @@ impl KafkaLog {
     }
 
     fn producer(&self) -> Result<Arc<Prod>, LogError> {
-        let p = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        let p = self.producer.load_full();
         if let Some((code, reason)) = p.client().fatal_error() {
             tracing::warn!(?code, reason, "the Kafka producer hit a fatal error; it is being replaced");
             if let Some(f) = &p.context().failed {
