@@ -1,6 +1,6 @@
 'use strict';
 // What every browser test file shares: the server binary under test, free loopback ports,
-// bounded fetches, waiting for conditions, stopping a server by its own PID, and decoding the
+// bounded fetches, waiting for conditions, starting a server and stopping it by its own PID, and decoding the
 // binary snapshot (PROTOCOL.md). Each test file keeps its own servers and pages.
 const assert = require('node:assert/strict');
 const fs = require('node:fs');
@@ -69,6 +69,44 @@ async function stop(srv) {
   }
 }
 
+// Spawns the server binary with `args` (`--listen 127.0.0.1:PORT` among them) and waits until
+// it answers /healthz (30 s; stopped and an error with its log otherwise). Its output is kept
+// (the last 200 chunks, in `srv.log`) and appended to artifacts/<logName>, secrets redacted.
+async function launchServer({ args, port, name = '', logName, fields = {} }) {
+  const { spawn } = require('node:child_process');
+  const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
+  const log = [];
+  const logFile = fs.createWriteStream(path.join(__dirname, 'artifacts', logName), { flags: 'a' });
+  const shown = args.map((a, i) => (args[i - 1] === '--admin-token' || args[i - 1] === '--secret' ? '<redacted>' : a));
+  const label = name ? `[${name}] ` : '';
+  logFile.write(`--- ${new Date().toISOString()} ${label}${BIN} ${shown.join(' ')}\n`);
+  for (const stream of [proc.stdout, proc.stderr]) {
+    stream.on('data', (d) => { log.push(String(d)); if (log.length > 200) log.shift(); logFile.write(d); });
+  }
+  proc.on('exit', (code, sig) => logFile.end(`--- ${label}exited: ${code === null ? sig : code}\n`));
+  const srv = { proc, log, name, port, base: `http://127.0.0.1:${port}`, ...fields };
+  const deadline = Date.now() + 30000;
+  let last = '';
+  for (;;) {
+    if (proc.exitCode !== null) {
+      await stop(srv);
+      throw new Error(`server ${name} exited with ${proc.exitCode} before it was healthy:\n${log.join('')}`);
+    }
+    try {
+      const res = await fetchTimeout(srv.base + '/healthz', {}, 1000);
+      if (res.ok) return srv;
+      last = 'HTTP ' + res.status;
+    } catch (err) {
+      last = String((err.cause && err.cause.code) || err.message);
+    }
+    if (Date.now() > deadline) {
+      await stop(srv);
+      throw new Error(`server ${name} not healthy after 30 s (${last}):\n${log.join('')}`);
+    }
+    await sleep(100);
+  }
+}
+
 function decodeSnapshot(buf) {
   assert.equal(buf.subarray(0, 4).toString('latin1'), 'PCS1', 'snapshot magic');
   const bpp = buf[4];
@@ -104,4 +142,4 @@ function prepare(chromium, servers) {
   for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { kill(); process.exit(130); });
 }
 
-module.exports = { ROOT, BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, decodeSnapshot, hexToRgba };
+module.exports = { ROOT, BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, launchServer, decodeSnapshot, hexToRgba };

@@ -10,14 +10,13 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-const { BIN, prepare, sleep, freePort, fetchTimeout, until, stop, decodeSnapshot, hexToRgba } = require('./harness');
+const { BIN, prepare, sleep, freePort, fetchTimeout, until, stop, launchServer, decodeSnapshot, hexToRgba } = require('./harness');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const ADMIN_TOKEN = 'resize-admin-' + crypto.randomBytes(24).toString('hex');
@@ -45,28 +44,7 @@ async function launch(port, dataDir) {
   const args = ['serve', '--listen', `127.0.0.1:${port}`, '--shards', '2', '--data-dir', dataDir,
     '--width', String(WIDTH), '--height', String(HEIGHT), '--cooldown', '0', '--batch-ms', '20',
     '--admin-token', ADMIN_TOKEN, '--secret', SECRET, ...SERVER_FLAGS];
-  const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } });
-  const log = [];
-  const logFile = fs.createWriteStream(path.join(ARTIFACTS, 'resize-server.log'), { flags: 'a' });
-  const shown = args.map((a, i) => (args[i - 1] === '--admin-token' || args[i - 1] === '--secret' ? '<redacted>' : a));
-  logFile.write(`--- ${new Date().toISOString()} ${BIN} ${shown.join(' ')}\n`);
-  for (const stream of [proc.stdout, proc.stderr]) {
-    stream.on('data', (d) => { log.push(String(d)); if (log.length > 200) log.shift(); logFile.write(d); });
-  }
-  proc.on('exit', (code, sig) => logFile.end(`--- exited: ${code === null ? sig : code}\n`));
-  const srv = { proc, log, port, base: `http://127.0.0.1:${port}`, dataDir };
-  const deadline = Date.now() + 30000;
-  for (;;) {
-    if (proc.exitCode !== null) throw new Error(`the server exited with ${proc.exitCode}:\n${log.join('')}`);
-    try {
-      if ((await fetchTimeout(srv.base + '/healthz', {}, 1000)).ok) return srv;
-    } catch (_) { /* not up yet */ }
-    if (Date.now() > deadline) {
-      await stop(srv);
-      throw new Error(`the server was not healthy within 30 s:\n${log.join('')}`);
-    }
-    await sleep(100);
-  }
+  return launchServer({ args, port, logName: 'resize-server.log', fields: { dataDir } });
 }
 
 async function serverSnapshot(query = '') {
