@@ -526,13 +526,7 @@ impl Applier {
         self.resizes.push_back((version, w, h));
         if self.live {
             self.cut_to(version - 1);
-            let frame = encode_resize(version - 1, version, w, h);
-            for i in 0..self.shards.len() {
-                self.send_to(i, ShardMsg::Batch { frame: frame.clone(), from: version - 1, to: version });
-            }
-            self.cut_version = version;
-            self.publish_versions();
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.broadcast(encode_resize(version - 1, version, w, h), version);
             tracing::info!(version, width = w, height = h, "the canvas grew");
         }
     }
@@ -579,15 +573,8 @@ impl Applier {
         if to == self.cut_version {
             return;
         }
-        let from = self.cut_version;
-        let frame = encode_batch(from, to, &self.pending, self.stride);
-        for i in 0..self.shards.len() {
-            self.send_to(i, ShardMsg::Batch { frame: frame.clone(), from, to });
-        }
+        self.broadcast(encode_batch(self.cut_version, to, &self.pending, self.stride), to);
         self.pending.clear();
-        self.cut_version = to;
-        self.publish_versions();
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if !self.pending_ts.is_empty() {
             let now = crate::now_ms();
             for &ts in &self.pending_ts {
@@ -629,6 +616,18 @@ impl Applier {
         if r.shard < self.shards.len() {
             self.send_to(r.shard, ShardMsg::CatchUp { conn: r.conn, reply });
         }
+    }
+
+    /// Hands `frame`, covering `(cut_version, to]`, to every shard: the versions up to `to` are
+    /// cut (a batch, or a resize message).
+    fn broadcast(&mut self, frame: Bytes, to: u64) {
+        let from = self.cut_version;
+        for i in 0..self.shards.len() {
+            self.send_to(i, ShardMsg::Batch { frame: frame.clone(), from, to });
+        }
+        self.cut_version = to;
+        self.publish_versions();
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A message to shard `i`, and the wake that makes its tick task read it now.

@@ -57,20 +57,11 @@ pub fn open_log(
     names: &Arc<Names>,
 ) -> Result<(Arc<dyn EditLog>, u64, String), ServerError> {
     #[cfg(feature = "kafka")]
-    if let Some(brokers) = &args.kafka_brokers {
-        use crate::edit_log::kafka::{KafkaLog, KafkaSettings};
-        let mut k = KafkaLog::connect(KafkaSettings {
-            brokers: brokers.clone(),
-            topic: args.kafka_topic.clone(),
-            timeout_ms: args.kafka_timeout_ms,
-        })?;
+    if let Some(settings) = crate::edit_log::kafka::KafkaSettings::of(args) {
+        use crate::edit_log::kafka::KafkaLog;
+        let mut k = KafkaLog::connect(settings.clone())?;
         k.set_names(names.clone());
         if args.publish_checkpoint_secs > 0 {
-            let settings = KafkaSettings {
-                brokers: brokers.clone(),
-                topic: args.kafka_topic.clone(),
-                timeout_ms: args.kafka_timeout_ms,
-            };
             crate::edit_log::published::spawn_publisher(
                 settings,
                 checkpoint_topic(args),
@@ -429,13 +420,10 @@ pub fn forward_signals(to: Sender<Stop>) -> std::io::Result<()> {
 /// (`edit_log::published`); true when it did. Any failure leaves the node to replay the topic.
 #[cfg(feature = "kafka")]
 fn join_from_published(args: &crate::config::ServeArgs, head: u64) -> bool {
-    use crate::edit_log::kafka::KafkaSettings;
     if args.no_published_join || crate::checkpoint::path_in(&args.data_dir).exists() {
         return false;
     }
-    let Some(brokers) = &args.kafka_brokers else { return false };
-    let settings =
-        KafkaSettings { brokers: brokers.clone(), topic: args.kafka_topic.clone(), timeout_ms: args.kafka_timeout_ms };
+    let Some(settings) = crate::edit_log::kafka::KafkaSettings::of(args) else { return false };
     let topic = checkpoint_topic(args);
     let started = Instant::now();
     let found = match crate::edit_log::published::fetch_newest(&settings, &topic) {

@@ -133,6 +133,7 @@ async fn accept_loop(id: usize, listener: TcpListener, hub: Rc<RefCell<Hub>>, sh
 }
 
 async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
+    let wake = &shared.applier.shard_wake[hub.borrow().shard()];
     let mut closed = false;
     let mut last_active = std::time::Instant::now();
     loop {
@@ -170,7 +171,6 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
             Tick::Idle => IDLE_TICK,
         };
         // Until the pause is over or the applier sends something, whichever is first.
-        let wake = &shared.applier.shard_wake[hub.borrow().shard()];
         futures_lite::future::or(glommio::timer::sleep(pause), wake.woken()).await;
     }
 }

@@ -49,6 +49,17 @@ pub struct KafkaSettings {
     pub timeout_ms: u64,
 }
 
+impl KafkaSettings {
+    /// The cluster settings of a configuration (`None` on the embedded log).
+    pub fn of(args: &crate::config::ServeArgs) -> Option<KafkaSettings> {
+        Some(KafkaSettings {
+            brokers: args.kafka_brokers.clone()?,
+            topic: args.kafka_topic.clone(),
+            timeout_ms: args.kafka_timeout_ms,
+        })
+    }
+}
+
 /// Routes librdkafka's own logs and errors to `tracing`, at most one error line per 5 s. For a
 /// producer, a failed delivery asks for the producer to be replaced (see `KafkaLog::producer`).
 struct Ctx {
@@ -137,7 +148,9 @@ pub struct KafkaLog {
     names: Option<Arc<crate::names::Names>>,
 }
 
-fn base_config(s: &KafkaSettings) -> ClientConfig {
+/// What every client of the cluster's broker is configured with (the edit log's and the
+/// published checkpoints' alike).
+pub(super) fn base_config(s: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &s.brokers)
         .set("socket.timeout.ms", "10000")

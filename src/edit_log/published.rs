@@ -22,7 +22,6 @@
 //! belongs to this cluster and configuration (`Applier::restore`).
 
 use super::kafka::KafkaSettings;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -144,8 +143,7 @@ impl Assembler {
 fn consumer(s: &KafkaSettings) -> Result<BaseConsumer, String> {
     let mut id = [0u8; 8];
     let _ = getrandom::fill(&mut id);
-    ClientConfig::new()
-        .set("bootstrap.servers", &s.brokers)
+    super::kafka::base_config(s)
         .set("group.id", format!("placecast-cp-{:016x}", u64::from_le_bytes(id)))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
@@ -155,7 +153,6 @@ fn consumer(s: &KafkaSettings) -> Result<BaseConsumer, String> {
         .set("max.partition.fetch.bytes", "33554432")
         .set("fetch.max.bytes", "67108864")
         .set("receive.message.max.bytes", "268435456")
-        .set("log_level", "3")
         .create()
         .map_err(|e| format!("creating a consumer: {e}"))
 }
@@ -208,12 +205,10 @@ pub fn publish(s: &KafkaSettings, topic: &str, node: u64, version: u64, bytes: &
     if bytes.len() > MAX_CHECKPOINT_BYTES {
         return Err(format!("the checkpoint is {} bytes; at most {MAX_CHECKPOINT_BYTES} are published", bytes.len()));
     }
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &s.brokers)
+    let p: BaseProducer = super::kafka::base_config(s)
         .set("acks", "all")
         .set("message.max.bytes", (CHUNK_BYTES + 4096).to_string())
         .set("message.timeout.ms", s.timeout_ms.to_string())
-        .set("log_level", "3")
         .create()
         .map_err(|e| format!("creating a producer: {e}"))?;
     for (key, value) in chunks(node, version, bytes) {

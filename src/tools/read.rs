@@ -108,12 +108,8 @@ impl LogReader {
         use crate::edit_log::kafka::{KafkaLog, KafkaSettings};
         use crate::edit_log::EditLog;
         let args = &config.args;
-        let k = KafkaLog::connect(KafkaSettings {
-            brokers: args.kafka_brokers.clone().unwrap_or_default(),
-            topic: args.kafka_topic.clone(),
-            timeout_ms: args.kafka_timeout_ms,
-        })
-        .map_err(|e| e.to_string())?;
+        let settings = KafkaSettings::of(args).ok_or("no --kafka-brokers")?;
+        let k = KafkaLog::connect(settings).map_err(|e| e.to_string())?;
         let (first, head) = (k.oldest_after(), k.head());
         // The last message is one fetch; the first comes with the tail itself (on tansu a fetch
         // from far back costs time proportional to what follows it).

@@ -17,7 +17,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-const { BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, launchServer, decodeSnapshot, hexToRgba } = require('./harness');
+const { BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, launchServer, assertPageMatches, decodeSnapshot, hexToRgba } = require('./harness');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const COOLDOWN_S = 60;
@@ -169,28 +169,8 @@ async function waitVisiblePixel(page, x, y, want, timeout = 2000) {
   assert.deepEqual(got, want, `visible canvas at (${x}, ${y})`);
 }
 
-// The page's palette indices as one latin1 string (fast to move out of the page, even at 1000x1000).
-async function pageIndices(page) {
-  const s = await page.evaluate(() => {
-    const px = window.placecast.indices();
-    let out = '';
-    for (let i = 0; i < px.length; i += 8192) out += String.fromCharCode.apply(null, px.slice(i, i + 8192));
-    return out;
-  });
-  return Buffer.from(s, 'latin1');
-}
-
 async function assertPageMatchesServer(page, name) {
-  const snap = await serverSnapshot();
-  await page.waitForFunction((v) => window.placecast.version >= v, snap.version, { timeout: 10000, polling: 50 });
-  const st = await page.evaluate(() => ({ w: window.placecast.width, h: window.placecast.height, v: window.placecast.version }));
-  assert.equal(st.w, snap.width, `${name}: width`);
-  assert.equal(st.h, snap.height, `${name}: height`);
-  assert.equal(st.v, snap.version, `${name}: version equals the server snapshot's`);
-  const px = await pageIndices(page);
-  let diff = 0;
-  for (let i = 0; i < snap.px.length; i++) if (px[i] !== snap.px[i]) diff++;
-  assert.equal(diff, 0, `${name}: pixels differing from the server snapshot`);
+  await assertPageMatches(page, await serverSnapshot(), name, 10000);
 }
 
 // A pixel whose current color differs from `color` on the server, away from the others used.

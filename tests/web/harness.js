@@ -107,6 +107,32 @@ async function launchServer({ args, port, name = '', logName, fields = {} }) {
   }
 }
 
+// The page's palette indices as one latin1 string (fast to move out of the page, even at 1000x1000).
+async function pageIndices(page) {
+  const s = await page.evaluate(() => {
+    const px = window.placecast.indices();
+    let out = '';
+    for (let i = 0; i < px.length; i += 8192) out += String.fromCharCode.apply(null, px.slice(i, i + 8192));
+    return out;
+  });
+  return Buffer.from(s, 'latin1');
+}
+
+// The page's live model equals the server's snapshot `snap` (decodeSnapshot's): size, version
+// and every pixel, once the page has reached the snapshot's version (within `timeout` ms).
+async function assertPageMatches(page, snap, name, timeout = 15000) {
+  await page.waitForFunction((v) => window.placecast.version >= v, snap.version, { timeout, polling: 20 });
+  const st = await page.evaluate(() => ({ w: window.placecast.width, h: window.placecast.height, v: window.placecast.version }));
+  assert.equal(st.w, snap.width, `${name}: width`);
+  assert.equal(st.h, snap.height, `${name}: height`);
+  assert.equal(st.v, snap.version, `${name}: version equals the server snapshot's (nothing placed meanwhile)`);
+  const px = await pageIndices(page);
+  assert.equal(px.length, snap.px.length, `${name}: pixel count`);
+  let diff = 0;
+  for (let i = 0; i < snap.px.length; i++) if (px[i] !== snap.px[i]) diff++;
+  assert.equal(diff, 0, `${name}: pixels differing from the server snapshot`);
+}
+
 function decodeSnapshot(buf) {
   assert.equal(buf.subarray(0, 4).toString('latin1'), 'PCS1', 'snapshot magic');
   const bpp = buf[4];
@@ -142,4 +168,4 @@ function prepare(chromium, servers) {
   for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => { kill(); process.exit(130); });
 }
 
-module.exports = { ROOT, BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, launchServer, decodeSnapshot, hexToRgba };
+module.exports = { ROOT, BIN, prepare, sleep, freePort, fetchTimeout, until, exited, stop, launchServer, pageIndices, assertPageMatches, decodeSnapshot, hexToRgba };

@@ -16,7 +16,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-const { BIN, prepare, sleep, freePort, fetchTimeout, until, stop, launchServer, decodeSnapshot, hexToRgba } = require('./harness');
+const { BIN, prepare, sleep, freePort, fetchTimeout, until, stop, launchServer, assertPageMatches, decodeSnapshot, hexToRgba } = require('./harness');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const ADMIN_TOKEN = 'resize-admin-' + crypto.randomBytes(24).toString('hex');
@@ -131,30 +131,8 @@ function waitSize(page, w, h) {
   return page.waitForFunction(([w, h]) => window.placecast.width === w && window.placecast.height === h, [w, h], { timeout: WAIT_MS, polling: 20 });
 }
 
-// The page's palette indices as one latin1 string.
-async function pageIndices(page) {
-  const s = await page.evaluate(() => {
-    const px = window.placecast.indices();
-    let out = '';
-    for (let i = 0; i < px.length; i += 8192) out += String.fromCharCode.apply(null, px.slice(i, i + 8192));
-    return out;
-  });
-  return Buffer.from(s, 'latin1');
-}
-
-// The page's live model equals the server's snapshot: size, version and every pixel.
 async function assertPageMatchesServer(page, name) {
-  const snap = await serverSnapshot();
-  await page.waitForFunction((v) => window.placecast.version >= v, snap.version, { timeout: WAIT_MS, polling: 20 });
-  const st = await page.evaluate(() => ({ w: window.placecast.width, h: window.placecast.height, v: window.placecast.version }));
-  assert.equal(st.w, snap.width, `${name}: width`);
-  assert.equal(st.h, snap.height, `${name}: height`);
-  assert.equal(st.v, snap.version, `${name}: version equals the server snapshot's (nothing placed meanwhile)`);
-  const px = await pageIndices(page);
-  assert.equal(px.length, snap.px.length, `${name}: pixel count`);
-  let diff = 0;
-  for (let i = 0; i < snap.px.length; i++) if (px[i] !== snap.px[i]) diff++;
-  assert.equal(diff, 0, `${name}: pixels differing from the server snapshot`);
+  await assertPageMatches(page, await serverSnapshot(), name, WAIT_MS);
 }
 
 function nextFrame(page) {
