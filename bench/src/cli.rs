@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[command(
     name = "placecast-load",
     version,
-    about = "Load tester for placecast: hold, fanout, place and reconnect scenarios over the real protocol",
+    about = "Load tester for placecast: hold, fanout, place, reconnect, abuse and session scenarios over the real protocol, on this host or over load agents",
     long_about = "Load tester for placecast (and its baseline). Targets loopback only unless an address is \
                   allowed with --allow-target. Every scenario ramps at a bounded rate, runs a bounded time \
                   and stops by itself; progress goes to stderr once a second, the result as one JSON \
@@ -43,6 +43,13 @@ pub enum Cmd {
     /// Write a synthetic r/place-like event as CSV (timestamp,user_hash,x,y,color,version),
     /// deterministic from the seed: the input of `placecast import` and the history benchmarks.
     Trace(TraceArgs),
+    /// A compressed day of r/place users (the trace's user and time model): each arrives, gets a
+    /// session, fetches the snapshot, connects with `since`, places once per cooldown, idles,
+    /// leaves and may come back with `since=<its version>`.
+    Session(SessionArgs),
+    /// Serve runs for a coordinator on another host (`SCENARIO --agents A,B`): one run at a
+    /// time, its share of the clients, progress and result over one TCP connection.
+    Agent(AgentArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -67,9 +74,17 @@ pub struct Common {
     pub threads: Option<usize>,
 
     /// Client processes: re-executes this binary K times and merges their results (more open
-    /// files than one process may hold). Only hold and fanout.
+    /// files than one process may hold). Only hold, fanout and session; with --agents, on
+    /// every agent.
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
+
+    /// Load agents to run the clients instead of this process, HOST:PORT,... (each runs
+    /// `placecast-load agent --listen HOST:PORT`; at most 64): the clients are split over them,
+    /// they start at one agreed instant, and their results are merged. Only hold, fanout and
+    /// session. The placement driver and the server's /proc sampling stay here.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub agents: Vec<String>,
 
     /// PID of the server when it runs on this machine: its CPU time and RSS are sampled from /proc.
     #[arg(long)]
@@ -123,6 +138,12 @@ pub struct Common {
     pub child_count: Option<usize>,
     #[arg(long, hide = true)]
     pub sendtable: Option<PathBuf>,
+    /// The clients `share_base..share_base + share_count` of the run are this process group's
+    /// (an agent's share; its child processes split it further). Default: all of them.
+    #[arg(long, hide = true)]
+    pub share_base: Option<u64>,
+    #[arg(long, hide = true)]
+    pub share_count: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -262,6 +283,72 @@ pub struct AbuseArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct SessionArgs {
+    /// Target, seed, --procs, --agents, --server-pid, --json ... as for the other scenarios
+    /// (`--duration` does not apply: the day lasts --day-seconds).
+    #[command(flatten)]
+    pub common: Common,
+    /// Simulated users, 1 to 10000000 (the trace's user model: a heavy-tailed number of
+    /// placements each, sittings along the day).
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    pub users: usize,
+    /// Real seconds the 24 hours of the day take (60: a day in a minute), 5 to 86400. The
+    /// server's cooldown is real time: the day's own cooldown is it times 86400 / D.
+    #[arg(long, default_value_t = 60)]
+    pub day_seconds: u64,
+    /// Mean placements per user over the day (2017: about 5 a day), 1 to 1000.
+    #[arg(long, default_value_t = 5.0)]
+    pub placements_per_user: f64,
+    /// The day's cooldown in its own seconds when the server has none (`--cooldown 0`).
+    #[arg(long, default_value_t = 300)]
+    pub day_cooldown_s: u64,
+    /// HTTP connections (one thread each) per tester process for sessions and snapshots, 1 to 256.
+    #[arg(long, default_value_t = 8)]
+    pub http_conns: usize,
+    /// Record every edit's latency on every K-th user (0: none; default: about 1,000 users).
+    #[arg(long)]
+    pub latency_every: Option<u64>,
+    /// Milliseconds to keep receiving after the day ends (every user has left by then).
+    #[arg(long, default_value_t = 1500)]
+    pub drain_ms: u64,
+    /// Resolved by the coordinator for every process: the server's cooldown in ms, its canvas
+    /// WIDTHxHEIGHTxCOLORS, and the day's start (unix ms).
+    #[arg(long, hide = true)]
+    pub plan_cooldown_ms: Option<u64>,
+    #[arg(long, hide = true)]
+    pub plan_canvas: Option<String>,
+    #[arg(long, hide = true)]
+    pub day_start_ms: Option<u64>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Address to wait for a coordinator on (for example 127.0.0.2:7000, or a private interface
+    /// of a load host). Port 0 picks a free one; the address is printed on stdout.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Targets this agent may load besides loopback (IP or IP:port). A coordinator cannot widen
+    /// it: a job whose target this agent does not allow is refused.
+    #[arg(long, value_name = "ADDR")]
+    pub allow_target: Vec<String>,
+    /// This host's source addresses for the clients (replaces the coordinator's --source-addrs).
+    #[arg(long)]
+    pub source_addrs: Option<String>,
+    /// Client threads per process on this host (replaces the coordinator's --threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Client processes on this host (replaces the coordinator's --procs).
+    #[arg(long)]
+    pub procs: Option<usize>,
+    /// Serve one run, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// No log lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct CompareArgs {
     /// Result files of placecast runs (medians are taken over them).
     #[arg(long, num_args = 1.., required = true)]
@@ -325,7 +412,19 @@ impl Common {
         if !(100..=600_000).contains(&self.connect_timeout_ms) {
             return Err(LoadError::Args("--connect-timeout-ms must be 100 to 600000".into()));
         }
+        if self.agents.len() > crate::link::MAX_AGENTS {
+            return Err(LoadError::Args(format!(
+                "--agents lists {} agents; at most {}",
+                self.agents.len(),
+                crate::link::MAX_AGENTS
+            )));
+        }
         crate::addrs::check_target(self.target, &self.allow_target)
+    }
+
+    /// The clients this process group runs out of `total`: `(base, count)`.
+    pub fn share(&self, total: usize) -> (u64, usize) {
+        (self.share_base.unwrap_or(0), self.share_count.unwrap_or(total))
     }
 
     pub fn is_child(&self) -> bool {

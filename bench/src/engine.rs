@@ -14,11 +14,14 @@
 //! `edit_latency`, one sample per edit per client, for every `latency_every`-th client only.
 
 use crate::batch::{self, BatchHeader};
+use crate::delivery::{self, Timing, NO_VERSION};
 use crate::error::{classify, LimitError};
 use crate::hist::{HistExport, LatencyHist};
+use crate::merge::{merge_hist, merge_map};
 use crate::sendtable::SendTable;
-use crate::sys::{self, now_ns, Epoll, EV_IN, EV_OUT};
-use crate::ws::{self, FrameHeader};
+use crate::sys::{self, errno_name, now_ns, Epoll, EV_IN, EV_OUT};
+use crate::ws;
+use crate::wsread::{self, Phase, Stop, Wire};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,14 +30,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// `Client::version` before the first batch of a connection without `since`.
-const NO_VERSION: u64 = u64::MAX;
-/// Per-thread receive buffer.
-const RBUF: usize = 64 * 1024;
 /// Most receptions a thread keeps waiting for their send instant.
 const MAX_DEFERRED: usize = 4 << 20;
-/// How long a reception waits for its send instant before it counts as untimed.
-const DEFER_NS: u64 = 10_000_000_000;
 
 /// What every engine thread of a process shares with the scenario.
 pub struct EngineConfig {
@@ -142,6 +139,20 @@ pub struct ThreadProgress {
 }
 
 impl ThreadProgress {
+    /// Publishes a thread's tallies: its counts and its clients open and connecting now.
+    pub(crate) fn publish(&self, counts: &Counts, open: u64, connecting: u64) {
+        let s = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        s(&self.started, counts.started);
+        s(&self.open, open);
+        s(&self.connecting, connecting);
+        s(&self.failed, counts.connect_failed + counts.connect_timeouts + counts.handshake_failed);
+        s(&self.disconnects, counts.unexpected_disconnects);
+        s(&self.frames, counts.frames);
+        s(&self.edits, counts.edits);
+        s(&self.gaps, counts.gaps);
+        s(&self.dups, counts.duplicates);
+    }
+
     fn snapshot(&self) -> Progress {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Progress {
@@ -377,18 +388,9 @@ pub struct FleetResult {
     pub rss_init_bytes: u64,
     pub rss_ready_bytes: u64,
     pub clients_ready: u64,
-}
-
-fn merge_map(a: &mut BTreeMap<String, u64>, b: &BTreeMap<String, u64>) {
-    for (k, v) in b {
-        *a.entry(k.clone()).or_default() += v;
-    }
-}
-
-fn merge_hist(a: &mut HistExport, b: &HistExport) {
-    let mut h = LatencyHist::import(a);
-    h.add(&LatencyHist::import(b));
-    *a = h.export();
+    /// The session scenario's users (its day threads fill it; the WebSocket engine does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<crate::day::DayStats>,
 }
 
 impl FleetResult {
@@ -424,6 +426,11 @@ impl FleetResult {
         self.rss_init_bytes += o.rss_init_bytes;
         self.rss_ready_bytes += o.rss_ready_bytes;
         self.clients_ready += o.clients_ready;
+        match (&mut self.day, &o.day) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.day = Some(b.clone()),
+            _ => {}
+        }
     }
 }
 
@@ -477,6 +484,7 @@ struct Client {
     t_us: u32,
     /// When a drain closed the connection (same clock as `t_us`; meaningful with F_DRAINED).
     closed_us: u32,
+    /// [`NO_VERSION`] before the first batch of a connection without `since`.
     version: u64,
     /// Bytes of a frame (or answer head) that straddles reads; allocated only then.
     // Boxed on purpose: 8 bytes per client instead of the 24 of an empty Vec.
@@ -500,6 +508,16 @@ enum End {
     },
 }
 
+impl From<Stop> for End {
+    fn from(s: Stop) -> Self {
+        match s {
+            Stop::Eof => End::Eof,
+            Stop::Error(e) => End::Error(e),
+            Stop::Protocol(p) => End::Protocol(p),
+        }
+    }
+}
+
 struct Thread {
     tid: usize,
     nthreads: usize,
@@ -510,10 +528,8 @@ struct Thread {
     clients: Vec<Client>,
     pending: Vec<u32>,
     waiting: Vec<u32>,
-    rbuf: Vec<u8>,
-    scratch: Vec<u8>,
+    wire: Wire,
     epoch_ns: u64,
-    rng: u64,
     // Local tallies, published to `ThreadProgress` every loop.
     open: u64,
     connecting: u64,
@@ -522,16 +538,14 @@ struct Thread {
     handshake_errors: BTreeMap<String, u64>,
     close_codes: BTreeMap<String, u64>,
     disconnect_reasons: BTreeMap<String, u64>,
-    edit_lat: LatencyHist,
-    frame_lat: LatencyHist,
+    /// Frame and edit latency, with the receptions whose send instant was not in the table yet
+    /// (the broadcast can beat the placement's HTTP answer to the driver).
+    timing: Timing,
     connect_lat: LatencyHist,
     drain_lat: LatencyHist,
     /// Drain reconnect attempts started per 250 ms bucket of CLOCK_MONOTONIC.
     drain_starts: BTreeMap<u64, u64>,
     batches: FxHashMap<u64, (u64, u64)>,
-    /// Receptions whose send instant was not in the table yet (the broadcast can beat the
-    /// placement's HTTP answer to the driver): (version, receive instant, per-frame sample).
-    deferred: Vec<(u64, u64, bool)>,
     stopping: bool,
 }
 
@@ -583,19 +597,6 @@ pub fn spawn(
     Ok(handles)
 }
 
-fn errno_name(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
-        Some(libc::ECONNRESET) => "ECONNRESET".into(),
-        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
-        Some(libc::EPIPE) => "EPIPE".into(),
-        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
-        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
-        Some(n) => format!("errno_{n}"),
-        None => e.kind().to_string(),
-    }
-}
-
 impl Thread {
     fn new(
         tid: usize,
@@ -623,15 +624,13 @@ impl Thread {
             tid,
             nthreads,
             base,
-            rng: ws::splitmix64(cfg.seed ^ 0xABCD ^ tid as u64),
+            wire: Wire::new(cfg.max_payload, cfg.seed ^ 0xABCD ^ tid as u64),
             cfg,
             shared,
             epoll: Epoll::new()?,
             clients,
             pending: Vec::new(),
             waiting: Vec::new(),
-            rbuf: vec![0u8; RBUF],
-            scratch: Vec::with_capacity(512),
             epoch_ns: now_ns(),
             open: 0,
             connecting: 0,
@@ -640,13 +639,11 @@ impl Thread {
             handshake_errors: BTreeMap::new(),
             close_codes: BTreeMap::new(),
             disconnect_reasons: BTreeMap::new(),
-            edit_lat: LatencyHist::new(),
-            frame_lat: LatencyHist::new(),
+            timing: Timing::new(MAX_DEFERRED),
             connect_lat: LatencyHist::new(),
             drain_lat: LatencyHist::new(),
             drain_starts: BTreeMap::new(),
             batches: FxHashMap::default(),
-            deferred: Vec::new(),
             stopping: false,
         })
     }
@@ -724,16 +721,7 @@ impl Thread {
 
     fn publish(&self, ramp_done: bool) {
         let p = &self.shared.progress[self.tid];
-        let s = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
-        s(&p.started, self.counts.started);
-        s(&p.open, self.open);
-        s(&p.connecting, self.connecting);
-        s(&p.failed, self.counts.connect_failed + self.counts.connect_timeouts + self.counts.handshake_failed);
-        s(&p.disconnects, self.counts.unexpected_disconnects);
-        s(&p.frames, self.counts.frames);
-        s(&p.edits, self.counts.edits);
-        s(&p.gaps, self.counts.gaps);
-        s(&p.dups, self.counts.duplicates);
+        p.publish(&self.counts, self.open, self.connecting);
         p.ramp_done.store(ramp_done, Ordering::Relaxed);
     }
 
@@ -837,16 +825,6 @@ impl Thread {
         }
     }
 
-    /// A random delay in 0..n milliseconds.
-    fn jitter_ms(&mut self, n: u64) -> u64 {
-        self.rng = ws::splitmix64(self.rng);
-        if n == 0 {
-            0
-        } else {
-            self.rng % n
-        }
-    }
-
     /// Schedules client `i` (closed by a drain) to reconnect in `delay_ms`.
     fn schedule_drained(&mut self, i: usize, delay_ms: u64) {
         let due = self.now_us().wrapping_add((delay_ms.min(MAX_HINT_MS) * 1000) as u32);
@@ -861,7 +839,7 @@ impl Thread {
     fn retry_drained(&mut self, i: usize) {
         self.counts.drain_reconnect_failures += 1;
         let n = (self.clients[i].flags & F_RETRY_MASK) >> F_RETRY_SHIFT;
-        let delay = (1000u64 << n.min(4)) + self.jitter_ms(1000);
+        let delay = (1000u64 << n.min(4)) + self.wire.jitter(1000);
         let c = &mut self.clients[i];
         c.flags = (c.flags & !F_RETRY_MASK) | ((n + 1).min(7) << F_RETRY_SHIFT);
         self.schedule_drained(i, delay);
@@ -874,7 +852,7 @@ impl Thread {
         if self.clients[i].flags & F_DRAINED == 0 {
             self.clients[i].flags |= F_RETRY;
         }
-        let delay = ms.min(MAX_HINT_MS) + self.jitter_ms(RETRY_JITTER_MS);
+        let delay = ms.min(MAX_HINT_MS) + self.wire.jitter(RETRY_JITTER_MS);
         self.schedule_drained(i, delay);
     }
 
@@ -925,10 +903,10 @@ impl Thread {
                     self.write_request(i);
                 }
                 if bits & !EV_OUT != 0 && self.clients[i].st == St::Handshake {
-                    self.on_readable(i);
+                    wsread::read_ready(self, i);
                 }
             }
-            St::Open => self.on_readable(i),
+            St::Open => wsread::read_ready(self, i),
             _ => {}
         }
     }
@@ -942,24 +920,24 @@ impl Thread {
             Some(v) => format!("/ws?since={v}"),
             None => "/ws".to_string(),
         };
-        self.scratch.clear();
-        ws::write_upgrade_request(&mut self.scratch, &self.cfg.target.to_string(), &path, &key);
+        self.wire.scratch.clear();
+        ws::write_upgrade_request(&mut self.wire.scratch, &self.cfg.target.to_string(), &path, &key);
     }
 
     fn request_len(&mut self, i: usize) -> usize {
         self.build_request(i);
-        self.scratch.len()
+        self.wire.scratch.len()
     }
 
     fn write_request(&mut self, i: usize) {
         self.build_request(i);
         let fd = self.clients[i].fd;
         let from = self.clients[i].sent as usize;
-        match sys::send(fd, &self.scratch[from..]) {
+        match sys::send(fd, &self.wire.scratch[from..]) {
             Ok(n) => {
                 let total = from + n;
                 self.clients[i].sent = total as u16;
-                if total == self.scratch.len() {
+                if total == self.wire.scratch.len() {
                     // Request out: from now on only readability matters (level-triggered).
                     if let Err(e) = self.epoll.modify(fd, EV_IN, i as u64) {
                         self.end(i, End::Error(e));
@@ -973,182 +951,6 @@ impl Thread {
                 self.end(i, End::Error(e));
             }
         }
-    }
-
-    fn on_readable(&mut self, i: usize) {
-        let now = now_ns();
-        loop {
-            let fd = self.clients[i].fd;
-            if let Some(mut carry) = self.clients[i].carry.take() {
-                // A frame straddles reads: read straight into the carry, sized for the frame.
-                let want = frame_need(&carry, self.cfg.max_payload).max(16 * 1024);
-                carry.reserve(want);
-                let len = carry.len();
-                let cap = carry.capacity();
-                // SAFETY: reading into the spare capacity; only `n` bytes are marked initialized.
-                let spare = unsafe { std::slice::from_raw_parts_mut(carry.as_mut_ptr().add(len), cap - len) };
-                match sys::read(fd, spare) {
-                    Ok(0) => return self.end(i, End::Eof),
-                    Ok(n) => {
-                        // SAFETY: read() initialized n bytes past len.
-                        unsafe { carry.set_len(len + n) };
-                        match self.process(i, &carry, now) {
-                            Ok(used) => {
-                                if self.clients[i].st != St::Open && self.clients[i].st != St::Handshake {
-                                    return;
-                                }
-                                carry.drain(..used);
-                                if !carry.is_empty() {
-                                    if carry.capacity() > 256 * 1024 && carry.len() < 64 * 1024 {
-                                        carry.shrink_to_fit();
-                                    }
-                                    self.clients[i].carry = Some(carry);
-                                }
-                            }
-                            Err(end) => return self.end(i, end),
-                        }
-                        if n < cap - len {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.clients[i].carry = Some(carry);
-                        return;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => self.clients[i].carry = Some(carry),
-                    Err(e) => return self.end(i, End::Error(e)),
-                }
-            } else {
-                let mut buf = std::mem::take(&mut self.rbuf);
-                let r = sys::read(fd, &mut buf);
-                let outcome = match r {
-                    Ok(0) => Err(End::Eof),
-                    Ok(n) => match self.process(i, &buf[..n], now) {
-                        Ok(used) => {
-                            if used < n && matches!(self.clients[i].st, St::Open | St::Handshake) {
-                                self.clients[i].carry = Some(Box::new(buf[used..n].to_vec()));
-                            }
-                            Ok(n == buf.len())
-                        }
-                        Err(end) => Err(end),
-                    },
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-                    Err(e) => Err(End::Error(e)),
-                };
-                self.rbuf = buf;
-                match outcome {
-                    Ok(true) if matches!(self.clients[i].st, St::Open | St::Handshake) => continue,
-                    Ok(_) => return,
-                    Err(end) => return self.end(i, end),
-                }
-            }
-        }
-    }
-
-    /// Consumes the complete frames (and, first, the upgrade answer) at the front of `data`;
-    /// returns the bytes used.
-    fn process(&mut self, i: usize, data: &[u8], now: u64) -> Result<usize, End> {
-        let mut pos = 0;
-        if self.clients[i].st == St::Handshake {
-            let accept = ws::accept_for(&ws::client_key(self.cfg.seed, self.global(i)));
-            match ws::parse_upgrade_response(data, &accept) {
-                Ok(Some(n)) => {
-                    pos = n;
-                    let c = &mut self.clients[i];
-                    c.st = St::Open;
-                    if c.version == NO_VERSION {
-                        if let Some(s) = self.cfg.since {
-                            c.version = s;
-                        }
-                    }
-                    let started = c.t_us;
-                    self.connecting -= 1;
-                    self.open += 1;
-                    self.counts.connected += 1;
-                    self.connect_lat.record_us(u64::from(self.now_us().wrapping_sub(started)));
-                }
-                Ok(None) => return Ok(0),
-                Err(e) => {
-                    self.counts.handshake_failed += 1;
-                    *self.handshake_errors.entry(e.to_string()).or_default() += 1;
-                    if matches!(e, ws::HandshakeError::Status(429 | 503)) && self.reconnecting(i) {
-                        if let Some((code, ms)) = ws::refusal_retry_after_ms(data) {
-                            return Err(End::RetryAfter { code, ms });
-                        }
-                    }
-                    return Err(End::Handshake(e));
-                }
-            }
-        }
-        while pos < data.len() {
-            match ws::split_frame(&data[pos..], self.cfg.max_payload) {
-                Ok(Some((h, payload, total))) => {
-                    self.on_frame(i, &h, payload, now)?;
-                    pos += total;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    self.counts.protocol_errors += 1;
-                    *self.disconnect_reasons.entry(format!("bad frame: {e}")).or_default() += 1;
-                    return Err(End::Protocol("bad_frame"));
-                }
-            }
-        }
-        Ok(pos)
-    }
-
-    fn on_frame(&mut self, i: usize, h: &FrameHeader, payload: &[u8], now: u64) -> Result<(), End> {
-        if h.masked {
-            self.counts.protocol_errors += 1;
-            return Err(End::Protocol("masked_server_frame"));
-        }
-        if !h.fin || h.opcode == ws::OP_CONTINUATION {
-            // Neither server fragments its messages; count and skip rather than reassemble.
-            self.counts.fragmented_frames += 1;
-            return Ok(());
-        }
-        match h.opcode {
-            ws::OP_BINARY => match batch::decode_batch(payload) {
-                Ok(b) => self.on_batch(i, &b, payload, now),
-                Err(_) => match batch::decode_resize(payload) {
-                    Some(r) => self.on_batch(i, &r, payload, now),
-                    None => self.counts.bad_batches += 1,
-                },
-            },
-            ws::OP_TEXT => {
-                self.counts.text_messages += 1;
-                if payload.windows(8).any(|w| w == b"\"reload\"") {
-                    self.counts.reload_messages += 1;
-                } else if payload.windows(11).any(|w| w == b"\"reconnect\"") {
-                    if let Some((after, jitter)) = ws::parse_reconnect_hint(payload) {
-                        let delay = after.min(MAX_HINT_MS) + self.jitter_ms(jitter.min(MAX_HINT_MS));
-                        let c = &mut self.clients[i];
-                        c.flags |= F_HINT;
-                        c.t_us = delay.min(MAX_HINT_MS) as u32;
-                    }
-                }
-            }
-            ws::OP_PING => {
-                let mut key = [0u8; 4];
-                self.rng = ws::splitmix64(self.rng);
-                key.copy_from_slice(&self.rng.to_le_bytes()[..4]);
-                self.scratch.clear();
-                ws::encode_client_frame(ws::OP_PONG, payload, key, &mut self.scratch);
-                let _ = sys::send(self.clients[i].fd, &self.scratch);
-                self.counts.pongs_sent += 1;
-            }
-            ws::OP_CLOSE => {
-                let code = ws::close_code(payload);
-                if code == 1013 {
-                    let ms = ws::close_retry_after_ms(payload).unwrap_or(RETRY_DEFAULT_MS);
-                    return Err(End::RetryAfter { code, ms });
-                }
-                return Err(End::Closed(code));
-            }
-            _ => {}
-        }
-        Ok(())
     }
 
     fn on_batch(&mut self, i: usize, b: &BatchHeader, payload: &[u8], now: u64) {
@@ -1176,39 +978,18 @@ impl Thread {
             sampled = c.flags & F_SAMPLED != 0;
             catchup = c.flags & F_CATCHUP != 0;
             c.flags &= !F_CATCHUP;
-            let applied;
-            if c.version == NO_VERSION || b.from == c.version {
-                applied = true;
-                new_from = b.from;
-                c.version = b.to;
-            } else if b.from > c.version {
-                self.counts.gaps += 1;
-                self.counts.gap_versions += b.from - c.version;
-                if let Some(t) = c.track.as_mut() {
+            let a = delivery::apply(&mut c.version, b, payload.len(), &mut self.counts);
+            new_from = a.new_from;
+            if let Some(t) = c.track.as_mut() {
+                if a.gap {
                     t.gaps += 1;
                 }
-                new_from = b.from;
-                c.version = b.to;
-                applied = true;
-            } else {
-                self.counts.duplicates += 1;
-                self.counts.duplicate_versions += b.to.min(c.version) - b.from;
-                new_from = c.version.min(b.to);
-                applied = b.to > c.version;
-                if applied {
-                    c.version = b.to;
-                }
-            }
-            if let Some(t) = c.track.as_mut() {
-                if applied {
+                if a.applied {
                     t.edits.extend(batch::edits(payload, b));
                     t.version = b.to;
                 }
             }
         }
-        self.counts.frames += 1;
-        self.counts.edits += b.count as u64;
-        self.counts.payload_bytes += payload.len() as u64;
         let window = self.shared.window_from.load(Ordering::Relaxed);
         if b.to <= window {
             return;
@@ -1223,50 +1004,11 @@ impl Thread {
         self.counts.window_frames += 1;
         let e = self.batches.entry(b.to).or_insert((0, b.count as u64));
         e.0 += 1;
-        let Some(table) = self.shared.table.as_deref() else { return };
-        if first >= b.to {
-            return;
-        }
-        match table.lookup(first + 1) {
-            Some(t) => self.frame_lat.record_ns(now.saturating_sub(t)),
-            None => defer(&mut self.deferred, &mut self.counts, first + 1, now, true),
-        }
-        if sampled {
-            for v in first + 1..=b.to {
-                match table.lookup(v) {
-                    Some(t) => self.edit_lat.record_ns(now.saturating_sub(t)),
-                    None => defer(&mut self.deferred, &mut self.counts, v, now, false),
-                }
-            }
-        }
+        self.timing.record(self.shared.table.as_deref(), first, b.to, now, sampled, &mut self.counts);
     }
 
-    /// Matches deferred receptions with send instants recorded since; gives up on those older
-    /// than [`DEFER_NS`] (or on all that remain when `last`).
     fn resolve_deferred(&mut self, last: bool) {
-        if self.deferred.is_empty() {
-            return;
-        }
-        let Some(table) = self.shared.table.clone() else { return };
-        let now = now_ns();
-        let mut d = std::mem::take(&mut self.deferred);
-        d.retain(|&(v, at, frame)| {
-            if let Some(t) = table.lookup(v) {
-                let h = if frame { &mut self.frame_lat } else { &mut self.edit_lat };
-                h.record_ns(at.saturating_sub(t));
-                return false;
-            }
-            if last || now.saturating_sub(at) > DEFER_NS {
-                if frame {
-                    self.counts.untimed_frames += 1;
-                } else {
-                    self.counts.untimed_versions += 1;
-                }
-                return false;
-            }
-            true
-        });
-        self.deferred = d;
+        self.timing.resolve(self.shared.table.as_deref(), last, &mut self.counts);
     }
 
     /// Ends client `i`'s connection, counting why.
@@ -1301,7 +1043,7 @@ impl Thread {
                     End::Closed(1012) => self.counts.drain_closes_1012 += 1,
                     _ => self.counts.drain_closes_1001 += 1,
                 }
-                let delay = if delay == u64::MAX { self.jitter_ms(DRAIN_DEFAULT_JITTER_MS) } else { delay };
+                let delay = if delay == u64::MAX { self.wire.jitter(DRAIN_DEFAULT_JITTER_MS) } else { delay };
                 self.schedule_drained(i, delay);
             }
             St::Open if !self.stopping && matches!(why, End::RetryAfter { .. }) => {
@@ -1409,8 +1151,8 @@ impl Thread {
             handshake_errors: std::mem::take(&mut self.handshake_errors),
             close_codes: std::mem::take(&mut self.close_codes),
             disconnect_reasons: std::mem::take(&mut self.disconnect_reasons),
-            edit_latency: self.edit_lat.export(),
-            frame_latency: self.frame_lat.export(),
+            edit_latency: self.timing.edit.export(),
+            frame_latency: self.timing.frame.export(),
             connect_latency: self.connect_lat.export(),
             drain_latency: self.drain_lat.export(),
             drain_starts: std::mem::take(&mut self.drain_starts).into_iter().collect(),
@@ -1421,26 +1163,105 @@ impl Thread {
             rss_init_bytes: 0,
             rss_ready_bytes: 0,
             clients_ready: 0,
+            day: None,
         }
     }
 }
 
-/// Keeps a reception whose send instant is not known yet (bounded; past the bound it is untimed).
-fn defer(deferred: &mut Vec<(u64, u64, bool)>, counts: &mut Counts, version: u64, now: u64, frame: bool) {
-    if deferred.len() < MAX_DEFERRED {
-        deferred.push((version, now, frame));
-    } else if frame {
-        counts.untimed_frames += 1;
-    } else {
-        counts.untimed_versions += 1;
-    }
-}
+/// The reader's view of the clients: the upgrade answer (the first batch of a connection
+/// without `since` sets the version), reload and reconnect hints in text messages, and 1013
+/// closes with their retry hint are this engine's.
+impl wsread::Clients for Thread {
+    type End = End;
 
-/// Bytes still needed to complete the frame at the front of `buf` (0 if unknown yet).
-fn frame_need(buf: &[u8], max_payload: u64) -> usize {
-    match ws::parse_header(buf, max_payload) {
-        Ok(Some(h)) => h.frame_len().saturating_sub(buf.len()),
-        _ => 0,
+    fn fd(&self, i: usize) -> i32 {
+        self.clients[i].fd
+    }
+
+    fn phase(&self, i: usize) -> Phase {
+        match self.clients[i].st {
+            St::Handshake => Phase::Handshake,
+            St::Open => Phase::Open,
+            _ => Phase::Gone,
+        }
+    }
+
+    fn carry(&mut self, i: usize) -> &mut Option<Box<Vec<u8>>> {
+        &mut self.clients[i].carry
+    }
+
+    fn wire(&mut self) -> &mut Wire {
+        &mut self.wire
+    }
+
+    fn counts(&mut self) -> &mut Counts {
+        &mut self.counts
+    }
+
+    fn disconnect_reasons(&mut self) -> &mut BTreeMap<String, u64> {
+        &mut self.disconnect_reasons
+    }
+
+    fn upgrade(&mut self, i: usize, data: &[u8]) -> Result<Option<usize>, End> {
+        let accept = ws::accept_for(&ws::client_key(self.cfg.seed, self.global(i)));
+        match ws::parse_upgrade_response(data, &accept) {
+            Ok(Some(n)) => {
+                let c = &mut self.clients[i];
+                c.st = St::Open;
+                if c.version == NO_VERSION {
+                    if let Some(s) = self.cfg.since {
+                        c.version = s;
+                    }
+                }
+                let started = c.t_us;
+                self.connecting -= 1;
+                self.open += 1;
+                self.counts.connected += 1;
+                self.connect_lat.record_us(u64::from(self.now_us().wrapping_sub(started)));
+                Ok(Some(n))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.counts.handshake_failed += 1;
+                *self.handshake_errors.entry(e.to_string()).or_default() += 1;
+                if matches!(e, ws::HandshakeError::Status(429 | 503)) && self.reconnecting(i) {
+                    if let Some((code, ms)) = ws::refusal_retry_after_ms(data) {
+                        return Err(End::RetryAfter { code, ms });
+                    }
+                }
+                Err(End::Handshake(e))
+            }
+        }
+    }
+
+    fn batch(&mut self, i: usize, b: &BatchHeader, payload: &[u8], now: u64) {
+        self.on_batch(i, b, payload, now);
+    }
+
+    fn text(&mut self, i: usize, payload: &[u8]) {
+        if payload.windows(8).any(|w| w == b"\"reload\"") {
+            self.counts.reload_messages += 1;
+        } else if payload.windows(11).any(|w| w == b"\"reconnect\"") {
+            if let Some((after, jitter)) = ws::parse_reconnect_hint(payload) {
+                let delay = after.min(MAX_HINT_MS) + self.wire.jitter(jitter.min(MAX_HINT_MS));
+                let c = &mut self.clients[i];
+                c.flags |= F_HINT;
+                c.t_us = delay.min(MAX_HINT_MS) as u32;
+            }
+        }
+    }
+
+    fn close(&mut self, _i: usize, payload: &[u8]) -> End {
+        let code = ws::close_code(payload);
+        if code == 1013 {
+            let ms = ws::close_retry_after_ms(payload).unwrap_or(RETRY_DEFAULT_MS);
+            return End::RetryAfter { code, ms };
+        }
+        End::Closed(code)
+    }
+
+    fn hang_up(&mut self, i: usize, why: End) {
+        self.end(i, why);
     }
 }
 

@@ -96,6 +96,9 @@ pub enum LoadError {
     Server(String),
     #[error("child process: {0}")]
     Child(String),
+    /// A load agent failed, refused or went away; the message names it.
+    #[error("{0}")]
+    Agent(String),
     #[error("client threads: {0}")]
     Clients(String),
     #[error("timed out: {0}")]

@@ -1,11 +1,13 @@
-//! A fleet of simulated clients, either in this process ([`LocalFleet`]: engine threads) or
-//! spread over `--procs K` child processes of this same binary ([`ProcFleet`]), which is how
-//! one host drives more clients than one process's open-file limit allows.
+//! A fleet of simulated clients, either in this process ([`LocalFleet`]: engine threads, or the
+//! session scenario's day threads), spread over `--procs K` child processes of this same binary
+//! ([`ProcFleet`]), which is how one host drives more clients than one process's open-file limit
+//! allows, or spread over load agents on other hosts ([`AgentFleet`](crate::coordinator)).
 //!
 //! Parent and children talk over pipes, one JSON document per line. A child prints
 //! `{"progress":…}` every second and `{"result":…}` at the end on stdout; it reads `window V`,
 //! `drop MS` and `stop` lines on stdin and stops by itself at its own deadline or when stdin
-//! closes (the parent went away). The placement send table is a shared-memory file.
+//! closes (the parent went away). The placement send table is a shared-memory file. An agent
+//! serves its share with the same loop ([`serve`]) over its coordinator's connection.
 
 use crate::engine::{self, EngineConfig, FleetResult, Progress, Shared};
 use crate::error::{LimitError, LoadError};
@@ -15,6 +17,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,6 +47,26 @@ impl LocalFleet {
         let shared = Arc::new(Shared::new(threads.max(1), table));
         let handles = engine::spawn(Arc::new(cfg), shared.clone(), clients, base, ramp, cpus)
             .map_err(|e| LoadError::io("spawning client threads", e))?;
+        Ok(Self::started(shared, handles, rss_before))
+    }
+
+    /// Starts the session scenario's users of `plan` (this process's share) on `threads` threads.
+    pub fn start_day(
+        cfg: crate::day::DayConfig,
+        plan: crate::dayplan::DayPlan,
+        threads: usize,
+        cpus: &[usize],
+        table: Option<Arc<SendTable>>,
+    ) -> Result<Self, LoadError> {
+        let rss_before = procfs::sample_self().rss_bytes;
+        let shared = Arc::new(Shared::new(threads.max(1), table));
+        let handles = crate::day::spawn(Arc::new(cfg), shared.clone(), plan, cpus)
+            .map_err(|e| LoadError::io("spawning user threads", e))?;
+        Ok(Self::started(shared, handles, rss_before))
+    }
+
+    /// Waits (bounded) until every thread allocated its state, then lets them go.
+    fn started(shared: Arc<Shared>, handles: Vec<JoinHandle<FleetResult>>, rss_before: u64) -> Self {
         let t0 = Instant::now();
         while (shared.inited.load(Ordering::SeqCst) as usize) < handles.len() && t0.elapsed() < Duration::from_secs(10)
         {
@@ -51,7 +74,7 @@ impl LocalFleet {
         }
         let rss_init = procfs::sample_self().rss_bytes;
         shared.go.store(true, Ordering::SeqCst);
-        Ok(LocalFleet { shared, handles, rss_before, rss_init, rss_ready: None, clients_ready: 0 })
+        LocalFleet { shared, handles, rss_before, rss_init, rss_ready: None, clients_ready: 0 }
     }
 
     pub fn progress(&self) -> Progress {
@@ -158,10 +181,15 @@ pub fn share(total: usize, index: usize, count: usize) -> (u64, usize) {
 }
 
 impl ProcFleet {
-    /// Re-executes this binary `procs` times with the current arguments plus the child flags.
-    pub fn start(procs: usize, table: Option<Arc<SendTable>>, table_path: Option<PathBuf>) -> Result<Self, LoadError> {
+    /// Re-executes this binary `procs` times with `args` (the scenario's arguments: this
+    /// process's own, or an agent's job) plus the child flags.
+    pub fn start(
+        procs: usize,
+        args: Vec<String>,
+        table: Option<Arc<SendTable>>,
+        table_path: Option<PathBuf>,
+    ) -> Result<Self, LoadError> {
         let exe = std::env::current_exe().map_err(|e| LoadError::io("finding this executable for --procs", e))?;
-        let args: Vec<String> = std::env::args().skip(1).collect();
         let mut children = Vec::with_capacity(procs);
         for i in 0..procs {
             let mut cmd = Command::new(&exe);
@@ -215,7 +243,12 @@ impl ProcFleet {
     pub fn progress(&self) -> Progress {
         let mut p = Progress::default();
         for c in &self.children {
-            p.add(&c.state.lock().unwrap().progress);
+            let s = c.state.lock().unwrap();
+            p.add(&s.progress);
+            if s.progress.threads == 0 {
+                // Not heard from yet: its ramp is not done (a placeholder thread).
+                p.threads += 1;
+            }
         }
         p
     }
@@ -299,10 +332,11 @@ impl Drop for ProcFleet {
     }
 }
 
-/// Either kind of fleet, behind one interface for the scenarios.
+/// Any kind of fleet, behind one interface for the scenarios.
 pub enum Fleet {
     Local(LocalFleet),
     Procs(ProcFleet),
+    Agents(crate::coordinator::AgentFleet),
 }
 
 impl Fleet {
@@ -310,6 +344,7 @@ impl Fleet {
         match self {
             Fleet::Local(f) => f.progress(),
             Fleet::Procs(f) => f.progress(),
+            Fleet::Agents(f) => f.progress(),
         }
     }
 
@@ -323,6 +358,7 @@ impl Fleet {
         match self {
             Fleet::Local(f) => f.set_window(v),
             Fleet::Procs(f) => f.set_window(v),
+            Fleet::Agents(f) => f.set_window(v),
         }
     }
 
@@ -330,6 +366,7 @@ impl Fleet {
         match self {
             Fleet::Local(f) => f.drop_tracked(delay_ms),
             Fleet::Procs(f) => f.drop_tracked(delay_ms),
+            Fleet::Agents(f) => f.drop_tracked(delay_ms),
         }
     }
 
@@ -338,6 +375,7 @@ impl Fleet {
         match self {
             Fleet::Local(f) => f.fatal(),
             Fleet::Procs(f) => f.fatal(),
+            Fleet::Agents(f) => f.fatal(),
         }
     }
 
@@ -345,76 +383,162 @@ impl Fleet {
         match self {
             Fleet::Local(f) => f.stopped(),
             Fleet::Procs(f) => f.stopped(),
+            Fleet::Agents(f) => f.fatal().is_some(),
         }
     }
 
-    pub fn stop(self) -> Result<FleetResult, LoadError> {
+    /// Stops every client and merges what they saw; with agents, also each agent's own figures.
+    pub fn stop(self) -> Result<(FleetResult, Vec<crate::coordinator::AgentPart>), LoadError> {
         match self {
-            Fleet::Local(f) => Ok(f.stop()),
-            Fleet::Procs(f) => f.stop(),
+            Fleet::Local(f) => Ok((f.stop(), Vec::new())),
+            Fleet::Procs(f) => Ok((f.stop()?, Vec::new())),
+            Fleet::Agents(f) => f.stop(),
         }
     }
+}
+
+/// What a share's controller (a parent's pipe, a coordinator's connection) asks of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Window(u64),
+    Drop(u64),
+    Stop,
+    /// The controller went away or fell silent: stop, saying why.
+    Gone(String),
+}
+
+/// Capacity of the control queue between a share's reader thread and [`serve`]: controls are
+/// a few per run; when it is full the reader waits (the loop drains it every 100 ms).
+pub const CONTROL_QUEUE: usize = 64;
+
+/// A controller's text line (the pipes' `window V`, `drop MS`, `stop`) as a control.
+pub fn parse_control(line: &str) -> Option<Control> {
+    let mut it = line.split_whitespace();
+    match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {
+        (Some("window"), Some(v)) => Some(Control::Window(v)),
+        (Some("drop"), Some(ms)) => Some(Control::Drop(ms)),
+        (Some("stop"), _) => Some(Control::Stop),
+        _ => None,
+    }
+}
+
+/// How [`serve`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The controller said stop.
+    Stopped,
+    /// The controller went away (or its reader ended): nobody to report to.
+    Gone(String),
+    /// The share ended by itself (clients stopped, deadline, SIGINT).
+    Early(String),
+}
+
+/// Runs a share of a run until its controller says stop or goes away, the fleet stops by
+/// itself, `life` has passed, or SIGINT: progress goes to `emit` every second (an `emit` that
+/// fails means the controller is gone), controls come from `controls`. Returns the merged
+/// result and how it ended.
+pub fn serve(
+    mut fleet: Fleet,
+    controls: &Receiver<Control>,
+    mut emit: impl FnMut(&Progress) -> bool,
+    life: Duration,
+) -> (Result<FleetResult, LoadError>, Ended) {
+    let start = Instant::now();
+    let mut last = Instant::now() - Duration::from_secs(1);
+    let why;
+    loop {
+        match controls.recv_timeout(Duration::from_millis(100)) {
+            Ok(Control::Window(v)) => fleet.set_window(v),
+            Ok(Control::Drop(ms)) => fleet.drop_tracked(ms),
+            Ok(Control::Stop) => {
+                why = Ended::Stopped;
+                break;
+            }
+            Ok(Control::Gone(w)) => {
+                why = Ended::Gone(w);
+                break;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                why = Ended::Gone("the controller's reader ended".into());
+                break;
+            }
+        }
+        let p = fleet.progress();
+        if p.ramp_done() {
+            fleet.note_ready();
+        }
+        let end = if fleet.stopped() {
+            Some("the clients stopped early".to_string())
+        } else if start.elapsed() > life {
+            Some(format!("its deadline ({} s) passed", life.as_secs()))
+        } else if crate::signals::interrupted() {
+            Some("interrupted (SIGINT/SIGTERM)".into())
+        } else {
+            None
+        };
+        if end.is_some() || last.elapsed() >= Duration::from_secs(1) {
+            last = Instant::now();
+            if !emit(&p) {
+                why = Ended::Gone("its progress could not be written (the controller went away)".into());
+                break;
+            }
+        }
+        if let Some(e) = end {
+            why = Ended::Early(e);
+            break;
+        }
+    }
+    (fleet.stop().map(|(r, _)| r), why)
 }
 
 /// The body of a child process: run this share of clients, report progress as JSON lines,
 /// obey `window`/`drop`/`stop` from stdin, print the result. `deadline` bounds its life.
 pub fn run_child(fleet: LocalFleet, deadline: Duration) {
-    let fleet = Arc::new(Mutex::new(Some(fleet)));
-    let shared_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let fleet = fleet.clone();
-        let stop = shared_stop.clone();
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                let mut it = line.split_whitespace();
-                let g = fleet.lock().unwrap();
-                let Some(f) = g.as_ref() else { break };
-                match (it.next(), it.next().and_then(|v| v.parse::<u64>().ok())) {
-                    (Some("window"), Some(v)) => f.set_window(v),
-                    (Some("drop"), Some(ms)) => f.drop_tracked(ms),
-                    (Some("stop"), _) => break,
-                    _ => {}
-                }
-            }
-            stop.store(true, Ordering::SeqCst);
-        });
-    }
-    let start = Instant::now();
-    let mut last = Instant::now() - Duration::from_secs(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel(CONTROL_QUEUE);
+    std::thread::spawn(move || read_controls(std::io::stdin().lock(), &tx));
     let out = std::io::stdout();
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let mut g = fleet.lock().unwrap();
-        let f = g.as_mut().expect("present until stop");
-        let p = f.progress();
-        if p.ramp_done() {
-            f.note_ready();
-        }
-        let end = shared_stop.load(Ordering::SeqCst)
-            || f.stopped()
-            || start.elapsed() > deadline
-            || crate::signals::interrupted();
-        if end || last.elapsed() >= Duration::from_secs(1) {
-            last = Instant::now();
-            let mut o = out.lock();
-            let _ = writeln!(o, "{}", serde_json::json!({ "progress": p }));
-            let _ = o.flush();
-        }
-        if end {
-            break;
+    let emit = |p: &Progress| {
+        let mut o = out.lock();
+        writeln!(o, "{}", serde_json::json!({ "progress": p })).and_then(|_| o.flush()).is_ok()
+    };
+    let (result, _) = serve(Fleet::Local(fleet), &rx, emit, deadline);
+    let mut o = out.lock();
+    let _ = match result {
+        Ok(r) => writeln!(o, "{}", serde_json::json!({ "result": r })),
+        Err(e) => writeln!(o, "{}", serde_json::json!({ "error": e.to_string() })),
+    };
+    let _ = o.flush();
+}
+
+/// Turns a parent's text lines into controls; the end of its input means stop.
+fn read_controls(input: impl BufRead, tx: &SyncSender<Control>) {
+    for line in input.lines() {
+        let Ok(line) = line else { break };
+        if let Some(c) = parse_control(&line) {
+            let stop = c == Control::Stop;
+            if tx.send(c).is_err() || stop {
+                return;
+            }
         }
     }
-    let f = fleet.lock().unwrap().take().expect("present");
-    let result = f.stop();
-    let mut o = out.lock();
-    let _ = writeln!(o, "{}", serde_json::json!({ "result": result }));
-    let _ = o.flush();
+    let _ = tx.send(Control::Stop);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controls_parse_and_eof_means_stop() {
+        assert_eq!(parse_control("window 12"), Some(Control::Window(12)));
+        assert_eq!(parse_control("drop 500"), Some(Control::Drop(500)));
+        assert_eq!(parse_control("stop"), Some(Control::Stop));
+        assert_eq!(parse_control("window x"), None);
+        let (tx, rx) = std::sync::mpsc::sync_channel(CONTROL_QUEUE);
+        read_controls(&b"window 3\nnonsense\n"[..], &tx);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [Control::Window(3), Control::Stop]);
+    }
 
     #[test]
     fn shares_cover_everything_once() {

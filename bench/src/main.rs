@@ -1,13 +1,14 @@
 //! `placecast-load`: parses the command line, runs one scenario (or its share of one as a
 //! `--procs` child), prints the table to stderr and the JSON result to stdout or `--json FILE`;
-//! or writes a synthetic event trace (`trace`).
+//! or writes a synthetic event trace (`trace`); or serves coordinators as a load agent
+//! (`agent`).
 //! Exit codes: 0 ok, 1 failed run or error, 2 bad arguments, 3 a host limit was hit.
 
 use clap::Parser;
 use placecast_load::cli::{Cli, Cmd};
 use placecast_load::error::LoadError;
 use placecast_load::report::Report;
-use placecast_load::{compare, scenario, signals, trace};
+use placecast_load::{agent, compare, scenario, share, signals, trace};
 use std::io::Write;
 
 #[global_allocator]
@@ -29,11 +30,11 @@ fn emit(report: &mut Report, json: Option<&std::path::Path>) -> Result<(), LoadE
 fn run(cli: Cli) -> Result<i32, LoadError> {
     signals::install();
     let (mut report, json) = match &cli.cmd {
-        Cmd::Hold(a) if a.common.is_child() => return scenario::run_child(&a.common, a.clients, 0).map(|_| 0),
-        Cmd::Fanout(a) if a.common.is_child() => {
-            let every = a.latency_every.unwrap_or((a.clients as u64 / 1000).max(1));
-            return scenario::run_child(&a.common, a.clients, every).map(|_| 0);
-        }
+        Cmd::Hold(a) if a.common.is_child() => return share::run_child(&cli.cmd).map(|_| 0),
+        Cmd::Fanout(a) if a.common.is_child() => return share::run_child(&cli.cmd).map(|_| 0),
+        Cmd::Session(a) if a.common.is_child() => return share::run_child(&cli.cmd).map(|_| 0),
+        Cmd::Agent(a) => return agent::run(a).map(|_| 0),
+        Cmd::Session(a) => (scenario::session(a)?, a.common.json.clone()),
         Cmd::Hold(a) => (scenario::hold(a)?, a.common.json.clone()),
         Cmd::Fanout(a) => (scenario::fanout(a)?, a.common.json.clone()),
         Cmd::Place(a) => (scenario::place(a)?, a.common.json.clone()),

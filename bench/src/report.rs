@@ -1,6 +1,7 @@
 //! The result of a run: one JSON document (machine, parameters, server and tester costs,
-//! clients, delivery, latency, placements, catch-up check) and the same figures as a
-//! human-readable table. Also the one-line progress report printed every second.
+//! clients, delivery, latency, placements, catch-up check, the session scenario's day, each
+//! load agent's own figures) and the same figures as a human-readable table. Also the one-line
+//! progress report printed every second.
 
 use crate::driver::DriverReport;
 use crate::engine::{Counts, FleetResult, Progress};
@@ -38,6 +39,127 @@ pub struct Report {
     /// they came back.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainReport>,
+    /// The session scenario's day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionReport>,
+    /// With --agents: each agent's own figures (the sections above are their exact merge).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<crate::coordinator::AgentPart>,
+}
+
+/// The session scenario: what the simulated users did over the compressed day.
+#[derive(Debug, Serialize, Default)]
+pub struct SessionReport {
+    pub users: u64,
+    pub day_seconds: u64,
+    pub day_start_unix_ms: u64,
+    /// Users who arrived at least once; the most connected at one time (sampled every 200 ms).
+    pub users_arrived: u64,
+    pub users_connected_max: u64,
+    pub visits_planned: u64,
+    pub visits: u64,
+    /// Visits after a user's first.
+    pub returns: u64,
+    pub placements_planned: u64,
+    pub placements_sent: u64,
+    pub placements_accepted: u64,
+    pub placements_accepted_per_s: f64,
+    pub placements_refused: BTreeMap<String, u64>,
+    pub placements_retried: u64,
+    pub placements_missed: u64,
+    pub answers_missing: u64,
+    /// Accepted own placements the placing user saw come back in a batch before leaving.
+    pub own_edits_seen: u64,
+    pub own_edits_unseen: u64,
+    pub sessions: u64,
+    pub session_errors: BTreeMap<String, u64>,
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
+    pub snapshot_errors: BTreeMap<String, u64>,
+    /// Connections with since = a fresh snapshot's version (first visits, reloads).
+    pub joins_after_snapshot: u64,
+    /// Returns that reconnected with since=<their last version> / caught up from it / were told
+    /// to reload instead.
+    pub returns_with_since: u64,
+    pub returns_caught_up: u64,
+    pub reloads: u64,
+    pub catch_up_gaps: u64,
+    pub reconnects_within_visit: u64,
+    /// Every batch every user got: applied in sequence, or a gap / duplicate.
+    pub batches_received: u64,
+    pub gaps: u64,
+    pub gap_versions: u64,
+    pub duplicates: u64,
+    pub arrivals_by_hour: Vec<u64>,
+    pub placements_by_hour: Vec<u64>,
+    pub placement_round_trip: LatencySummary,
+    pub schedule_lag: LatencySummary,
+    pub snapshot_fetch: LatencySummary,
+    pub session_fetch: LatencySummary,
+    pub arrive_to_live: LatencySummary,
+    /// The tester's own state: per user (engine), the plan, the session tokens.
+    pub tester_state_bytes_per_user: u64,
+    pub tester_plan_bytes: u64,
+    pub tester_token_bytes: u64,
+    pub http_queue_full: u64,
+}
+
+impl SessionReport {
+    pub fn compute(
+        d: &crate::day::DayStats,
+        f: &FleetResult,
+        day_seconds: u64,
+        connected_max: u64,
+        start: u64,
+    ) -> Self {
+        let sum = |h: &crate::hist::HistExport| LatencyHist::import(h).summary();
+        SessionReport {
+            users: d.users,
+            day_seconds,
+            day_start_unix_ms: start,
+            users_arrived: d.users_arrived,
+            users_connected_max: connected_max,
+            visits_planned: d.visits_planned,
+            visits: d.visits,
+            returns: d.returns,
+            placements_planned: d.placements_planned,
+            placements_sent: d.placements_sent,
+            placements_accepted: d.placements_accepted,
+            placements_accepted_per_s: d.placements_accepted as f64 / day_seconds.max(1) as f64,
+            placements_refused: d.placements_refused.clone(),
+            placements_retried: d.placements_retried,
+            placements_missed: d.placements_missed,
+            answers_missing: d.answers_missing,
+            own_edits_seen: d.own_seen,
+            own_edits_unseen: d.own_unseen,
+            sessions: d.sessions,
+            session_errors: d.session_errors.clone(),
+            snapshots: d.snapshots,
+            snapshot_bytes: d.snapshot_bytes,
+            snapshot_errors: d.snapshot_errors.clone(),
+            joins_after_snapshot: d.joins_after_snapshot,
+            returns_with_since: d.returns_with_since,
+            returns_caught_up: d.returns_caught_up,
+            reloads: d.reloads,
+            catch_up_gaps: d.catch_up_gaps,
+            reconnects_within_visit: d.reconnects,
+            batches_received: f.counts.frames,
+            gaps: f.counts.gaps,
+            gap_versions: f.counts.gap_versions,
+            duplicates: f.counts.duplicates,
+            arrivals_by_hour: d.arrivals_by_hour.clone(),
+            placements_by_hour: d.placements_by_hour.clone(),
+            placement_round_trip: sum(&d.place_rtt),
+            schedule_lag: sum(&d.schedule_lag),
+            snapshot_fetch: sum(&d.snapshot_latency),
+            session_fetch: sum(&d.session_latency),
+            arrive_to_live: sum(&d.arrive_to_live),
+            tester_state_bytes_per_user: d.state_bytes_per_user,
+            tester_plan_bytes: d.plan_bytes,
+            tester_token_bytes: d.token_bytes,
+            http_queue_full: d.http_queue_full,
+        }
+    }
 }
 
 /// Host-wide kernel memory around the ramp (hold). On loopback both ends of every connection are
@@ -571,6 +693,92 @@ impl Report {
             }
             row("honest placement round trip", lat(&h.latency));
             row("honest schedule lag (tester)", lat(&h.schedule_lag));
+        }
+        if let Some(s) = &self.session {
+            row(
+                "day",
+                format!(
+                    "24 h in {} s; {} users, {} arrived, at most {} connected",
+                    s.day_seconds, s.users, s.users_arrived, s.users_connected_max
+                ),
+            );
+            row("visits planned / made / returns", format!("{} / {} / {}", s.visits_planned, s.visits, s.returns));
+            row(
+                "placements planned / sent / accepted",
+                format!(
+                    "{} / {} / {} ({:.1}/s); {} missed, {} retried, {} answers missing",
+                    s.placements_planned,
+                    s.placements_sent,
+                    s.placements_accepted,
+                    s.placements_accepted_per_s,
+                    s.placements_missed,
+                    s.placements_retried,
+                    s.answers_missing
+                ),
+            );
+            row("placements refused", format!("{:?}", s.placements_refused));
+            row("own edits seen / not seen before leaving", format!("{} / {}", s.own_edits_seen, s.own_edits_unseen));
+            row(
+                "sessions / snapshots",
+                format!(
+                    "{} / {} ({}); errors {:?} {:?}",
+                    s.sessions,
+                    s.snapshots,
+                    bytes(s.snapshot_bytes as f64),
+                    s.session_errors,
+                    s.snapshot_errors
+                ),
+            );
+            row(
+                "returns with since / caught up / reloads",
+                format!(
+                    "{} / {} / {} ({} joins after a snapshot, {} catch-ups off their version, {} reconnects in a visit)",
+                    s.returns_with_since,
+                    s.returns_caught_up,
+                    s.reloads,
+                    s.joins_after_snapshot,
+                    s.catch_up_gaps,
+                    s.reconnects_within_visit
+                ),
+            );
+            row(
+                "batches received / gaps / duplicates",
+                format!("{} / {} / {}", s.batches_received, s.gaps, s.duplicates),
+            );
+            row("arrivals by hour", format!("{:?}", s.arrivals_by_hour));
+            row("placements by hour", format!("{:?}", s.placements_by_hour));
+            row("placement round trip (ws)", lat(&s.placement_round_trip));
+            row("arrival to live", lat(&s.arrive_to_live));
+            row("snapshot fetch", lat(&s.snapshot_fetch));
+            row("placement schedule lag", lat(&s.schedule_lag));
+            row(
+                "tester state",
+                format!(
+                    "{} B per user + plan {} + tokens {}",
+                    s.tester_state_bytes_per_user,
+                    bytes(s.tester_plan_bytes as f64),
+                    bytes(s.tester_token_bytes as f64)
+                ),
+            );
+        }
+        for p in &self.agents {
+            row(
+                &format!("agent {}", p.agent),
+                format!(
+                    "{} clients {}..{} ({} pid {}, {} procs, {} threads): ready {}, frames {}, gaps {}, frame latency {}",
+                    p.clients,
+                    p.base,
+                    p.base + p.clients as u64,
+                    p.host,
+                    p.pid,
+                    p.procs,
+                    p.threads,
+                    p.clients_ready,
+                    p.frames,
+                    p.gaps,
+                    lat(&p.frame_latency)
+                ),
+            );
         }
         if let Some(d) = &self.drain {
             row(

@@ -1,18 +1,23 @@
-//! The four scenarios, each a bounded sequence of phases (plan, ramp, settle, measure, drain,
-//! stop) over a client [`Fleet`], the placement [`driver`] and /proc samples of the server,
-//! ending in one [`Report`]. Also the pre-flight plan that refuses a run which cannot fit the
-//! open-file or port limits before it opens a single socket.
+//! The scenarios, each a bounded sequence of phases (plan, ramp, settle, measure, drain, stop)
+//! over a client [`Fleet`] (this process, `--procs` children or `--agents` on other hosts), the
+//! placement [`driver`] and /proc samples of the server, ending in one [`Report`]; the session
+//! scenario's compressed day. Also the pre-flight plan that refuses a run which cannot fit the
+//! open-file or port limits before it opens a single socket. The placement driver and the
+//! server's /proc sampling always stay in this (the coordinating) process.
 
 use crate::batch;
-use crate::cli::{self, AbuseArgs, Common, FanoutArgs, HoldArgs, PlaceArgs, ReconnectArgs};
+use crate::cli::{self, AbuseArgs, Cmd, Common, FanoutArgs, HoldArgs, PlaceArgs, ReconnectArgs, SessionArgs};
+use crate::coordinator::{self, AgentFleet};
 use crate::driver::{self, DriverConfig, DriverCounters, DriverReport};
 use crate::engine::{EngineConfig, FleetResult, Progress};
 use crate::error::{LimitError, LoadError};
-use crate::fleet::{self, Fleet, LocalFleet, ProcFleet};
+use crate::fleet::{Fleet, LocalFleet, ProcFleet};
 use crate::http::{self, CanvasInfo};
+use crate::link;
 use crate::procfs::{self, ProcSample};
 use crate::report::*;
 use crate::sendtable::{self, SendTable};
+use crate::share::{self, Share};
 use crate::signals;
 use crate::sys;
 use std::net::IpAddr;
@@ -21,16 +26,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Settings derived from the common options.
-struct Ctx {
-    common: Common,
-    sources: Vec<IpAddr>,
-    threads: usize,
-    cpus: Vec<usize>,
-    seed: u64,
+pub(crate) struct Ctx {
+    pub(crate) common: Common,
+    pub(crate) sources: Vec<IpAddr>,
+    pub(crate) threads: usize,
+    pub(crate) cpus: Vec<usize>,
+    pub(crate) seed: u64,
 }
 
 impl Ctx {
-    fn new(common: &Common) -> Result<Self, LoadError> {
+    pub(crate) fn new(common: &Common) -> Result<Self, LoadError> {
         common.validate()?;
         let sources = crate::addrs::parse_sources_for(&common.source_addrs, common.target)?;
         crate::addrs::check_sources(&sources, common.target)?;
@@ -45,7 +50,7 @@ impl Ctx {
         Ok(Ctx { common: common.clone(), sources, threads, cpus, seed })
     }
 
-    fn engine(&self, since: Option<u64>, latency_every: u64, track_below: u64) -> EngineConfig {
+    pub(crate) fn engine(&self, since: Option<u64>, latency_every: u64, track_below: u64) -> EngineConfig {
         EngineConfig {
             target: self.common.target,
             sources: self.sources.clone(),
@@ -110,7 +115,7 @@ pub fn loadavg() -> String {
 
 /// Refuses a run that cannot fit the open-file or port limits, before any socket is opened;
 /// returns warnings for a run that fits but is close to a limit.
-fn plan(ctx: &Ctx, clients: usize, extra_fds: u64) -> Result<Vec<String>, LimitError> {
+pub(crate) fn plan(ctx: &Ctx, clients: usize, extra_fds: u64) -> Result<Vec<String>, LimitError> {
     let (_, hard) = sys::raise_nofile_to_hard();
     let procs = ctx.common.procs.max(1);
     let per_proc = clients.div_ceil(procs) as u64 + extra_fds + 32;
@@ -236,6 +241,14 @@ fn wait_ready(
     Ok(())
 }
 
+/// The arguments of this run for agents and child processes, with the seed resolved (so every
+/// process derives the same keys and, for a session, the same day).
+fn run_args(ctx: &Ctx) -> Vec<String> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    link::set_arg(&mut args, "--seed", ctx.seed);
+    args
+}
+
 fn start_fleet(
     ctx: &Ctx,
     clients: usize,
@@ -243,16 +256,21 @@ fn start_fleet(
     table: Option<Arc<SendTable>>,
     table_path: Option<std::path::PathBuf>,
 ) -> Result<Fleet, LoadError> {
-    if ctx.common.procs > 1 {
-        Ok(Fleet::Procs(ProcFleet::start(ctx.common.procs, table, table_path)?))
+    if !ctx.common.agents.is_empty() {
+        let tap = table.as_ref().and_then(|t| t.tap());
+        let args = coordinator::job_args(run_args(ctx));
+        Ok(Fleet::Agents(AgentFleet::start(&ctx.common.agents, args, clients, tap)?))
+    } else if ctx.common.procs > 1 {
+        Ok(Fleet::Procs(ProcFleet::start(ctx.common.procs, run_args(ctx), table, table_path)?))
     } else {
         Ok(Fleet::Local(LocalFleet::start(cfg, clients, 0, ctx.threads, ctx.common.ramp, &ctx.cpus, table)?))
     }
 }
 
-/// The send table: anonymous in one process, a shared file with child processes.
+/// The send table: anonymous in one process (and with agents: it feeds their forwarder), a
+/// shared file with child processes.
 fn make_table(ctx: &Ctx) -> Result<(Arc<SendTable>, Option<std::path::PathBuf>), LoadError> {
-    if ctx.common.procs > 1 {
+    if ctx.common.procs > 1 && ctx.common.agents.is_empty() {
         let p = sendtable::temp_path();
         let t = SendTable::create_file(&p, sendtable::DEFAULT_SLOTS)
             .map_err(|e| LoadError::io(format!("creating {}", p.display()), e))?;
@@ -294,24 +312,28 @@ fn tester_report(f: &FleetResult, procs: usize) -> TesterReport {
     }
 }
 
-/// Child-process mode of hold and fanout: run this process's share of the clients.
-pub fn run_child(common: &Common, clients: usize, latency_every: u64) -> Result<(), LoadError> {
-    let ctx = Ctx::new(common)?;
-    let (index, count) = (common.child_index.unwrap_or(0), common.child_count.unwrap_or(1).max(1));
-    let (base, n) = fleet::share(clients, index, count);
-    sys::raise_nofile_to_hard();
-    let table = match &common.sendtable {
-        Some(p) => {
-            Some(Arc::new(SendTable::open_file(p).map_err(|e| LoadError::io(format!("opening {}", p.display()), e))?))
-        }
-        None => None,
-    };
-    let cfg = ctx.engine(None, latency_every, 0);
-    let f = LocalFleet::start(cfg, n, base, ctx.threads, common.ramp / count as f64, &ctx.cpus, table)?;
-    // Bounded life even if the parent never says stop: ramp + run + generous slack.
-    let life = Duration::from_secs_f64(clients as f64 / common.ramp) + Duration::from_secs(common.duration + 300);
-    fleet::run_child(f, life);
-    Ok(())
+/// The client plan of this process, or none when agents run the clients (each checks its own
+/// share and reports its warnings).
+fn local_plan(ctx: &Ctx, clients: usize, extra_fds: u64) -> Result<Vec<String>, LimitError> {
+    if ctx.common.agents.is_empty() {
+        plan(ctx, clients, extra_fds)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Refuses --agents for the scenarios that do not split over agents.
+fn no_agents(common: &Common, scenario: &str) -> Result<(), LoadError> {
+    if common.agents.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Args(format!("--agents applies to hold, fanout and session, not {scenario}")))
+    }
+}
+
+/// Warnings the agents gave when they got their shares.
+fn agent_warnings(parts: &[coordinator::AgentPart]) -> Vec<String> {
+    parts.iter().flat_map(|p| p.warnings.iter().map(move |w| format!("agent {}: {w}", p.agent))).collect()
 }
 
 pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
@@ -322,9 +344,10 @@ pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
         serde_json::json!({
             "clients": a.clients, "duration_s": a.common.duration, "ramp_per_s": a.common.ramp,
             "threads_per_proc": ctx.threads, "procs": a.common.procs, "source_addrs": ctx.sources.len(),
+            "agents": a.common.agents,
         }),
     );
-    let mut warnings = plan(&ctx, a.clients, 16)?;
+    let mut warnings = local_plan(&ctx, a.clients, 16)?;
     let info = http::canvas_info(a.common.target)?;
     let before = ctx.server();
     let kernel_before = procfs::kernel_mem();
@@ -344,7 +367,9 @@ pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
         w1 = ctx.server();
         Ok::<(), LoadError>(())
     })();
-    let result = fleet.stop()?;
+    let (result, parts) = fleet.stop()?;
+    warnings.extend(agent_warnings(&parts));
+    report.agents = parts;
     let end = ctx.server();
     if let Err(e) = &run {
         fail(&mut report, e);
@@ -449,9 +474,10 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
             "ramp_per_s": a.common.ramp, "driver_conns": a.driver.driver_conns, "users": a.driver.users,
             "threads_per_proc": ctx.threads, "procs": a.common.procs, "source_addrs": ctx.sources.len(),
             "latency_every": latency_every, "settle_ms": a.settle_ms, "drain_ms": a.drain_ms, "batch_ms": a.batch_ms,
+            "agents": a.common.agents,
         }),
     );
-    report.outcome.warnings = plan(&ctx, a.clients, a.driver.driver_conns as u64 + 16)?;
+    report.outcome.warnings = local_plan(&ctx, a.clients, a.driver.driver_conns as u64 + 16)?;
     let info = http::canvas_info(a.common.target)?;
     report.params["edit_stride"] = info.edit_stride.into();
     report.params["server_cooldown_ms"] = info.cooldown_ms.into();
@@ -484,8 +510,9 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
         ready = ctx.server();
         v0 = http::canvas_info(a.common.target)?.version;
         fleet.set_window(v0);
-        // Give child processes a moment to read the window before the first placement.
-        std::thread::sleep(Duration::from_millis(if a.common.procs > 1 { 100 } else { 0 }));
+        // Give child processes (and agents) a moment to read the window before the first placement.
+        let remote = a.common.procs > 1 || !a.common.agents.is_empty();
+        std::thread::sleep(Duration::from_millis(if remote { 100 } else { 0 }));
         clients_in_window = fleet.progress().open;
         w0 = ctx.server();
         cpus0 = procfs::cpu_times();
@@ -506,7 +533,15 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
         self_wall_ns = sys::now_ns() - n0;
         Ok::<(), LoadError>(())
     })();
-    let result = fleet.stop()?;
+    let (result, parts) = fleet.stop()?;
+    warnings.extend(agent_warnings(&parts));
+    if table.tap_dropped() > 0 {
+        warnings.push(format!(
+            "{} send instants were not forwarded to the agents (queue full): those versions are untimed there",
+            table.tap_dropped()
+        ));
+    }
+    report.agents = parts;
     let end = ctx.server();
     if let Err(e) = &run {
         fail(&mut report, e);
@@ -566,8 +601,9 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
 }
 
 pub fn place(a: &PlaceArgs) -> Result<Report, LoadError> {
+    no_agents(&a.common, "place")?;
     if a.common.procs > 1 {
-        return Err(LoadError::Args("--procs applies to hold and fanout only".into()));
+        return Err(LoadError::Args("--procs applies to hold, fanout and session only".into()));
     }
     if !(1..=1024).contains(&a.conns) || !(1..=1_000_000).contains(&a.users) || a.rate < 0.0 {
         return Err(LoadError::Args("--conns must be 1 to 1024, --users 1 to 1000000, --rate >= 0".into()));
@@ -674,8 +710,9 @@ fn snapshot(target: std::net::SocketAddr) -> Result<batch::Snapshot, LoadError> 
 pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
     cli::check_clients(a.clients)?;
     cli::check_driver(&a.driver, &a.common.allow_target)?;
+    no_agents(&a.common, "reconnect")?;
     if a.common.procs > 1 {
-        return Err(LoadError::Args("--procs applies to hold and fanout only".into()));
+        return Err(LoadError::Args("--procs applies to hold, fanout and session only".into()));
     }
     if a.drop == 0 || a.drop > a.clients || a.drop > 100_000 {
         return Err(LoadError::Args(format!("--drop must be 1 to min(--clients, 100000), got {}", a.drop)));
@@ -777,7 +814,7 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
         wait(&fleet, &mut t, Duration::from_millis(500), None)?;
         Ok::<(), LoadError>(())
     })();
-    let result = fleet.stop()?;
+    let (result, _) = fleet.stop()?;
     if let Err(e) = &run {
         fail(&mut report, e);
     }
@@ -856,8 +893,9 @@ pub fn reconnect(a: &ReconnectArgs) -> Result<Report, LoadError> {
 pub fn abuse(a: &AbuseArgs) -> Result<Report, LoadError> {
     use crate::abuse::{self, AbuseConfig, AbuseCounters};
     use crate::session::Sessions;
+    no_agents(&a.common, "abuse")?;
     if a.common.procs > 1 {
-        return Err(LoadError::Args("--procs applies to hold and fanout only".into()));
+        return Err(LoadError::Args("--procs applies to hold, fanout and session only".into()));
     }
     if !(1..=100_000).contains(&a.honest) {
         return Err(LoadError::Args(format!("--honest must be 1 to 100000, got {}", a.honest)));
@@ -1039,5 +1077,127 @@ pub fn abuse(a: &AbuseArgs) -> Result<Report, LoadError> {
         report.server = Some(s);
     }
     report.abuse = Some(rep);
+    Ok(report)
+}
+
+/// The session scenario: a compressed day of r/place users (see [`crate::day`] and
+/// [`crate::dayplan`]), in this process, `--procs` children or `--agents`.
+pub fn session(a: &SessionArgs) -> Result<Report, LoadError> {
+    share::check_session(a)?;
+    let ctx = Ctx::new(&a.common)?;
+    let info = http::canvas_info(a.common.target)?;
+    // Resolve once what every process must agree on: the seed, the server's cooldown and canvas.
+    let canvas = format!("{}x{}x{}", info.width, info.height, info.palette_len);
+    let mut resolved = a.clone();
+    resolved.common.seed = Some(ctx.seed);
+    resolved.plan_cooldown_ms = Some(info.cooldown_ms);
+    resolved.plan_canvas = Some(canvas.clone());
+    let params = share::plan_params(&resolved)?;
+    let mut args = run_args(&ctx);
+    link::set_arg(&mut args, "--plan-cooldown-ms", info.cooldown_ms);
+    link::set_arg(&mut args, "--plan-canvas", &canvas);
+    let latency_every = share::latency_every(a.latency_every, a.users);
+    let mut report = ctx.report(
+        "session",
+        serde_json::json!({
+            "users": a.users, "day_seconds": a.day_seconds, "compression": params.factor(),
+            "placements_per_user": a.placements_per_user, "placements_planned": params.edits(),
+            "server_cooldown_ms": info.cooldown_ms, "day_cooldown_s": params.trace_cooldown_s(),
+            "canvas": canvas, "http_conns": a.http_conns, "threads_per_proc": ctx.threads,
+            "procs": a.common.procs, "agents": a.common.agents, "source_addrs": ctx.sources.len(),
+            "latency_every": latency_every, "seed": ctx.seed, "edit_stride": info.edit_stride,
+        }),
+    );
+    let mut warnings = Vec::new();
+    if info.cooldown_ms == 0 {
+        warnings.push(format!(
+            "the server has no cooldown: the day paces users at --day-cooldown-s {} s of its own time",
+            a.day_cooldown_s
+        ));
+    }
+    let before = ctx.server();
+    let mut t = Ticker::new(&a.common);
+    let (mut fleet, day_start) = if !a.common.agents.is_empty() {
+        let f = AgentFleet::start(&a.common.agents, coordinator::job_args(args), a.users, None)?;
+        let start = f.start_unix_ms;
+        (Fleet::Agents(f), start + share::DAY_LEAD_MS)
+    } else {
+        let s = Share::prepare(&Cmd::Session(resolved.clone()), args)?;
+        warnings.extend(s.warnings.iter().cloned());
+        let (table, path) = if s.procs > 1 {
+            let p = sendtable::temp_path();
+            let t = SendTable::create_file(&p, sendtable::DEFAULT_SLOTS)
+                .map_err(|e| LoadError::io(format!("creating {}", p.display()), e))?;
+            (Arc::new(t), Some(p))
+        } else {
+            let t = SendTable::anonymous(sendtable::DEFAULT_SLOTS)
+                .map_err(|e| LoadError::io("mapping the send table", e))?;
+            (Arc::new(t), None)
+        };
+        let start = link::unix_ms();
+        (s.start(start, Some(table), path)?, start + share::DAY_LEAD_MS)
+    };
+    let day_end = day_start + a.day_seconds * 1000;
+    let (mut w0, mut w1) = (ProcSample::default(), ProcSample::default());
+    let mut connected_max = 0u64;
+    let run = (|| {
+        let until = |ms: u64| Duration::from_millis(ms.saturating_sub(link::unix_ms()));
+        wait(&fleet, &mut t, until(day_start), None)?;
+        w0 = ctx.server();
+        let end = Instant::now() + until(day_end);
+        while Instant::now() < end {
+            wait(&fleet, &mut t, Duration::from_millis(200).min(end.saturating_duration_since(Instant::now())), None)?;
+            connected_max = connected_max.max(fleet.progress().open);
+        }
+        w1 = ctx.server();
+        wait(&fleet, &mut t, Duration::from_millis(a.drain_ms), None)?;
+        Ok::<(), LoadError>(())
+    })();
+    fleet.note_ready();
+    let (result, parts) = fleet.stop()?;
+    warnings.extend(agent_warnings(&parts));
+    report.agents = parts;
+    let end = ctx.server();
+    if let Err(e) = &run {
+        fail(&mut report, e);
+    }
+    if let Some(f) = &result.fatal {
+        fail(&mut report, &LoadError::Limit(f.clone()));
+    }
+    let day = result.day.clone().unwrap_or_default();
+    let s = SessionReport::compute(&day, &result, a.day_seconds, connected_max, day_start);
+    if run.is_ok() && result.fatal.is_none() {
+        let c = &result.counts;
+        report.outcome.ok = day.placements_accepted > 0 && c.gaps == 0 && c.duplicates == 0 && day.catch_up_gaps == 0;
+        if !report.outcome.ok {
+            report.outcome.error = Some(format!(
+                "{} placements accepted of {} sent; {} gaps, {} duplicates, {} catch-ups that did not start at their version",
+                day.placements_accepted, day.placements_sent, c.gaps, c.duplicates, day.catch_up_gaps
+            ));
+        }
+    }
+    let refused: u64 = day.placements_refused.values().sum();
+    if refused > 0 {
+        warnings.push(format!("{refused} placements refused: {:?}", day.placements_refused));
+    }
+    report.outcome.warnings = warnings;
+    if let Some(pid) = a.common.server_pid {
+        let mut srv = ServerReport::from_samples(pid, before, w0, w0, w1, end);
+        if day.placements_accepted > 0 {
+            srv.cpu_us_per_accepted_placement = Some(srv.window_cpu_us as f64 / day.placements_accepted as f64);
+        }
+        if result.counts.frames > 0 {
+            srv.cpu_us_per_delivered_frame = Some(srv.window_cpu_us as f64 / result.counts.frames as f64);
+        }
+        report.server = Some(srv);
+    }
+    report.tester = Some(tester_report(&result, a.common.procs));
+    let mut clients = ClientsReport::from_fleet(a.users as u64, &result);
+    // Users come and go over the day: "ready" is whoever arrived at least once.
+    clients.connected_at_ready = day.users_arrived;
+    report.clients = Some(clients);
+    report.latency = Some(LatencyReport::from_fleet(&result, latency_every));
+    report.drain = DrainReport::from_fleet(&result);
+    report.session = Some(s);
     Ok(report)
 }

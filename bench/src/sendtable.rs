@@ -5,12 +5,22 @@
 //! process, a file under /dev/shm when `--procs` child processes read what the parent's driver
 //! writes. Each slot is (version + 1, send instant in CLOCK_MONOTONIC ns), written with a
 //! seqlock-style protocol so a reader never pairs a version with another version's instant.
+//!
+//! Load agents on other hosts cannot map it: a tap ([`SendTable::tap`]) hands every recorded
+//! (version, instant) to a bounded queue ([`TAP_QUEUE`]) that the coordinator forwards to its
+//! agents; when the queue is full the entry is not forwarded (counted in
+//! [`SendTable::tap_dropped`]) and the agents count that version's receptions as untimed.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::OnceLock;
+
+/// Recorded instants waiting for the coordinator's forwarder.
+pub const TAP_QUEUE: usize = 65_536;
 
 /// Default number of slots: 2^18 versions (262 s of history at 1,000 placements/s), 4 MiB.
 pub const DEFAULT_SLOTS: usize = 1 << 18;
@@ -21,6 +31,8 @@ pub struct SendTable {
     bytes: usize,
     /// The backing file, removed on drop by the process that created it.
     owned_path: Option<PathBuf>,
+    tap: OnceLock<SyncSender<(u64, u64)>>,
+    tap_dropped: AtomicU64,
 }
 
 // SAFETY: the mapping is only accessed through atomics.
@@ -65,7 +77,14 @@ impl SendTable {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(SendTable { ptr: p as *mut AtomicU64, slots, bytes, owned_path: None })
+        Ok(SendTable {
+            ptr: p as *mut AtomicU64,
+            slots,
+            bytes,
+            owned_path: None,
+            tap: OnceLock::new(),
+            tap_dropped: AtomicU64::new(0),
+        })
     }
 
     fn slot(&self, version: u64) -> (&AtomicU64, &AtomicU64) {
@@ -80,6 +99,24 @@ impl SendTable {
         tag.store(0, Ordering::Release);
         ns.store(sent_ns, Ordering::Release);
         tag.store(version + 1, Ordering::Release);
+        if let Some(t) = self.tap.get() {
+            if t.try_send((version, sent_ns)).is_err() {
+                self.tap_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// From now on every recorded (version, instant) is also offered to the returned queue
+    /// (once per table; a second call returns None).
+    pub fn tap(&self) -> Option<Receiver<(u64, u64)>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(TAP_QUEUE);
+        self.tap.set(tx).ok()?;
+        Some(rx)
+    }
+
+    /// Recorded instants the tap's queue had no room for.
+    pub fn tap_dropped(&self) -> u64 {
+        self.tap_dropped.load(Ordering::Relaxed)
     }
 
     /// The send instant of `version`, if the driver recorded it and it is still in the ring.
@@ -126,6 +163,17 @@ mod tests {
         t.record(13, 456); // same slot as 5
         assert_eq!(t.lookup(5), None);
         assert_eq!(t.lookup(13), Some(456));
+    }
+
+    #[test]
+    fn the_tap_sees_every_record_or_counts_it() {
+        let t = SendTable::anonymous(8).unwrap();
+        let rx = t.tap().unwrap();
+        assert!(t.tap().is_none());
+        t.record(1, 10);
+        t.record(2, 20);
+        assert_eq!(rx.try_iter().collect::<Vec<_>>(), [(1, 10), (2, 20)]);
+        assert_eq!(t.tap_dropped(), 0);
     }
 
     #[test]

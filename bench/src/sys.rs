@@ -162,6 +162,20 @@ pub fn take_socket_error(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// A short name for a socket error, as a key of the report's error maps.
+pub fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT".into(),
+        Some(libc::EPIPE) => "EPIPE".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
+        Some(n) => format!("errno_{n}"),
+        None => e.kind().to_string(),
+    }
+}
+
 /// `read(2)`; `Ok(0)` is end of stream.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is valid for writes of its length.

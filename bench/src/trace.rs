@@ -12,6 +12,9 @@
 //!   spoil pixels that match it, and a small share of edits lands anywhere in any color. The
 //!   canvas as the edits leave it (starting all color 0) is kept to make those choices.
 //!
+//! The same model drives the `session` scenario live: [`replay`] hands over the edits (time,
+//! user, pixel) in row order without writing them ([`crate::dayplan`] compresses them into a day).
+//!
 //! Invariants of the output, whatever the arguments that pass [`validate`]:
 //! - the header is exactly [`HEADER`]; rows are sorted by timestamp (ties by user index) and
 //!   `version` is the row number from 1;
@@ -191,6 +194,32 @@ pub fn generate<W: Write>(a: &TraceArgs, out: W) -> Result<Summary, TraceError> 
     let schedule = schedule(&p, &intensity);
     let arts = Artworks::new(&p, &mut Rng::new(p.seed, Stream::Artworks));
     write_rows(&p, &arts, &schedule, out)
+}
+
+/// One edit of a trace as the model makes it (a CSV row before formatting): milliseconds from
+/// the start, the user's index (`0..users`, the row's `user_hash` is a bijection of it) and the
+/// pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceEdit {
+    pub t_ms: u64,
+    pub user: u64,
+    pub x: u32,
+    pub y: u32,
+    pub color: u8,
+}
+
+/// The trace of `a` edit by edit, in row order, without writing it: the same model (who, when,
+/// where) that a live replay follows (the `session` scenario). Returns the number of users.
+pub fn replay(a: &TraceArgs, mut f: impl FnMut(TraceEdit)) -> Result<u64, TraceError> {
+    let p = params(a)?;
+    let intensity = Intensity::new(&p, &mut Rng::new(p.seed, Stream::Intensity));
+    let schedule = schedule(&p, &intensity);
+    let arts = Artworks::new(&p, &mut Rng::new(p.seed, Stream::Artworks));
+    let _ = walk(&p, &arts, &schedule, |_, e| {
+        f(e);
+        Ok(())
+    });
+    Ok(p.users)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,31 +727,45 @@ fn user_hash(key: u64, user: u64) -> u64 {
     mix((key << 32) | (user + 1))
 }
 
+/// Every edit of the schedule in row order (`i` from 0), with its pixel chosen by the world.
+fn walk(
+    p: &Params,
+    arts: &Artworks,
+    keys: &[u64],
+    mut f: impl FnMut(usize, TraceEdit) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut users: Vec<UserState> = (0..p.users).map(|u| UserState::new(p.seed, u)).collect();
+    let mut world = World { p, arts, canvas: vec![0; p.width as usize * p.height as usize] };
+    for (i, &key) in keys.iter().enumerate() {
+        let (t_ms, user) = (key >> 32, key & 0xFFFF_FFFF);
+        let (x, y, color) = world.edit(&mut users[user as usize], t_ms);
+        f(i, TraceEdit { t_ms, user, x, y, color })?;
+    }
+    Ok(())
+}
+
 fn write_rows<W: Write>(p: &Params, arts: &Artworks, keys: &[u64], out: W) -> Result<Summary, TraceError> {
     let io_err = |source| TraceError::Io { what: "writing the trace".into(), source };
     let mut out = io::BufWriter::with_capacity(4 << 20, out);
     out.write_all(HEADER.as_bytes()).map_err(io_err)?;
-    let mut users: Vec<UserState> = (0..p.users).map(|u| UserState::new(p.seed, u)).collect();
-    let mut world = World { p, arts, canvas: vec![0; p.width as usize * p.height as usize] };
     let hash_key = Rng::new(p.seed, Stream::Hashes).next() >> 32;
     let mut clock = Clock::default();
     let mut row = Vec::with_capacity(128);
     let mut bytes = HEADER.len() as u64;
-    for (i, &key) in keys.iter().enumerate() {
-        let (t_ms, user) = (key >> 32, key & 0xFFFF_FFFF);
-        let (x, y, color) = world.edit(&mut users[user as usize], t_ms);
+    walk(p, arts, keys, |i, e| {
         row.clear();
-        row.extend_from_slice(clock.format(p.start_ms + t_ms));
+        row.extend_from_slice(clock.format(p.start_ms + e.t_ms));
         row.push(b',');
-        push_hex(&mut row, user_hash(hash_key, user));
-        for v in [x as u64, y as u64, color as u64, i as u64 + 1] {
+        push_hex(&mut row, user_hash(hash_key, e.user));
+        for v in [e.x as u64, e.y as u64, e.color as u64, i as u64 + 1] {
             row.push(b',');
             push_dec(&mut row, v);
         }
         row.push(b'\n');
-        out.write_all(&row).map_err(io_err)?;
         bytes += row.len() as u64;
-    }
+        out.write_all(&row)
+    })
+    .map_err(io_err)?;
     out.flush().map_err(io_err)?;
     let first_ms = p.start_ms + keys.first().map_or(0, |k| k >> 32);
     let last_ms = p.start_ms + keys.last().map_or(0, |k| k >> 32);
