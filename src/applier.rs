@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use crate::bounds::{CHUNK, MAX_SUBS, SUB};
-use crate::bounds::{DEFER_STEP, MAX_DEFER};
+use crate::bounds::{DEFER_BACKLOG, DEFER_STEP, MAX_DEFER};
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
 
@@ -104,8 +104,9 @@ impl ApplierStats {
         }
     }
 
-    fn shards_busy(&self) -> bool {
-        self.shard_backlog.iter().any(|b| b.load(Ordering::Acquire) > 0)
+    /// Whether some shard has `depth` or more batches not yet written to all its connections.
+    fn shards_behind(&self, depth: u64) -> bool {
+        self.shard_backlog.iter().any(|b| b.load(Ordering::Acquire) >= depth)
     }
 }
 
@@ -125,6 +126,8 @@ pub struct Applier {
     tail: Option<(u64, u64, Bytes)>,
     stride: u8,
     batch: Duration,
+    /// A cut waits while a shard has this many batches unwritten (`bounds::DEFER_BACKLOG`).
+    defer_backlog: u64,
     shards: Vec<Sender<ShardMsg>>,
     limiter: Arc<Limiter>,
     snapshots: Arc<SnapshotStore>,
@@ -160,6 +163,8 @@ pub struct ApplierSetup {
     pub window: usize,
     pub stride: u8,
     pub batch: Duration,
+    /// `--max-lag-batches`: the deferral starts at half of it at the latest.
+    pub max_lag: usize,
     pub shards: Vec<Sender<ShardMsg>>,
     pub limiter: Arc<Limiter>,
     pub snapshots: Arc<SnapshotStore>,
@@ -188,6 +193,7 @@ impl Applier {
             tail: None,
             stride: s.stride,
             batch: s.batch,
+            defer_backlog: DEFER_BACKLOG.min(s.max_lag as u64 / 2).max(1),
             shards: s.shards,
             limiter: s.limiter,
             snapshots: s.snapshots,
@@ -373,10 +379,11 @@ impl Applier {
                 default(wait) => {}
             }
             let now = Instant::now();
-            // Under overload, batches grow instead of queueing: while a shard is still writing
-            // the previous batch, the cut waits (at most MAX_DEFER), so every client gets every
-            // edit in fewer, larger frames and no shard builds a backlog.
-            if now >= next_cut && self.stats.shards_busy() && now < next_cut + MAX_DEFER {
+            // Under overload, batches grow instead of queueing: a shard a little behind merges
+            // the batches a connection misses into one send (hub/send.rs); one further behind
+            // (`defer_backlog`) makes the cut wait (at most MAX_DEFER), so every client gets
+            // every edit and no shard's backlog grows past it.
+            if now >= next_cut && self.stats.shards_behind(self.defer_backlog) && now < next_cut + MAX_DEFER {
                 if recheck.is_none() && self.version > self.cut_version {
                     self.stats.cuts_deferred.fetch_add(1, Ordering::Relaxed);
                 }
@@ -730,6 +737,7 @@ mod tests {
             window,
             stride: 4,
             batch: Duration::from_millis(100),
+            max_lag: 50,
             shards: vec![tx],
             limiter: Arc::new(Limiter::new(0)),
             snapshots: Arc::new(SnapshotStore::default()),
@@ -774,6 +782,7 @@ mod tests {
             window: 1000,
             stride: 4,
             batch: Duration::from_millis(100),
+            max_lag: 50,
             shards: vec![tx],
             limiter: Arc::new(Limiter::new(1000)),
             snapshots: Arc::new(SnapshotStore::default()),

@@ -59,6 +59,20 @@ pub const SUB: u64 = 4_096;
 pub const MAX_SUBS: usize = 256;
 /// Longest a cut waits for a busy shard: progress is guaranteed even if a shard stalls.
 pub const MAX_DEFER: Duration = Duration::from_secs(1);
+/// A cut waits only while some shard has this many batches or more not yet written to every
+/// connection. Below it the shard merges instead: a connection behind by several batches gets
+/// them in one send (`MERGE_FRAMES`), so under overload each client is sent everything cut so
+/// far once per pass over the table, and an edit waits at most one pass plus one interval;
+/// merging in the applier instead holds the cut until the pass ends, so the last sockets of the
+/// next pass see edits up to two passes old. Four batches: 400 ms at the default interval, and
+/// never more than half of `--max-lag-batches` (the applier takes the smaller), so deferring
+/// starts long before a connection that keeps up with the shard could lag out of the ring.
+pub const DEFER_BACKLOG: u64 = 4;
+/// Most batch frames one bulk send carries to a connection behind: one `sendmsg` with an iovec
+/// per frame costs about what one frame's `send` does (the cost is per call and per segment,
+/// not per byte, on these sizes). `DEFER_BACKLOG + 1` frames covers the deepest backlog the
+/// deferral allows, plus the batch cut while the pass runs.
+pub const MERGE_FRAMES: usize = DEFER_BACKLOG as usize + 1;
 /// How often a deferred cut looks again.
 pub const DEFER_STEP: Duration = Duration::from_millis(2);
 

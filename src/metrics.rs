@@ -75,6 +75,8 @@ pub struct ShardStats {
     pub closed_slow: AtomicU64,
     pub closed_protocol: AtomicU64,
     pub batches: AtomicU64,
+    /// Bulk sends that carried more than one batch to a connection behind (overload).
+    pub merged_sends: AtomicU64,
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -146,7 +148,7 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
         r(&m.closed_catch_up_stalled),
     );
     counter(&mut out, "placecast_closed_drain_total", "WebSockets closed by a drain (1012).", r(&m.closed_drain));
-    let per_shard: [PerShard; 8] = [
+    let per_shard: [PerShard; 9] = [
         ("placecast_ws_connections", "gauge", "Open WebSocket connections.", |s| &s.connections),
         ("placecast_ws_accepted_total", "counter", "WebSocket connections accepted.", |s| &s.accepted),
         ("placecast_frames_sent_total", "counter", "Frames fully written to sockets.", |s| &s.frames_sent),
@@ -155,6 +157,12 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
         ("placecast_closed_slow_total", "counter", "Clients closed for falling behind (4000).", |s| &s.closed_slow),
         ("placecast_closed_protocol_total", "counter", "Clients closed for protocol errors.", |s| &s.closed_protocol),
         ("placecast_shard_batches_total", "counter", "Batches received by the shard.", |s| &s.batches),
+        (
+            "placecast_merged_sends_total",
+            "counter",
+            "Bulk sends that brought a connection behind up to date with several batches at once.",
+            |s| &s.merged_sends,
+        ),
     ];
     for (name, kind, help, get) in per_shard {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -197,6 +197,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
         window: args.window,
         stride: args.edit_stride,
         batch: Duration::from_millis(args.batch_ms),
+        max_lag: args.max_lag_batches,
         shards: shard_txs,
         limiter: limiter.clone(),
         snapshots: snapshots.clone(),

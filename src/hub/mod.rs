@@ -49,8 +49,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bounds::{
-    CATCH_UP_BUSY_RETRY_MS, CATCH_UP_CHECK, CLOSE_GRACE, EVENTS, MAX_IN_FLIGHT, MAX_QUEUED, READS_PER_EVENT, SCRATCH,
-    SLICE,
+    CATCH_UP_BUSY_RETRY_MS, CATCH_UP_CHECK, CLOSE_GRACE, EVENTS, MAX_IN_FLIGHT, MAX_QUEUED, MERGE_FRAMES,
+    READS_PER_EVENT, SCRATCH, SLICE,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

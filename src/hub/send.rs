@@ -1,13 +1,16 @@
 //! The hub's send path: a batch written to every connection waiting for it (one io_uring
 //! submission per slice of `SLICE` sockets, or one `send()` each), the per-connection pump of
 //! queued frames, and what happens to a socket that is full (blocked) or too far behind (4000).
+//! When batches were cut while a pass ran (overload), each connection the pass reaches gets all
+//! of them in one `sendmsg` (`MERGE_FRAMES` at most): one call per connection per pass, whatever
+//! the backlog, which is what lets a client see every batch as its own frame under overload.
 //!
 //! Invariants: a frame in flight is never interleaved with another (`out` finishes first); a
 //! connection gets batches in sequence order, each once; no send ever blocks (`MSG_DONTWAIT`);
 //! an io_uring slice's frame outlives its submission (completions are all reaped before the
 //! slice returns). Not here: reading, or what client messages mean (`messages.rs`).
 
-use super::{Cursor, Hub, State, SLICE};
+use super::{Cursor, Hub, State, MERGE_FRAMES, SLICE};
 use crate::metrics::add;
 use crate::protocol::close;
 use crate::sys;
@@ -63,11 +66,31 @@ impl Hub {
         self.conns.len()
     }
 
-    /// All of one batch's sends for this shard, submitted to io_uring a ring-full at a time.
-    /// Submits one ring-full of sends (at most `SLICE`); returns the slot to continue from.
+    /// Submits one ring-full of sends (at most `SLICE`) of batch `seq` to the connections waiting
+    /// for exactly it; returns the slot to continue from. When later batches were cut while the
+    /// pass ran (the shard is behind), each of those connections gets them too, in the same
+    /// `sendmsg` (at most `MERGE_FRAMES` frames, one iovec each): a client behind is brought up to
+    /// date in one call instead of one pass per batch.
     pub(super) fn broadcast_uring(&mut self, seq: u64, frame: &Bytes, from: usize) -> usize {
         let mut uring = self.uring.take().expect("uring mode");
         let cap = (uring.params().sq_entries() as usize).min(SLICE);
+        // The frames of this slice: batch `seq` and those after it, up to `MERGE_FRAMES`. They
+        // are clones held here (no allocation: a fixed array of reference-counted handles), so
+        // they outlive every send that points at them.
+        let at = (seq - self.first_seq) as usize;
+        let count = (self.ring.len() - at).min(MERGE_FRAMES);
+        let frames: [Bytes; MERGE_FRAMES] =
+            std::array::from_fn(|i| if i < count { self.ring[at + i].clone() } else { Bytes::new() });
+        debug_assert_eq!(&frames[0], frame);
+        let frames = &frames[..count];
+        let iov: [libc::iovec; MERGE_FRAMES] = std::array::from_fn(|i| libc::iovec {
+            iov_base: frames.get(i).map_or(std::ptr::null_mut(), |f| f.as_ptr() as *mut libc::c_void),
+            iov_len: frames.get(i).map_or(0, |f| f.len()),
+        });
+        // SAFETY: msghdr is a plain C struct; all-zero is its empty value (no name, no control).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = count as _;
         let mut queued = 0usize;
         let mut end = self.conns.len();
         for slot in from..self.conns.len() {
@@ -78,22 +101,27 @@ impl Hub {
             if !self.ready_for(slot, seq) {
                 continue;
             }
-            let sqe = opcode::Send::new(types::Fd(self.conns[slot].fd), frame.as_ptr(), frame.len() as u32)
-                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(slot as u64);
-            // SAFETY: `frame` outlives the submission: we wait for every completion below.
-            unsafe { uring.submission().push(&sqe).expect("queue has room: at most cap entries") };
+            let fd = types::Fd(self.conns[slot].fd);
+            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            let sqe = match count {
+                1 => opcode::Send::new(fd, frame.as_ptr(), frame.len() as u32).flags(flags).build(),
+                _ => opcode::SendMsg::new(fd, &msg).flags(flags as u32).build(),
+            };
+            // SAFETY: `frames`, `iov` and `msg` outlive the submission: we wait for every
+            // completion below, before they go out of scope.
+            unsafe {
+                uring.submission().push(&sqe.user_data(slot as u64)).expect("queue has room: at most cap entries")
+            };
             queued += 1;
         }
         if queued > 0 {
-            self.flush_uring(&mut uring, queued, seq, frame);
+            self.flush_uring(&mut uring, queued, seq, frames);
         }
         self.uring = Some(uring);
         end
     }
 
-    pub(super) fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frame: &Bytes) {
+    pub(super) fn flush_uring(&mut self, uring: &mut IoUring, n: usize, seq: u64, frames: &[Bytes]) {
         // MSG_DONTWAIT makes every send complete at once (EAGAIN instead of waiting), so this
         // never blocks on a slow socket. A submission interrupted or short of kernel resources
         // is retried; any other failure leaves sends whose buffers the kernel may still read,
@@ -108,39 +136,51 @@ impl Hub {
             }
         }
         add(&self.stats().send_syscalls, 1);
-        let (mut done, mut frames, mut bytes) = (0usize, 0u64, 0u64);
+        let (mut done, mut frames_sent, mut bytes) = (0usize, 0u64, 0u64);
         // `uring` is out of `self` while a slice is in flight, so completions can be booked
         // straight from the queue, with no per-slice buffer.
         for cqe in uring.completion() {
             done += 1;
-            let sent = self.after_send(cqe.user_data() as usize, seq, frame, cqe.result());
+            let (sent, whole) = self.after_send(cqe.user_data() as usize, seq, frames, cqe.result());
             bytes += sent;
-            frames += (sent == frame.len() as u64) as u64;
+            frames_sent += whole;
         }
         assert_eq!(done, n, "every submitted send completes before the batch moves on");
         // Counted once per slice, not once per socket.
-        add(&self.stats().frames_sent, frames);
+        add(&self.stats().frames_sent, frames_sent);
         add(&self.stats().bytes_sent, bytes);
+        if frames.len() > 1 {
+            add(&self.stats().merged_sends, n as u64);
+        }
     }
 
-    /// Books one bulk send's result. Returns the bytes written.
-    pub(super) fn after_send(&mut self, slot: usize, seq: u64, frame: &Bytes, res: i32) -> u64 {
-        let c = &mut self.conns[slot];
-        if res >= 0 {
-            c.next_seq = seq + 1;
-            if res as usize != frame.len() {
-                c.out = Some(frame.clone());
-                c.out_off = res as u32;
-                self.mark_blocked(slot);
+    /// Books one bulk send of `frames` (batches `seq..`) to `slot`: the connection moves past
+    /// every whole frame written, and a frame written in part becomes its `out` (the rest goes
+    /// by `pump` once the socket has room). Returns the bytes and the whole frames written.
+    pub(super) fn after_send(&mut self, slot: usize, seq: u64, frames: &[Bytes], res: i32) -> (u64, u64) {
+        if res < 0 {
+            match -res {
+                libc::EAGAIN => self.mark_blocked(slot),
+                libc::EINTR => self.pump(slot),
+                _ => self.drop_conn(slot),
             }
-            return res as u64;
+            return (0, 0);
         }
-        match -res {
-            libc::EAGAIN => self.mark_blocked(slot),
-            libc::EINTR => self.pump(slot),
-            _ => self.drop_conn(slot),
+        let (mut left, mut whole) = (res as usize, 0);
+        while whole < frames.len() && left >= frames[whole].len() {
+            left -= frames[whole].len();
+            whole += 1;
         }
-        0
+        let c = &mut self.conns[slot];
+        c.next_seq = seq + whole as u64;
+        if let Some(part) = frames.get(whole) {
+            // `left` bytes of this frame are on the socket: the socket is full.
+            c.out = Some(part.clone());
+            c.out_off = left as u32;
+            c.next_seq += 1;
+            self.mark_blocked(slot);
+        }
+        (res as u64, whole as u64)
     }
 
     pub(super) fn mark_blocked(&mut self, slot: usize) {
