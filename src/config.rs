@@ -228,6 +228,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PLACECAST_KAFKA_TIMEOUT_MS", default_value_t = 5000)]
     pub kafka_timeout_ms: u64,
 
+    /// Milliseconds the producer waits to fill a batch before sending it (`linger.ms`, 0 to 100).
+    /// A produce request costs the broker about the same whatever it carries, so at thousands of
+    /// placements a second a longer linger means fewer, fuller requests (more placements per
+    /// broker core), for that much more time before a placement's answer (bench/RESULTS.md,
+    /// "Kafka placements through a cluster of two nodes").
+    #[arg(long, env = "PLACECAST_KAFKA_LINGER_MS", default_value_t = 1)]
+    pub kafka_linger_ms: u64,
+
     /// Seconds between local checkpoints (DATA_DIR/checkpoint.bin) of a node on a Kafka log; one
     /// is also written on SIGTERM/SIGINT. A restart replays only the log after it.
     #[arg(long, env = "PLACECAST_CHECKPOINT_SECS", default_value_t = 30)]
@@ -356,6 +364,8 @@ pub enum ConfigError {
     NoKafka,
     #[error("--kafka-timeout-ms must be between 1000 and 300000, got {0}")]
     KafkaTimeout(u64),
+    #[error("--kafka-linger-ms must be between 0 and 100, got {0}")]
+    KafkaLinger(u64),
     #[error("--checkpoint-secs must be between 1 and 86400, got {0}")]
     CheckpointSecs(u64),
     #[error("--kafka-topic must not be empty")]
@@ -440,6 +450,9 @@ pub fn check(args: &ServeArgs) -> (Option<Geometry>, Vec<ConfigError>) {
         }
         if !(1000..=300_000).contains(&args.kafka_timeout_ms) {
             p.push(ConfigError::KafkaTimeout(args.kafka_timeout_ms));
+        }
+        if args.kafka_linger_ms > 100 {
+            p.push(ConfigError::KafkaLinger(args.kafka_linger_ms));
         }
         if !(1..=86_400).contains(&args.checkpoint_secs) {
             p.push(ConfigError::CheckpointSecs(args.checkpoint_secs));
@@ -649,5 +662,21 @@ mod tests {
         let pal: Vec<String> = (0..32).map(|i| format!("#0000{i:02x}")).collect();
         let a = serve(&["--width", "4000", "--height", "4000", "--palette", &pal.join(",")]).unwrap();
         assert_eq!(Config::from_args(a).unwrap().geometry.bits_per_pixel(), 8);
+    }
+
+    #[test]
+    #[cfg(feature = "kafka")]
+    fn kafka_linger_is_bounded() {
+        let k = [
+            "--kafka-brokers",
+            "127.0.0.1:9092",
+            "--secret",
+            "test-secret-0123456789-abcdefghijklmnop",
+            "--kafka-linger-ms",
+        ];
+        let e = Config::from_args(serve(&[&k[..], &["101"]].concat()).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("--kafka-linger-ms must be between 0 and 100, got 101"), "{e}");
+        let c = Config::from_args(serve(&[&k[..], &["5"]].concat()).unwrap()).unwrap();
+        assert_eq!(c.args.kafka_linger_ms, 5);
     }
 }

@@ -482,8 +482,12 @@ fn a_node_with_an_empty_data_directory_joins_from_a_published_checkpoint_and_rep
         assert_eq!(r.status, 200);
     }
     // Node a publishes its checkpoint; read it as a joining node will.
-    let settings =
-        placecast::edit_log::kafka::KafkaSettings { brokers: broker.addr(), topic: TOPIC.into(), timeout_ms: 5000 };
+    let settings = placecast::edit_log::kafka::KafkaSettings {
+        brokers: broker.addr(),
+        topic: TOPIC.into(),
+        timeout_ms: 5000,
+        linger_ms: 1,
+    };
     let published = wait_for(60, "a published checkpoint of the first 200 edits", || {
         let (v, _) = placecast::edit_log::published::fetch_newest(&settings, &cp_topic).ok().flatten()?;
         (v >= 200).then_some(v)

@@ -252,8 +252,12 @@ fn measure_start(broker: &Broker, n: u64) {
     let v = try_http(addr, "GET", "/healthz", &[], b"").unwrap().json()["version"].as_u64().unwrap();
     assert_eq!(v, n);
     println!("BENCH cold start, no checkpoint, {n} edits: {ms} ms to serving");
-    let settings =
-        placecast::edit_log::kafka::KafkaSettings { brokers: broker.addr(), topic: TOPIC.into(), timeout_ms: 60_000 };
+    let settings = placecast::edit_log::kafka::KafkaSettings {
+        brokers: broker.addr(),
+        topic: TOPIC.into(),
+        timeout_ms: 60_000,
+        linger_ms: 1,
+    };
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if let Ok(Some((v, b))) = placecast::edit_log::published::fetch_newest(&settings, &cp_topic) {
@@ -279,4 +283,56 @@ fn measure_start(broker: &Broker, n: u64) {
     println!("BENCH restart from checkpoint at version {n}: {ms} ms to serving");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The broker's own produce limit, with no placecast in the path: one rdkafka producer set up as
+/// a node's (idempotent, acks=all, 32-byte records, `linger.ms` = PLACECAST_BENCH_LINGER_MS,
+/// default 1) sends PLACECAST_BENCH_EDITS records (default 300,000) as fast as the broker takes
+/// them, to a fresh topic. With PLACECAST_BENCH_BROKER_PORT it uses the broker already on that
+/// loopback port (the one a cluster benchmark just ran against: the same run), else its own.
+#[test]
+#[ignore]
+fn broker_produce_limit() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let n = env_or("PLACECAST_BENCH_EDITS", 300_000);
+    let linger = env_or("PLACECAST_BENCH_LINGER_MS", 1);
+    let own = std::env::var("PLACECAST_BENCH_BROKER_PORT").is_err().then(Broker::start);
+    let port = own.as_ref().map_or_else(|| env_or("PLACECAST_BENCH_BROKER_PORT", 0) as u16, |b| b.port);
+    let (url, addr) = (format!("tcp://127.0.0.1:{port}"), format!("127.0.0.1:{port}"));
+    let topic = format!("produce-limit-{}", placecast::now_ms());
+    let out = Command::new(tansu_bin())
+        .args(["topic", "create", &topic, "--partitions", "1", "--broker", &url])
+        .output()
+        .expect("run tansu topic create");
+    assert!(out.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&out.stderr));
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger.to_string())
+        .set("queue.buffering.max.messages", "100000")
+        .set("message.timeout.ms", "600000")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    let mut rec = [0u8; 32];
+    for i in 0..n {
+        let e = placecast::edit_log::Edit {
+            x: (i % 1000) as u16,
+            y: ((i / 1000) % 1000) as u16,
+            color: (i % 16) as u8,
+            user: i % 100_000 + 1,
+            ts_ms: placecast::now_ms(),
+            ext: 0,
+            aux: 0,
+        };
+        placecast::edit_log::file::encode(0, &e, &mut rec);
+        while producer.send(BaseRecord::<(), [u8]>::to(&topic).partition(0).payload(&rec[..])).is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    producer.flush(Duration::from_secs(600)).unwrap();
+    let s = started.elapsed().as_secs_f64();
+    println!("BENCH rdkafka-only producer, linger.ms {linger}: {n} records in {s:.1} s ({:.0}/s)", n as f64 / s);
 }

@@ -33,6 +33,7 @@ use crate::session::Sessions;
 use crate::sys::{self, errno_name, now_ns, Epoll, EV_IN, EV_OUT};
 use crate::ws;
 use crate::wsread::{self, Phase, Stop, Wire};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -413,6 +414,13 @@ struct DayThread {
     px: Vec<u32>,
     /// Global index of this thread's user 0 in the plan, and the stride between its users.
     plan_base: u64,
+    /// The highest batch end any of this thread's connections has received.
+    seen_to: u64,
+    /// Users catching up, with `seen_to` at their connect: their frames ending at or before it
+    /// are catch-up (old edits on their own boundaries: not a delivery latency), even when the
+    /// catch-up takes several frames. At most one entry per user: removed when its first live
+    /// frame comes or it leaves.
+    catch_up_to: FxHashMap<u32, u64>,
     day_ms: u32,
     factor: f64,
     plan_seed: u64,
@@ -500,6 +508,8 @@ impl DayThread {
             at,
             px,
             plan_base: plan.base,
+            seen_to: 0,
+            catch_up_to: FxHashMap::default(),
             day_ms: plan.day_ms,
             factor: plan.factor,
             plan_seed: plan.seed,
@@ -854,6 +864,7 @@ impl DayThread {
                 u.sent = 0;
                 u.carry = None;
                 u.flags |= F_CATCHUP;
+                self.catch_up_to.insert(i as u32, self.seen_to);
                 self.connecting += 1;
                 self.pending += 1;
                 let deadline = now.saturating_add(self.cfg.connect_timeout_ms.min(600_000) as u32);
@@ -1084,10 +1095,13 @@ impl DayThread {
                 self.stats.own_seen += 1;
             }
         }
-        if catchup {
+        let old = self.catch_up_to.get(&(i as u32)).is_some_and(|&m| b.to <= m);
+        self.seen_to = self.seen_to.max(b.to);
+        if catchup || old {
             // A catch-up batch brings old edits on its own boundaries: not a delivery latency.
             return;
         }
+        self.catch_up_to.remove(&(i as u32));
         self.timing.record(self.shared.table.as_deref(), new_from, b.to, now, sampled, &mut self.counts);
     }
 
@@ -1149,6 +1163,7 @@ impl DayThread {
                     self.users[i].own = 0;
                 }
                 self.users[i].flags &= !(F_CATCHUP | F_RETURN);
+                self.catch_up_to.remove(&(i as u32));
                 if self.stopping {
                     return;
                 }

@@ -47,6 +47,8 @@ pub struct KafkaSettings {
     /// How long a placement waits for the broker's acknowledgement (`message.timeout.ms`); the
     /// start-up checks wait for the broker this long too.
     pub timeout_ms: u64,
+    /// The producer's `linger.ms` (`--kafka-linger-ms`).
+    pub linger_ms: u64,
 }
 
 impl KafkaSettings {
@@ -56,6 +58,7 @@ impl KafkaSettings {
             brokers: args.kafka_brokers.clone()?,
             topic: args.kafka_topic.clone(),
             timeout_ms: args.kafka_timeout_ms,
+            linger_ms: args.kafka_linger_ms,
         })
     }
 }
@@ -169,7 +172,7 @@ fn make_producer(s: &KafkaSettings, failed: &crossbeam_channel::Sender<()>) -> R
     base_config(s)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", s.linger_ms.to_string())
         .set("message.timeout.ms", s.timeout_ms.to_string())
         .set("queue.buffering.max.messages", "100000")
         .create_with_context(Ctx { failed: Some(failed.clone()), timeout_ms: s.timeout_ms, ..Ctx::new() })
