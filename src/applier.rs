@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bounds::{AHEAD_WAIT, DEFER_BACKLOG, DEFER_STEP, MAX_AHEAD_WAITING, MAX_DEFER};
 pub use crate::bounds::{CHUNK, MAX_SUBS, SUB};
-use crate::bounds::{DEFER_BACKLOG, DEFER_STEP, MAX_DEFER};
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
 
@@ -156,6 +156,10 @@ pub struct Applier {
     /// catch-up frame never spans one (its pixel indexes would mix two widths). Bounded by the
     /// window (and by growth: at most 131,070 resizes can ever change a size).
     resizes: VecDeque<(u64, u32, u32)>,
+    /// Catch-ups whose `since` this node has not applied yet (shared logs only), with their
+    /// deadline: answered once the applier gets there, or told `Ahead` at the deadline.
+    /// Bounded by `MAX_AHEAD_WAITING`.
+    ahead: Vec<(CatchUpReq, Instant)>,
 }
 
 pub struct ApplierSetup {
@@ -213,6 +217,7 @@ impl Applier {
             latency: hdrhistogram::Histogram::new_with_bounds(1, 3_600_000, 2).expect("histogram bounds"),
             geometry: s.geometry,
             resizes: VecDeque::new(),
+            ahead: Vec::new(),
         }
     }
 
@@ -365,6 +370,7 @@ impl Applier {
                         self.flush_history();
                         self.publish_switches();
                         self.settle();
+                        self.serve_ahead(Instant::now());
                     }
                     Err(_) => return,
                 },
@@ -379,6 +385,7 @@ impl Applier {
                 default(wait) => {}
             }
             let now = Instant::now();
+            self.serve_ahead(now);
             // Under overload, batches grow instead of queueing: a shard a little behind merges
             // the batches a connection misses into one send (hub/send.rs); one further behind
             // (`defer_backlog`) makes the cut wait (at most MAX_DEFER), so every client gets
@@ -608,6 +615,30 @@ impl Applier {
 
     fn catch_up(&mut self, r: CatchUpReq) {
         self.stats.catchups.fetch_add(1, Ordering::Relaxed);
+        if r.since > self.version && self.cluster.is_some() && self.ahead.len() < MAX_AHEAD_WAITING {
+            self.ahead.push((r, Instant::now() + AHEAD_WAIT));
+            return;
+        }
+        self.answer_catch_up(r);
+    }
+
+    /// Answers the waiting catch-ups this node has now reached, and those past their deadline
+    /// (`Ahead`). Cheap when none wait.
+    fn serve_ahead(&mut self, now: Instant) {
+        if self.ahead.is_empty() {
+            return;
+        }
+        let (version, waiting) = (self.version, std::mem::take(&mut self.ahead));
+        for (r, deadline) in waiting {
+            if r.since <= version || now >= deadline {
+                self.answer_catch_up(r);
+            } else {
+                self.ahead.push((r, deadline));
+            }
+        }
+    }
+
+    fn answer_catch_up(&mut self, r: CatchUpReq) {
         let reply = if r.since > self.version {
             CatchUpReply::Ahead { version: self.version }
         } else if r.since < self.window_base {
@@ -974,6 +1005,30 @@ mod tests {
             _ => panic!(),
         }
         a.catch_up(CatchUpReq { shard: 0, conn: ConnId { slot: 1, gen: 1 }, since: 9 });
+        assert!(matches!(rx.try_recv().unwrap(), ShardMsg::CatchUp { reply: CatchUpReply::Ahead { version: 3 }, .. }));
+    }
+
+    #[test]
+    fn on_a_shared_log_a_catch_up_ahead_waits_for_the_applier_then_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, rx, _v) = cluster_applier(dir.path());
+        a.apply(by(1, 7, 1_000));
+        let conn = ConnId { slot: 1, gen: 1 };
+        // A client that saw version 3 on another node lands here at version 1: it waits.
+        a.catch_up(CatchUpReq { shard: 0, conn, since: 3 });
+        a.serve_ahead(Instant::now());
+        assert!(rx.try_recv().is_err(), "answered before the node reached its version");
+        a.apply(by(2, 8, 1_001));
+        a.apply(by(3, 9, 1_002));
+        a.serve_ahead(Instant::now());
+        let got: Vec<ShardMsg> = rx.try_iter().collect();
+        assert!(
+            got.iter().any(|m| matches!(m, ShardMsg::CatchUp { reply: CatchUpReply::Frames(_), .. })),
+            "caught up once the node got there"
+        );
+        // One still ahead at its deadline is told so.
+        a.catch_up(CatchUpReq { shard: 0, conn, since: 9 });
+        a.serve_ahead(Instant::now() + AHEAD_WAIT);
         assert!(matches!(rx.try_recv().unwrap(), ShardMsg::CatchUp { reply: CatchUpReply::Ahead { version: 3 }, .. }));
     }
 }

@@ -25,6 +25,15 @@ use std::time::Duration;
 /// 2,900 a second here (bench/RESULTS.md), so 1,024 queued is at most ~350 ms of wait; beyond
 /// it a client is told to come back (1013) rather than wait seconds.
 pub const CATCH_UP_QUEUE: usize = 1_024;
+/// How long a catch-up whose `since` is ahead of this node's applier waits for it, on a shared
+/// log: a client that moves between nodes (a drain, a failover) may have seen a version the
+/// node it lands on has not consumed yet; nodes of a healthy cluster are milliseconds apart.
+/// Past it the client is told 1008 (`since` ahead). On the embedded log there is one writer,
+/// so a `since` ahead is refused at once.
+pub const AHEAD_WAIT: Duration = Duration::from_secs(2);
+/// Catch-ups waiting like that at once; past it, 1008 at once. One queue's worth: the shards
+/// cannot have more outstanding than the catch-up queue holds plus this.
+pub const MAX_AHEAD_WAITING: usize = CATCH_UP_QUEUE;
 /// Messages waiting for one shard: 10 batches a second plus catch-up answers, at most one per
 /// queued catch-up request; twice the catch-up queue leaves room for both.
 pub const SHARD_QUEUE: usize = 2 * CATCH_UP_QUEUE;

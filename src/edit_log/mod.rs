@@ -8,6 +8,7 @@
 //!
 //! The applier is the only tailer in a process; placements on every shard append.
 
+pub mod checkpoint_chunks;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -3,17 +3,11 @@
 //! an empty data directory starts from the newest one and replays only the tail of the edit
 //! topic, instead of all of it (ten minutes for 10 million edits on tansu).
 //!
-//! Format: a checkpoint is cut into chunks of at most `CHUNK_BYTES`, one message each, keyed
-//! `<node>-<index>` (so a compacted topic keeps the newest chunk of each index of each node).
-//! Every chunk starts with a 68-byte header: magic `PCP1`, the publishing node's random id u64,
-//! the checkpoint's version u64, the chunk's index u32 and the count u32, the checkpoint's total
-//! length u64 and its SHA-256 (32 bytes), little-endian; the chunk's bytes follow.
-//!
-//! Reading: the newest `READBACK` messages of the topic (enough for two of the largest
-//! checkpoints and many small ones); the newest version whose chunks are all there and whose
-//! SHA-256 matches wins. Chunks of different nodes may interleave: they are grouped by node and
-//! version. Memory while reading is bounded by `MAX_CHECKPOINT_BYTES` per set kept, and sets
-//! older than the best complete one are dropped.
+//! Format: a checkpoint is cut into chunks, one message each, keyed `<node>-<index>` (so a
+//! compacted topic keeps the newest chunk of each index of each node); the chunk format and its
+//! reassembly are `checkpoint_chunks.rs`. Reading: the newest `READBACK` messages of the topic
+//! (enough for two of the largest checkpoints and many small ones); the newest version whose
+//! chunks are all there and whose SHA-256 matches wins.
 //!
 //! Invariants: a published checkpoint is only ever used whole and verified; a node that cannot
 //! read the topic (missing, broker away) starts as before, from the edit topic. Publishing is
@@ -26,119 +20,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use crate::bounds::{CHECKPOINT_CHUNK_BYTES as CHUNK_BYTES, MAX_CHECKPOINT_BYTES, PUBLISHED_READBACK as READBACK};
-
-const MAGIC: &[u8; 4] = b"PCP1";
-const HEADER: usize = 68;
-
-/// One chunk's header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Head {
-    node: u64,
-    version: u64,
-    index: u32,
-    count: u32,
-    total: u64,
-    sha: [u8; 32],
-}
-
-impl Head {
-    fn encode(&self) -> [u8; HEADER] {
-        let mut h = [0u8; HEADER];
-        h[0..4].copy_from_slice(MAGIC);
-        h[4..12].copy_from_slice(&self.node.to_le_bytes());
-        h[12..20].copy_from_slice(&self.version.to_le_bytes());
-        h[20..24].copy_from_slice(&self.index.to_le_bytes());
-        h[24..28].copy_from_slice(&self.count.to_le_bytes());
-        h[28..36].copy_from_slice(&self.total.to_le_bytes());
-        h[36..68].copy_from_slice(&self.sha);
-        h
-    }
-
-    /// A header that can belong to a checkpoint within the bounds, or None.
-    fn decode(b: &[u8]) -> Option<Head> {
-        if b.len() < HEADER || &b[0..4] != MAGIC {
-            return None;
-        }
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
-        let h = Head {
-            node: u64_at(4),
-            version: u64_at(12),
-            index: u32_at(20),
-            count: u32_at(24),
-            total: u64_at(28),
-            sha: b[36..68].try_into().expect("32 bytes"),
-        };
-        let fits = h.total as usize <= MAX_CHECKPOINT_BYTES
-            && h.count as u64 == h.total.div_ceil(CHUNK_BYTES as u64).max(1)
-            && h.index < h.count;
-        fits.then_some(h)
-    }
-}
-
-/// The chunks of `bytes` (a checkpoint at `version`) as messages: `(key, value)`.
-fn chunks(node: u64, version: u64, bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let sha: [u8; 32] = Sha256::digest(bytes).into();
-    let count = bytes.len().div_ceil(CHUNK_BYTES).max(1) as u32;
-    (0..count)
-        .map(|i| {
-            let part =
-                &bytes[(i as usize * CHUNK_BYTES).min(bytes.len())..((i as usize + 1) * CHUNK_BYTES).min(bytes.len())];
-            let head = Head { node, version, index: i, count, total: bytes.len() as u64, sha };
-            let mut v = Vec::with_capacity(HEADER + part.len());
-            v.extend_from_slice(&head.encode());
-            v.extend_from_slice(part);
-            (format!("{node:016x}-{i}"), v)
-        })
-        .collect()
-}
-
-/// A checkpoint being assembled: its header and the chunks seen so far.
-type Partial = (Head, Vec<Option<Vec<u8>>>);
-
-/// Assembles checkpoints from messages in topic order; keeps the newest complete one.
-#[derive(Default)]
-struct Assembler {
-    /// `(node, version)` → the chunks seen so far.
-    sets: HashMap<(u64, u64), Partial>,
-    best: Option<(u64, Vec<u8>)>,
-}
-
-impl Assembler {
-    fn add(&mut self, value: &[u8]) {
-        let Some(h) = Head::decode(value) else { return };
-        if self.best.as_ref().is_some_and(|(v, _)| *v >= h.version) {
-            return;
-        }
-        let key = (h.node, h.version);
-        let entry = self.sets.entry(key).or_insert_with(|| (h, vec![None; h.count as usize]));
-        if entry.0.count != h.count || entry.0.sha != h.sha || entry.0.total != h.total {
-            return; // a different checkpoint under the same node and version: not ours to mix
-        }
-        entry.1[h.index as usize] = Some(value[HEADER..].to_vec());
-        if entry.1.iter().all(Option::is_some) {
-            let (head, parts) = self.sets.remove(&key).expect("just seen");
-            let whole: Vec<u8> = parts.into_iter().flatten().flatten().collect();
-            let sha: [u8; 32] = Sha256::digest(&whole).into();
-            if whole.len() as u64 == head.total && sha == head.sha {
-                self.best = Some((head.version, whole));
-                let best = head.version;
-                self.sets.retain(|(_, v), _| *v > best);
-            }
-        }
-        // Bounded: at most two sets in progress per node are worth keeping; drop the oldest.
-        while self.sets.len() > 64 {
-            let oldest = *self.sets.keys().min_by_key(|(_, v)| *v).expect("not empty");
-            self.sets.remove(&oldest);
-        }
-    }
-}
+use super::checkpoint_chunks::{chunks, Assembler, CHUNK_BYTES, MAX_CHECKPOINT_BYTES};
+pub use crate::bounds::PUBLISHED_READBACK as READBACK;
 
 fn consumer(s: &KafkaSettings) -> Result<BaseConsumer, String> {
     let mut id = [0u8; 8];
@@ -197,7 +83,7 @@ pub fn fetch_newest(s: &KafkaSettings, topic: &str) -> Result<Option<(u64, Vec<u
             None => {}
         }
     }
-    Ok(asm.best)
+    Ok(asm.into_best())
 }
 
 /// Puts one checkpoint on `topic` and waits until the broker has every chunk.
@@ -261,45 +147,4 @@ pub fn spawn_publisher(s: KafkaSettings, topic: String, data_dir: PathBuf, every
         }
     })?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
-    }
-
-    #[test]
-    fn chunks_reassemble_interleaved_and_the_newest_whole_one_wins() {
-        let (a, b) = (bytes(CHUNK_BYTES * 2 + 17, 1), bytes(CHUNK_BYTES + 5, 2));
-        let (ca, cb) = (chunks(1, 100, &a), chunks(2, 120, &b));
-        assert_eq!((ca.len(), cb.len()), (3, 2));
-        let mut asm = Assembler::default();
-        // Node 2's newer checkpoint interleaved with node 1's; node 2's second chunk missing.
-        asm.add(&ca[0].1);
-        asm.add(&cb[0].1);
-        asm.add(&ca[1].1);
-        asm.add(&ca[2].1);
-        assert_eq!(asm.best.as_ref().map(|(v, b)| (*v, b.len())), Some((100, a.len())));
-        asm.add(&cb[1].1);
-        assert_eq!(asm.best, Some((120, b.clone())));
-        // Older ones after it change nothing; damage is refused by the hash.
-        asm.add(&ca[0].1);
-        assert_eq!(asm.best.as_ref().map(|(v, _)| *v), Some(120));
-        let c = chunks(3, 130, &bytes(10, 3));
-        let mut bad = c[0].1.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        asm.add(&bad);
-        assert_eq!(asm.best.as_ref().map(|(v, _)| *v), Some(120));
-        // Garbage and impossible headers are ignored.
-        asm.add(b"not a chunk");
-        let mut huge = c[0].1.clone();
-        huge[28..36].copy_from_slice(&(u64::MAX).to_le_bytes());
-        asm.add(&huge);
-        asm.add(&c[0].1);
-        assert_eq!(asm.best.as_ref().map(|(v, b)| (*v, b.len())), Some((130, 10)));
-    }
 }
