@@ -19,6 +19,19 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// Edit `i` of a loaded topic: pixels across a 1000x1000 canvas, 100,000 users, at `ts_ms`.
+fn synthetic_edit(i: u64, ts_ms: u64) -> placecast::edit_log::Edit {
+    placecast::edit_log::Edit {
+        x: (i % 1000) as u16,
+        y: ((i / 1000) % 1000) as u16,
+        color: (i % 16) as u8,
+        user: i % 100_000 + 1,
+        ts_ms,
+        ext: 0,
+        aux: 0,
+    }
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -207,15 +220,7 @@ fn cold_start_with_many_edits() {
     let base_ts = placecast::now_ms() - n;
     let mut rec = [0u8; 32];
     for i in 0..n {
-        let e = placecast::edit_log::Edit {
-            x: (i % 1000) as u16,
-            y: ((i / 1000) % 1000) as u16,
-            color: (i % 16) as u8,
-            user: i % 100_000 + 1,
-            ts_ms: base_ts + i,
-            ext: 0,
-            aux: 0,
-        };
+        let e = synthetic_edit(i, base_ts + i);
         placecast::edit_log::file::encode(0, &e, &mut rec);
         loop {
             match producer
@@ -318,15 +323,7 @@ fn broker_produce_limit() {
     let started = Instant::now();
     let mut rec = [0u8; 32];
     for i in 0..n {
-        let e = placecast::edit_log::Edit {
-            x: (i % 1000) as u16,
-            y: ((i / 1000) % 1000) as u16,
-            color: (i % 16) as u8,
-            user: i % 100_000 + 1,
-            ts_ms: placecast::now_ms(),
-            ext: 0,
-            aux: 0,
-        };
+        let e = synthetic_edit(i, placecast::now_ms());
         placecast::edit_log::file::encode(0, &e, &mut rec);
         while producer.send(BaseRecord::<(), [u8]>::to(&topic).partition(0).payload(&rec[..])).is_err() {
             std::thread::sleep(Duration::from_millis(1));
