@@ -370,7 +370,6 @@ impl Applier {
                         self.flush_history();
                         self.publish_switches();
                         self.settle();
-                        self.serve_ahead(Instant::now());
                     }
                     Err(_) => return,
                 },
@@ -385,6 +384,8 @@ impl Applier {
                 default(wait) => {}
             }
             let now = Instant::now();
+            // After every turn (new edits among them): catch-ups waiting for this node to get
+            // to their `since`.
             self.serve_ahead(now);
             // Under overload, batches grow instead of queueing: a shard a little behind merges
             // the batches a connection misses into one send (hub/send.rs); one further behind

@@ -332,8 +332,13 @@ fn no_agents(common: &Common, scenario: &str) -> Result<(), LoadError> {
 }
 
 /// Warnings the agents gave when they got their shares.
-fn agent_warnings(parts: &[coordinator::AgentPart]) -> Vec<String> {
-    parts.iter().flat_map(|p| p.warnings.iter().map(move |w| format!("agent {}: {w}", p.agent))).collect()
+/// Stops the clients and books what a run over agents adds: each agent's own figures and its
+/// warnings, named.
+fn stop_fleet(fleet: Fleet, report: &mut Report, warnings: &mut Vec<String>) -> Result<FleetResult, LoadError> {
+    let (result, parts) = fleet.stop()?;
+    warnings.extend(parts.iter().flat_map(|p| p.warnings.iter().map(move |w| format!("agent {}: {w}", p.agent))));
+    report.agents = parts;
+    Ok(result)
 }
 
 pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
@@ -367,9 +372,7 @@ pub fn hold(a: &HoldArgs) -> Result<Report, LoadError> {
         w1 = ctx.server();
         Ok::<(), LoadError>(())
     })();
-    let (result, parts) = fleet.stop()?;
-    warnings.extend(agent_warnings(&parts));
-    report.agents = parts;
+    let result = stop_fleet(fleet, &mut report, &mut warnings)?;
     let end = ctx.server();
     if let Err(e) = &run {
         fail(&mut report, e);
@@ -533,15 +536,13 @@ pub fn fanout(a: &FanoutArgs) -> Result<Report, LoadError> {
         self_wall_ns = sys::now_ns() - n0;
         Ok::<(), LoadError>(())
     })();
-    let (result, parts) = fleet.stop()?;
-    warnings.extend(agent_warnings(&parts));
+    let result = stop_fleet(fleet, &mut report, &mut warnings)?;
     if table.tap_dropped() > 0 {
         warnings.push(format!(
             "{} send instants were not forwarded to the agents (queue full): those versions are untimed there",
             table.tap_dropped()
         ));
     }
-    report.agents = parts;
     let end = ctx.server();
     if let Err(e) = &run {
         fail(&mut report, e);
@@ -1154,9 +1155,7 @@ pub fn session(a: &SessionArgs) -> Result<Report, LoadError> {
         Ok::<(), LoadError>(())
     })();
     fleet.note_ready();
-    let (result, parts) = fleet.stop()?;
-    warnings.extend(agent_warnings(&parts));
-    report.agents = parts;
+    let result = stop_fleet(fleet, &mut report, &mut warnings)?;
     let end = ctx.server();
     if let Err(e) = &run {
         fail(&mut report, e);

@@ -18,14 +18,12 @@ use bytes::Bytes;
 use io_uring::{opcode, types, IoUring};
 
 impl Hub {
-    /// Writes batches `from_seq..head` to every live connection that is waiting for exactly them.
     /// Writes the cursor's batch to the next `SLICE` connections waiting for exactly it; a batch
     /// done, closes or retries the connections it left blocked and moves to the next one.
     pub(super) fn broadcast_slice(&mut self) {
         let Some(Cursor { seq, slot }) = self.cursor else { return };
-        let frame = self.ring[(seq - self.first_seq) as usize].clone();
         let end = match self.uring.is_some() {
-            true => self.broadcast_uring(seq, &frame, slot),
+            true => self.broadcast_uring(seq, slot),
             false => self.broadcast_syscall(seq, slot),
         };
         if end < self.conns.len() {
@@ -71,7 +69,7 @@ impl Hub {
     /// pass ran (the shard is behind), each of those connections gets them too, in the same
     /// `sendmsg` (at most `MERGE_FRAMES` frames, one iovec each): a client behind is brought up to
     /// date in one call instead of one pass per batch.
-    pub(super) fn broadcast_uring(&mut self, seq: u64, frame: &Bytes, from: usize) -> usize {
+    pub(super) fn broadcast_uring(&mut self, seq: u64, from: usize) -> usize {
         let mut uring = self.uring.take().expect("uring mode");
         let cap = (uring.params().sq_entries() as usize).min(SLICE);
         // The frames of this slice: batch `seq` and those after it, up to `MERGE_FRAMES`. They
@@ -81,8 +79,8 @@ impl Hub {
         let count = (self.ring.len() - at).min(MERGE_FRAMES);
         let frames: [Bytes; MERGE_FRAMES] =
             std::array::from_fn(|i| if i < count { self.ring[at + i].clone() } else { Bytes::new() });
-        debug_assert_eq!(&frames[0], frame);
         let frames = &frames[..count];
+        let frame = &frames[0];
         let iov: [libc::iovec; MERGE_FRAMES] = std::array::from_fn(|i| libc::iovec {
             iov_base: frames.get(i).map_or(std::ptr::null_mut(), |f| f.as_ptr() as *mut libc::c_void),
             iov_len: frames.get(i).map_or(0, |f| f.len()),
