@@ -166,6 +166,11 @@ pub struct DriverArgs {
     /// Anonymous users (tokens from POST /api/v1/session) the placements rotate over.
     #[arg(long, default_value_t = 64)]
     pub users: usize,
+    /// How placements are sent: http (POST /api/v1/place on keep-alive connections) or ws
+    /// (place messages on WebSocket connections, as the web client sends them; with --users
+    /// at most --driver-conns every connection stays one user).
+    #[arg(long, value_enum, default_value_t = crate::driver::Via::Http)]
+    pub driver_via: crate::driver::Via,
     /// Send the placements (and the session requests) to this address instead of --target,
     /// for example one node of a cluster directly while the clients go through a balancer.
     #[arg(long, value_name = "ADDR")]
@@ -209,6 +214,11 @@ pub struct PlaceArgs {
     /// Placements per second in total; 0 = as fast as the server answers.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// How placements are sent: http (POST /api/v1/place) or ws (place messages on one
+    /// WebSocket per connection, as the web client sends them; with --users at most --conns
+    /// every connection stays one user).
+    #[arg(long, value_enum, default_value_t = crate::driver::Via::Http)]
+    pub via: crate::driver::Via,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,6 +1,8 @@
 //! The placement driver: anonymous tokens from `POST /api/v1/session`, then `POST
 //! /api/v1/place` over a few keep-alive HTTP/1.1 connections (one blocking thread each) at a
-//! fixed total rate (open loop; 0 = as fast as the server answers), for a bounded time.
+//! fixed total rate (open loop; 0 = as fast as the server answers), for a bounded time. With
+//! `Via::Ws` the same placements go as WebSocket `place` messages instead (`wsplace`), as the
+//! web client sends them.
 //!
 //! For every accepted placement it records in the [`SendTable`] the instant the request was
 //! sent, keyed by the version the server answered, which is what client threads measure
@@ -21,6 +23,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How the driver's placements reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// `POST /api/v1/place` on keep-alive HTTP/1.1 connections.
+    #[default]
+    Http,
+    /// `{"type":"place"}` messages on WebSocket connections (the web client's way).
+    Ws,
+}
+
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
     pub target: SocketAddr,
@@ -33,6 +46,7 @@ pub struct DriverConfig {
     pub height: u32,
     pub palette_len: u32,
     pub seed: u64,
+    pub via: Via,
 }
 
 /// Live counters, read by the progress printer.
@@ -280,7 +294,7 @@ fn drive(
         rej_lat: LatencyHist::new(),
     };
     let mut rng = splitmix64(cfg.seed ^ (idx as u64) << 32);
-    let mut conn: Option<HttpConn> = None;
+    let mut conn: Option<Conn> = None;
     let mut next = first_send;
     let mut k = idx; // token index: thread idx, idx + conns, ...
     let mut placer = Placer::default();
@@ -305,8 +319,9 @@ fn drive(
             }
             next += interval_ns;
         }
+        let tok = if tokens.is_empty() { "none" } else { &tokens[k % tokens.len()] };
         if conn.is_none() {
-            match HttpConn::connect(cfg.target, Duration::from_secs(10)) {
+            match Conn::open(cfg, tok, idx) {
                 Ok(c) => conn = Some(c),
                 Err(_) => {
                     r.transport_errors += 1;
@@ -318,12 +333,14 @@ fn drive(
         }
         rng = splitmix64(rng);
         let (x, y, color) = pixel_for(rng, cfg.width, cfg.height, cfg.palette_len);
-        let tok = if tokens.is_empty() { "none" } else { &tokens[k % tokens.len()] };
         k += conns;
         let t0 = now_ns();
         r.sent += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);
-        let res = placer.place(conn.as_mut().expect("connected above"), tok, x, y, color);
+        let res = match conn.as_mut().expect("connected above") {
+            Conn::Http(c) => placer.place(c, tok, x, y, color),
+            Conn::Ws(w) => w.place(tok, x, y, color),
+        };
         let t1 = now_ns();
         match res {
             Ok(Placement::Accepted(v)) => {
@@ -341,7 +358,7 @@ fn drive(
                 *r.rejected.entry(code).or_default() += 1;
                 r.rej_lat.record_ns(t1 - t0);
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
-                if conn.as_ref().is_some_and(|c| c.closing()) {
+                if conn.as_ref().is_some_and(|c| matches!(c, Conn::Http(h) if h.closing())) {
                     conn = None;
                 }
             }
@@ -353,6 +370,22 @@ fn drive(
         }
     }
     r
+}
+
+/// A driver thread's connection.
+enum Conn {
+    Http(HttpConn),
+    Ws(crate::wsplace::WsPlacer),
+}
+
+impl Conn {
+    fn open(cfg: &DriverConfig, token: &str, idx: usize) -> std::io::Result<Self> {
+        let timeout = Duration::from_secs(10);
+        Ok(match cfg.via {
+            Via::Http => Conn::Http(HttpConn::connect(cfg.target, timeout)?),
+            Via::Ws => Conn::Ws(crate::wsplace::WsPlacer::connect(cfg.target, token, timeout, cfg.seed ^ idx as u64)?),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -41,4 +41,5 @@ pub mod signals;
 pub mod sys;
 pub mod trace;
 pub mod ws;
+pub mod wsplace;
 pub mod wsread;

@@ -424,6 +424,7 @@ fn driver_config(ctx: &Ctx, d: &crate::cli::DriverArgs, info: &CanvasInfo) -> Dr
         height: info.height,
         palette_len: info.palette_len,
         seed: ctx.seed,
+        via: d.driver_via,
     }
 }
 
@@ -612,7 +613,7 @@ pub fn place(a: &PlaceArgs) -> Result<Report, LoadError> {
     let ctx = Ctx::new(&a.common)?;
     let mut report = ctx.report(
         "place",
-        serde_json::json!({"users": a.users, "conns": a.conns, "rate_per_s": a.rate, "duration_s": a.common.duration}),
+        serde_json::json!({"users": a.users, "conns": a.conns, "rate_per_s": a.rate, "duration_s": a.common.duration, "via": a.via}),
     );
     let info = http::canvas_info(a.common.target)?;
     report.params["server_cooldown_ms"] = info.cooldown_ms.into();
@@ -626,6 +627,7 @@ pub fn place(a: &PlaceArgs) -> Result<Report, LoadError> {
         height: info.height,
         palette_len: info.palette_len,
         seed: ctx.seed,
+        via: a.via,
     };
     let counters = Arc::new(DriverCounters::default());
     let stop = Arc::new(AtomicBool::new(false));

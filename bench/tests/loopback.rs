@@ -67,6 +67,7 @@ fn place(target: SocketAddr, n: usize, table: Arc<SendTable>) -> driver::DriverR
         height: 64,
         palette_len: 16,
         seed: 7,
+        via: driver::Via::Http,
     };
     driver::run(
         &cfg,
