@@ -1325,6 +1325,11 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
+                // placecast patch: preempted before anything ran (a latency-ring timer fired
+                // just now). Upstream returned "nothing ran" here and the executor parked with
+                // runnable tasks, woken only by the next event; say work remains when a queue is
+                // active, so the loop polls (consuming the completion) and comes back.
+                ran = ran || !self.queues.borrow().active_executors.is_empty();
                 break;
             }
             if !self.run_one_task_queue() {

@@ -637,6 +637,7 @@ pub(crate) trait UringCommon {
     fn submission_queue(&mut self) -> ReactorQueue;
     fn submit_sqes(&mut self) -> io::Result<usize>;
     fn waiting_kernel_submission(&self) -> usize;
+    #[allow(dead_code)]
     fn in_kernel(&self) -> usize;
     fn waiting_kernel_collection(&self) -> usize;
     fn needs_kernel_enter(&self) -> bool;
@@ -1221,7 +1222,8 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// placecast patch: pending latency-ring timers and when each fires.
+    latency_timers: RefCell<Vec<(std::time::Instant, Source)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1352,7 +1354,7 @@ impl Reactor {
             main_ring: RefCell::new(main_ring),
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
-            latency_preemption_timeout_src: Cell::new(None),
+            latency_timers: RefCell::new(Vec::new()),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1820,16 +1822,20 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
+        // placecast patch: timers still pending are kept rather than cancelled and re-armed on
+        // every call (see `arm_latency_timer`); the throughput timer is re-armed only once it
+        // fired. Upstream's cancel-and-re-arm costs io_uring_enter calls per loop turn, and the
+        // cancellation's completion on the latency ring woke the very sleep that followed it.
+        let now = std::time::Instant::now();
+        self.latency_timers.borrow_mut().retain(|(_, s)| s.result().is_none());
+        let tp = match self.throughput_preemption_timeout_src.take() {
+            Some(s) if s.result().is_none() => s,
+            _ => main_ring.prepare_throughput_preemption_timer(
                 self.ring_depth() as u32,
                 self.eventfd_src.raw(),
             ),
-        ));
+        };
+        self.throughput_preemption_timeout_src.replace(Some(tp));
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,11 +1856,13 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+            match user_timer {
+                Some(dur) => self.arm_latency_timer(&mut lat_ring, now, dur),
+                // Nothing to wake for: no timer may wake us.
+                None => self.latency_timers.borrow_mut().clear(),
             }
+            flush_cancellations!(into &mut 0; lat_ring);
+            flush_rings!(lat_ring)?;
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
@@ -1880,8 +1888,8 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            self.arm_latency_timer(&mut lat_ring, std::time::Instant::now(), preempt);
+            flush_cancellations!(into &mut 0; lat_ring);
             flush_rings!(lat_ring, main_ring)?;
         }
 
@@ -1893,6 +1901,30 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// placecast patch: makes sure a latency-ring timer fires within `dur` of `now`. A pending
+    /// timer that fires no later (within `LATENCY_TIMER_SLACK`) is reused; otherwise a new one
+    /// is armed beside it. A timer that fires early only makes the task queue yield (or the
+    /// reactor wake) once early, which upstream's timers could do too. At most
+    /// `MAX_LATENCY_TIMERS` stay pending: the latest is cancelled to make room.
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, now: std::time::Instant, dur: Duration) {
+        const LATENCY_TIMER_SLACK: Duration = Duration::from_micros(50);
+        const MAX_LATENCY_TIMERS: usize = 4;
+        let want = now + dur;
+        let mut timers = self.latency_timers.borrow_mut();
+        // Only a timer still in flight counts: one whose completion was consumed since the top
+        // of `wait` would never fire again (reusing it slept through every timer).
+        timers.retain(|(_, s)| s.result().is_none());
+        if timers.iter().any(|(at, _)| *at <= want + LATENCY_TIMER_SLACK) {
+            return;
+        }
+        if timers.len() >= MAX_LATENCY_TIMERS {
+            if let Some(i) = (0..timers.len()).max_by_key(|&i| timers[i].0) {
+                drop(timers.swap_remove(i));
+            }
+        }
+        timers.push((want, lat_ring.prepare_latency_preemption_timer(dur)));
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
