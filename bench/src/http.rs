@@ -102,13 +102,7 @@ impl HttpConn {
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        let mut tmp = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut tmp)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
-        }
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(())
+        read_more(&mut self.stream, &mut self.buf)
     }
 
     fn read_response(&mut self, head_only: bool) -> io::Result<Response> {
@@ -323,6 +317,18 @@ pub fn canvas_info(target: SocketAddr) -> Result<CanvasInfo, LoadError> {
         edit_stride: num("edit_stride").unwrap_or(4) as u32,
         cooldown_ms: num("cooldown_ms").unwrap_or(0),
     })
+}
+
+/// Appends what one `read` of `stream` gives to `buf` (at most 16 KiB); the server closing the
+/// connection is an `UnexpectedEof` error.
+pub fn read_more(stream: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut tmp = [0u8; 16 * 1024];
+    let n = stream.read(&mut tmp)?;
+    if n == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+    }
+    buf.extend_from_slice(&tmp[..n]);
+    Ok(())
 }
 
 #[cfg(test)]

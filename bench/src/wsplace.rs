@@ -13,7 +13,7 @@
 
 use crate::driver::{json_u64_field, Placement};
 use crate::ws::{self, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -141,13 +141,7 @@ impl WsPlacer {
     }
 
     fn fill(&mut self) -> io::Result<()> {
-        let mut tmp = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut tmp)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
-        }
-        self.buf.extend_from_slice(&tmp[..n]);
-        Ok(())
+        crate::http::read_more(&mut self.stream, &mut self.buf)
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{result, run_load, u, Server, TempDir};
+use common::{run_for_result, u, Server, TempDir};
 
 #[test]
 fn a_shard_behind_merges_batches_into_one_send_and_loses_nothing() {
@@ -34,11 +34,7 @@ fn a_shard_behind_merges_batches_into_one_send_and_loses_nothing() {
         "--quiet",
         "--json",
     ];
-    let mut args = args.to_vec();
-    args.push(json.to_str().unwrap());
-    let out = run_load(&args, 90);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = result(&json);
+    let r = run_for_result(&args, &json, 90);
     let d = &r["delivery"];
     assert!(u(&r, "/placements/accepted") > 0, "{r}");
     assert_eq!(u(d, "/versions_delivered"), u(d, "/versions_expected"), "{d}");

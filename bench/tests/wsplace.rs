@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{result, run_load, u, Server, TempDir};
+use common::{run_for_result, u, Server, TempDir};
 
 fn place_ws(srv: &Server, users: &str, conns: &str, json: &std::path::Path) -> serde_json::Value {
     let target = srv.addr.to_string();
@@ -26,11 +26,7 @@ fn place_ws(srv: &Server, users: &str, conns: &str, json: &std::path::Path) -> s
         "--quiet",
         "--json",
     ];
-    let mut args = args.to_vec();
-    args.push(json.to_str().unwrap());
-    let out = run_load(&args, 60);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    result(json)
+    run_for_result(&args, json, 60)
 }
 
 #[test]
@@ -78,11 +74,7 @@ fn websocket_placements_reach_every_fanout_client() {
         "--quiet",
         "--json",
     ];
-    let mut args = args.to_vec();
-    args.push(json.to_str().unwrap());
-    let out = run_load(&args, 90);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = result(&json);
+    let r = run_for_result(&args, &json, 90);
     let d = &r["delivery"];
     assert!(u(&r, "/placements/accepted") > 100, "{r}");
     assert_eq!(u(&r, "/placements/transport_errors"), 0, "{r}");

@@ -264,6 +264,16 @@ pub fn wait_bounded(mut child: Child, secs: u64) -> Output {
     Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
 }
 
+/// Runs `placecast-load ARGS FILE` (ARGS ending in `--json`), killed past `secs`; checks it
+/// succeeded and returns the result it wrote to FILE.
+pub fn run_for_result(args: &[&str], json: &Path, secs: u64) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push(json.to_str().expect("a UTF-8 temporary path"));
+    let out = run_load(&all, secs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    result(json)
+}
+
 /// The JSON result a run wrote to `path`.
 pub fn result(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
