@@ -1816,13 +1816,7 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        // placecast patch: timers still pending are kept rather than cancelled and re-armed on
+        // placecast patch (upstream cancelled the old timer here, whether or not we sleep): timers still pending are kept rather than cancelled and re-armed on
         // every call (see `arm_latency_timer`); the throughput timer is re-armed only once it
         // fired. Upstream's cancel-and-re-arm costs io_uring_enter calls per loop turn, and the
         // cancellation's completion on the latency ring woke the very sleep that followed it.
