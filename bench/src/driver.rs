@@ -337,10 +337,7 @@ fn drive(
         let t0 = now_ns();
         r.sent += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);
-        let res = match conn.as_mut().expect("connected above") {
-            Conn::Http(c) => placer.place(c, tok, x, y, color),
-            Conn::Ws(w) => w.place(tok, x, y, color),
-        };
+        let res = conn.as_mut().expect("connected above").place(&mut placer, tok, x, y, color);
         let t1 = now_ns();
         match res {
             Ok(Placement::Accepted(v)) => {
@@ -358,7 +355,7 @@ fn drive(
                 *r.rejected.entry(code).or_default() += 1;
                 r.rej_lat.record_ns(t1 - t0);
                 counters.rejected.fetch_add(1, Ordering::Relaxed);
-                if conn.as_ref().is_some_and(|c| matches!(c, Conn::Http(h) if h.closing())) {
+                if conn.as_ref().is_some_and(Conn::closing) {
                     conn = None;
                 }
             }
@@ -385,6 +382,19 @@ impl Conn {
             Via::Http => Conn::Http(HttpConn::connect(cfg.target, timeout)?),
             Via::Ws => Conn::Ws(crate::wsplace::WsPlacer::connect(cfg.target, token, timeout, cfg.seed ^ idx as u64)?),
         })
+    }
+
+    fn place(&mut self, placer: &mut Placer, token: &str, x: u64, y: u64, color: u64) -> std::io::Result<Placement> {
+        match self {
+            Conn::Http(c) => placer.place(c, token, x, y, color),
+            Conn::Ws(w) => w.place(token, x, y, color),
+        }
+    }
+
+    /// Whether the server said it closes this connection after its answer (HTTP only: a
+    /// WebSocket close arrives as an error).
+    fn closing(&self) -> bool {
+        matches!(self, Conn::Http(h) if h.closing())
     }
 }
 

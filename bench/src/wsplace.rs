@@ -114,17 +114,21 @@ impl WsPlacer {
                 self.fill()?;
                 continue;
             };
-            let payload = payload.to_vec();
+            // Batch frames, most of what arrives, are dropped without a copy.
+            let payload = match h.opcode {
+                OP_BINARY | OP_PONG => None,
+                OP_TEXT | OP_PING | OP_CLOSE => Some(payload.to_vec()),
+                op => return Err(broken(format!("unexpected opcode {op}"))),
+            };
             self.buf.drain(..total);
+            let Some(payload) = payload else { continue };
             match h.opcode {
                 OP_TEXT => return Ok(payload),
-                OP_BINARY | OP_PONG => {}
                 OP_PING => self.send(OP_PONG, &payload)?,
-                OP_CLOSE => {
+                _ => {
                     let code = ws::close_code(&payload);
                     return Err(io::Error::new(io::ErrorKind::ConnectionAborted, format!("server closed with {code}")));
                 }
-                op => return Err(broken(format!("unexpected opcode {op}"))),
             }
         }
     }

@@ -1816,12 +1816,11 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // placecast patch (upstream cancelled the old timer here, whether or not we sleep): timers still pending are kept rather than cancelled and re-armed on
-        // every call (see `arm_latency_timer`); the throughput timer is re-armed only once it
-        // fired. Upstream's cancel-and-re-arm costs io_uring_enter calls per loop turn, and the
-        // cancellation's completion on the latency ring woke the very sleep that followed it.
-        let now = std::time::Instant::now();
-        self.latency_timers.borrow_mut().retain(|(_, s)| s.result().is_none());
+        // placecast patch: upstream cancelled the old latency timer here, whether or not we
+        // sleep, and replaced the throughput timer. Now pending latency timers are kept (see
+        // `arm_latency_timer`) and the throughput timer is re-armed only once it fired: the
+        // cancel-and-re-arm cost io_uring_enter calls per loop turn, and the cancellation's
+        // completion on the latency ring woke the very sleep that followed it.
         let tp = match self.throughput_preemption_timeout_src.take() {
             Some(s) if s.result().is_none() => s,
             _ => main_ring.prepare_throughput_preemption_timer(
@@ -1851,7 +1850,7 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             match user_timer {
-                Some(dur) => self.arm_latency_timer(&mut lat_ring, now, dur),
+                Some(dur) => self.arm_latency_timer(&mut lat_ring, dur),
                 // Nothing to wake for: no timer may wake us.
                 None => self.latency_timers.borrow_mut().clear(),
             }
@@ -1882,7 +1881,7 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.arm_latency_timer(&mut lat_ring, std::time::Instant::now(), preempt);
+            self.arm_latency_timer(&mut lat_ring, preempt);
             flush_cancellations!(into &mut 0; lat_ring);
             flush_rings!(lat_ring, main_ring)?;
         }
@@ -1897,18 +1896,19 @@ impl Reactor {
         Ok(should_sleep)
     }
 
-    /// placecast patch: makes sure a latency-ring timer fires within `dur` of `now`. A pending
+    /// placecast patch: makes sure a latency-ring timer fires within `dur` from now. A pending
     /// timer that fires no later (within `LATENCY_TIMER_SLACK`) is reused; otherwise a new one
     /// is armed beside it. A timer that fires early only makes the task queue yield (or the
     /// reactor wake) once early, which upstream's timers could do too. At most
     /// `MAX_LATENCY_TIMERS` stay pending: the latest is cancelled to make room.
-    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, now: std::time::Instant, dur: Duration) {
+    fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) {
         const LATENCY_TIMER_SLACK: Duration = Duration::from_micros(50);
         const MAX_LATENCY_TIMERS: usize = 4;
-        let want = now + dur;
+        let want = std::time::Instant::now() + dur;
         let mut timers = self.latency_timers.borrow_mut();
-        // Only a timer still in flight counts: one whose completion was consumed since the top
-        // of `wait` would never fire again (reusing it slept through every timer).
+        // Only a timer still in flight counts, checked here rather than earlier in `wait`: one
+        // whose completion was consumed would never fire again (reusing one slept through
+        // every timer). Dropping the completed ones is also what keeps the list short.
         timers.retain(|(_, s)| s.result().is_none());
         if timers.iter().any(|(at, _)| *at <= want + LATENCY_TIMER_SLACK) {
             return;
