@@ -17,7 +17,7 @@
 use crate::canvas::{Canvas, Geometry, LiveGeometry};
 use crate::checkpoint::Checkpoint;
 use crate::control::{Audit, AuditEntry, Control as ControlEntry, Entry, LiveSwitches, Switches};
-use crate::edit_log::{Committed, Edit};
+use crate::edit_log::{Committed, CommittedRun, Edit};
 use crate::history::HistoryWriter;
 use crate::limiter::Limiter;
 use crate::log_rule::{LogRule, Rejection};
@@ -325,14 +325,14 @@ impl Applier {
 
     /// Applies the log's history up to `head` before serving starts, so the first snapshot and
     /// every catch-up see it. Returns when `head` is applied.
-    pub fn replay(&mut self, edits: &Receiver<Committed>, head: u64) {
+    pub fn replay(&mut self, edits: &Receiver<CommittedRun>, head: u64) {
         let (started, from, mut next_report) = (Instant::now(), self.version, Instant::now() + Duration::from_secs(5));
         while self.version < head {
-            match edits.recv() {
-                Ok(c) => self.apply(c),
-                Err(_) => return,
-            }
-            if self.version.is_multiple_of(65_536) && Instant::now() >= next_report {
+            let Ok(run) = edits.recv() else { return };
+            let before = self.version;
+            self.apply_run(run);
+            // A report at most every 5 s, looked at once per 65,536 versions crossed.
+            if self.version / 65_536 > before / 65_536 && Instant::now() >= next_report {
                 let rate = (self.version - from) as f64 / started.elapsed().as_secs_f64().max(0.001);
                 let eta_s = ((head - self.version) as f64 / rate.max(1.0)).ceil() as u64;
                 tracing::info!(version = self.version, head, per_s = rate as u64, eta_s, "replaying the log");
@@ -350,7 +350,7 @@ impl Applier {
         self.publish_versions();
     }
 
-    pub fn run(mut self, edits: Receiver<Committed>, requests: Receiver<CatchUpReq>) {
+    pub fn run(mut self, edits: Receiver<CommittedRun>, requests: Receiver<CatchUpReq>) {
         let mut next_cut = Instant::now() + self.batch;
         let control = self.cluster.as_ref().map_or_else(never, |c| c.control.clone());
         let every = self.cluster.as_ref().map(|c| c.checkpoint_every);
@@ -360,12 +360,12 @@ impl Applier {
             self.stats.heartbeat_ms.store(crate::now_ms(), Ordering::Relaxed);
             let wait = recheck.unwrap_or(next_cut).saturating_duration_since(Instant::now());
             select! {
-                recv(edits) -> c => match c {
-                    Ok(c) => {
-                        self.apply(c);
+                recv(edits) -> run => match run {
+                    Ok(run) => {
                         // Drain what is already queued, bounded so cuts stay on time.
-                        for _ in 0..65_536 {
-                            match edits.try_recv() { Ok(c) => self.apply(c), Err(_) => break }
+                        let mut applied = self.apply_run(run);
+                        while applied < 65_536 {
+                            match edits.try_recv() { Ok(run) => applied += self.apply_run(run), Err(_) => break }
                         }
                         self.flush_history();
                         self.publish_switches();
@@ -418,6 +418,15 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// Applies one run of the log's tail; returns how many edits it held.
+    fn apply_run(&mut self, run: CommittedRun) -> usize {
+        let n = run.len();
+        for c in run {
+            self.apply(c);
+        }
+        n
     }
 
     fn apply(&mut self, c: Committed) {

@@ -13,8 +13,9 @@
 //! - applier → each shard, batches and catch-up answers: `SHARD_QUEUE`; full → the applier
 //!   waits (a shard that stops reading for `SHARD_QUEUE` messages is stuck: the supervisor stops
 //!   feeding the watchdog after `STALL_LIMIT_MS` and systemd restarts the process).
-//! - log → applier, committed edits: `EDITS_QUEUE`; full → the log's tail waits (back-pressure
-//!   to the writer; placements then see `log_unavailable` when the log's own queue is full).
+//! - log → applier, committed edits in runs: `EDIT_RUNS_QUEUE` runs of at most `TAIL_RUN`;
+//!   full → the log's tail waits (back-pressure to the writer; placements then see
+//!   `log_unavailable` when the log's own queue is full).
 //! - shards → log writer, appends: `edit_log::file::QUEUE`; full → 503 `log_unavailable`.
 
 use std::time::Duration;
@@ -37,8 +38,17 @@ pub const MAX_AHEAD_WAITING: usize = CATCH_UP_QUEUE;
 /// Messages waiting for one shard: 10 batches a second plus catch-up answers, at most one per
 /// queued catch-up request; twice the catch-up queue leaves room for both.
 pub const SHARD_QUEUE: usize = 2 * CATCH_UP_QUEUE;
-/// Committed edits waiting for the applier: under a second at any placement rate we accept.
-pub const EDITS_QUEUE: usize = 1 << 16;
+/// Runs of committed edits waiting for the applier (`edit_log::CommittedRun`). The embedded log
+/// sends one run per group commit (a few edits at a trickle), a replay or a backlog runs of
+/// `TAIL_RUN`: 1,024 groups is 5 s at 1,000 placements/s in 5 ms groups, and the queue holds at
+/// most 262,144 edits (10 MiB): 13 s of the 20,000 placements/s we aim to accept.
+pub const EDIT_RUNS_QUEUE: usize = 1024;
+/// Most committed edits in one run: a group of `edit_log::file::GROUP` (8,192) goes as 32.
+pub const TAIL_RUN: usize = 256;
+const _: () = assert!(
+    EDIT_RUNS_QUEUE * TAIL_RUN * std::mem::size_of::<crate::edit_log::Committed>() <= 16 << 20,
+    "the applier's queue of committed edits stays under 16 MiB"
+);
 /// A thread whose loop has not run for this long counts as stuck. Shards tick every 1-10 ms and
 /// the applier at least every batch interval; a broadcast slice is bounded (`SLICE` sends), so
 /// 5 s of silence is a hang, not load.

@@ -10,7 +10,7 @@
 
 use crate::admission::{Admission, LimitValues};
 use crate::applier::{Applier, ApplierSetup, ApplierStats, ClusterSetup, Control, ShardMsg};
-use crate::bounds::{CATCH_UP_QUEUE, EDITS_QUEUE, SHARD_QUEUE};
+use crate::bounds::{CATCH_UP_QUEUE, EDIT_RUNS_QUEUE, SHARD_QUEUE};
 use crate::canvas::Canvas;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
@@ -155,7 +155,7 @@ pub fn run(config: Config, listen: Listen, stop: Receiver<Stop>) -> Result<(), S
     let stats = Arc::new(ApplierStats::new(shards));
     let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| bounded::<ShardMsg>(SHARD_QUEUE)).unzip();
     let (catchup_tx, catchup_rx) = bounded(CATCH_UP_QUEUE);
-    let (edits_tx, edits_rx) = bounded(EDITS_QUEUE);
+    let (edits_tx, edits_rx) = bounded(EDIT_RUNS_QUEUE);
     // Control requests (a checkpoint at the end) come one at a time from `finish`; a full
     // channel would only make `finish` wait for the applier, which it does anyway.
     let (control_tx, control_rx) = bounded::<Control>(4);

@@ -52,7 +52,7 @@
 //! the Nth group fdatasync of the process runs and then reports EIO, as a failing disk does.
 //! `tests/log_faults.rs` drives the policy above through the real binary with it.
 
-use super::{AppendAck, Committed, Edit, EditLog, LogError};
+use super::{AppendAck, Committed, CommittedRun, Edit, EditLog, LogError, RunSender};
 use crate::names::Names;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use futures_channel::oneshot;
@@ -93,7 +93,7 @@ enum Msg {
     Switches(crate::control::Switches),
     /// How long a group stays open for more appends (`--commit-window-us`), sent once at start.
     CommitWindow(Duration),
-    Tail(u64, Sender<Committed>),
+    Tail(u64, Sender<CommittedRun>),
 }
 
 pub struct FileLog {
@@ -433,7 +433,7 @@ impl EditLog for FileLog {
         }
     }
 
-    fn tail(&self, after: u64, sink: Sender<Committed>) -> Result<(), LogError> {
+    fn tail(&self, after: u64, sink: Sender<CommittedRun>) -> Result<(), LogError> {
         self.tx.send(Msg::Tail(after, sink)).map_err(|_| LogError::Closed)
     }
 
@@ -471,7 +471,7 @@ struct Writer {
     path: PathBuf,
     head: Arc<AtomicU64>,
     fsync: bool,
-    sink: Option<Sender<Committed>>,
+    sink: Option<Sender<CommittedRun>>,
     buf: Vec<u8>,
     failing: Arc<AtomicBool>,
     /// Group fdatasyncs so far (for the fault seam).
@@ -591,7 +591,7 @@ impl Writer {
         std::process::exit(EXIT_FSYNC_FAILED);
     }
 
-    fn replay(&self, after: u64, sink: &Sender<Committed>) -> Result<(), LogError> {
+    fn replay(&self, after: u64, sink: &Sender<CommittedRun>) -> Result<(), LogError> {
         let head = self.head.load(Ordering::Acquire);
         if after >= head {
             return Ok(());
@@ -600,14 +600,13 @@ impl Writer {
         f.seek(SeekFrom::Start(after * RECORD as u64)).map_err(|e| LogError::Io(e.to_string()))?;
         let mut r = BufReader::with_capacity(1 << 20, f);
         let mut rec = [0u8; RECORD];
+        let mut runs = RunSender::new(sink);
         for v in after + 1..=head {
             r.read_exact(&mut rec).map_err(|e| LogError::Io(e.to_string()))?;
             let edit = decode(v, &rec).ok_or_else(|| LogError::Corrupt(format!("record {v} changed on disk")))?;
-            if sink.send(Committed { version: v, edit }).is_err() {
-                return Err(LogError::Closed);
-            }
+            runs.push(Committed { version: v, edit }).map_err(|_| LogError::Closed)?;
         }
-        Ok(())
+        runs.flush().map_err(|_| LogError::Closed)
     }
 
     /// Writes the whole buffer; on an error, also says how many bytes reached the file.
@@ -757,12 +756,19 @@ impl Writer {
         }
         self.failing.store(false, Ordering::Release);
         self.head.store(head + group.len() as u64, Ordering::Release);
-        for (i, (edit, tx)) in group.drain(..).enumerate() {
-            let version = head + 1 + i as u64;
-            if let Some(sink) = &self.sink {
-                let _ = sink.send(Committed { version, edit });
+        // The applier gets the group as runs before the first answer goes out: an answer wakes
+        // its shard, which on a shared core preempts this thread; a run per edit would wake the
+        // applier once per edit as well.
+        if let Some(sink) = &self.sink {
+            let mut runs = RunSender::new(sink);
+            for (i, (edit, _)) in group.iter().enumerate() {
+                // A closed sink: the process is stopping; the answers below still go out.
+                let _ = runs.push(Committed { version: head + 1 + i as u64, edit: *edit });
             }
-            let _ = tx.send(Ok(version));
+            let _ = runs.flush();
+        }
+        for (i, (_, tx)) in group.drain(..).enumerate() {
+            let _ = tx.send(Ok(head + 1 + i as u64));
         }
     }
 }
@@ -774,6 +780,19 @@ mod tests {
 
     fn edit(i: u16) -> Edit {
         Edit { x: i, y: i + 1, color: (i % 16) as u8, user: 1000 + i as u64, ts_ms: 5 + i as u64, ext: 0, aux: 0 }
+    }
+
+    /// The next `n` edits of a tail, across its runs; a run must not straddle the `n`.
+    fn received(rx: &Receiver<CommittedRun>, n: usize) -> Vec<Committed> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let run = rx.recv().unwrap();
+            assert!(!run.is_empty() && run.len() <= crate::edit_log::TAIL_RUN, "a run of {}", run.len());
+            got.extend(run);
+        }
+        assert_eq!(got.len(), n, "a run went past the edits expected");
+        assert!(got.windows(2).all(|w| w[1].version == w[0].version + 1), "contiguous");
+        got
     }
 
     fn block<T>(rx: oneshot::Receiver<T>) -> T {
@@ -833,17 +852,16 @@ mod tests {
             let acks: Vec<_> = (0..100).map(|i| log.append(edit(i)).unwrap()).collect();
             let versions: Vec<u64> = acks.into_iter().map(|a| block(a).unwrap()).collect();
             assert_eq!(versions, (1..=100).collect::<Vec<_>>());
-            let got: Vec<Committed> = (0..100).map(|_| rx.recv().unwrap()).collect();
+            let got = received(&rx, 100);
             assert_eq!(got[42], Committed { version: 43, edit: edit(42) });
         }
         let log = FileLog::open(dir.path(), true).unwrap();
         assert_eq!(log.head(), 100);
         let (tx, rx) = bounded(128);
         log.tail(90, tx).unwrap();
-        assert_eq!(rx.recv().unwrap().version, 91);
+        assert_eq!(received(&rx, 10).iter().map(|c| c.version).collect::<Vec<_>>(), (91..=100).collect::<Vec<_>>());
         assert_eq!(block(log.append(edit(7)).unwrap()).unwrap(), 101);
-        let rest: Vec<u64> = (0..10).map(|_| rx.recv().unwrap().version).collect();
-        assert_eq!(rest, (92..=101).collect::<Vec<_>>());
+        assert_eq!(received(&rx, 1), vec![Committed { version: 101, edit: edit(7) }]);
     }
 
     #[test]
@@ -981,6 +999,26 @@ mod tests {
     }
 
     #[test]
+    fn a_group_reaches_the_tail_as_runs_of_at_most_tail_run() {
+        use crate::edit_log::TAIL_RUN;
+        let dir = tempfile::tempdir().unwrap();
+        let log = FileLog::open(dir.path(), true).unwrap();
+        let (tx, rx) = bounded(16);
+        log.tail(0, tx).unwrap();
+        // One message, so one group commit: the applier is woken per run, not per edit.
+        let n = 2 * TAIL_RUN + 88;
+        assert_eq!(block(log.append_many((0..n as u16).map(edit).collect(), None).unwrap()), Ok(n as u64));
+        let sizes: Vec<usize> = rx.try_iter().map(|r| r.len()).collect();
+        assert_eq!(sizes, vec![TAIL_RUN, TAIL_RUN, 88], "sent before the answer, in full runs");
+        // A reopened log replays in the same runs.
+        drop(log);
+        let log = FileLog::open(dir.path(), true).unwrap();
+        let (tx, rx) = bounded(16);
+        log.tail(1, tx).unwrap();
+        assert_eq!(received(&rx, n - 1).first().map(|c| c.version), Some(2));
+    }
+
+    #[test]
     fn a_failed_fdatasync_is_never_retried() {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options { fsync: true, fail_sync_at: Some(3), exit_on_fatal: false };
@@ -1000,7 +1038,7 @@ mod tests {
         assert_eq!(log.head(), 2);
         assert!(log.writable().is_err());
         assert_eq!(
-            rx.try_iter().map(|c| c.version).collect::<Vec<_>>(),
+            rx.try_iter().flatten().map(|c| c.version).collect::<Vec<_>>(),
             vec![1, 2],
             "only acknowledged edits are applied"
         );

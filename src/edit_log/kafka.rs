@@ -20,7 +20,7 @@
 use super::file::{decode, encode, RECORD};
 /// The longest display name a message carries after its record (the token's rule).
 const MAX_NAME_TAIL: usize = 64;
-use super::{AppendAck, Committed, Edit, EditLog, LogError};
+use super::{AppendAck, Committed, CommittedRun, Edit, EditLog, LogError, RunSender};
 use crossbeam_channel::Sender;
 use futures_channel::oneshot;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -408,7 +408,7 @@ impl EditLog for KafkaLog {
         Ok(rx)
     }
 
-    fn tail(&self, after: u64, sink: Sender<Committed>) -> Result<(), LogError> {
+    fn tail(&self, after: u64, sink: Sender<CommittedRun>) -> Result<(), LogError> {
         let consumer = make_consumer(&self.settings)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.settings.topic, 0, Offset::Offset(after as i64))
@@ -432,18 +432,22 @@ impl EditLog for KafkaLog {
     }
 }
 
-/// Delivers offsets `after..` as versions `after+1..` until the sink is gone.
+/// Delivers offsets `after..` as versions `after+1..` until the sink is gone, in runs: what the
+/// consumer has in hand goes as one (a poll that waits only while the run is empty), so a
+/// replay or a burst wakes the applier once per run and a trickle adds no delay.
 fn tail_loop(
     consumer: BaseConsumer<Ctx>,
     after: u64,
-    sink: Sender<Committed>,
+    sink: Sender<CommittedRun>,
     head: Arc<AtomicU64>,
     names: Option<Arc<crate::names::Names>>,
 ) {
     let mut next = after; // the next offset to deliver = the last delivered version
     let mut last_warn: Option<Instant> = None;
+    let mut runs = RunSender::new(&sink);
     loop {
-        match consumer.poll(Duration::from_millis(100)) {
+        let wait = if runs.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
+        match consumer.poll(wait) {
             None => {}
             Some(Ok(m)) => {
                 let offset = m.offset().max(0) as u64;
@@ -452,7 +456,7 @@ fn tail_loop(
                 }
                 while next < offset {
                     tracing::warn!(offset = next, "Kafka returned no record at this offset; it is a no-op version");
-                    if sink.send(Committed { version: next + 1, edit: NO_EDIT }).is_err() {
+                    if runs.push(Committed { version: next + 1, edit: NO_EDIT }).is_err() {
                         return;
                     }
                     next += 1;
@@ -469,19 +473,32 @@ fn tail_loop(
                         n.learn(edit.user, name);
                     }
                 }
-                if sink.send(Committed { version: offset + 1, edit }).is_err() {
+                if runs.push(Committed { version: offset + 1, edit }).is_err() {
                     return;
                 }
                 next = offset + 1;
-                head.fetch_max(next, Ordering::AcqRel);
+                if runs.is_empty() {
+                    head.fetch_max(next, Ordering::AcqRel); // a full run just went
+                }
+                continue; // take what else the consumer has in hand into the same run
             }
             Some(Err(e)) => {
                 if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
                     last_warn = Some(Instant::now());
                     tracing::warn!(error = %e, at_version = next, "tailing Kafka failed; retrying");
                 }
+                if runs.flush().is_err() {
+                    return;
+                }
+                head.fetch_max(next, Ordering::AcqRel);
                 std::thread::sleep(Duration::from_millis(50));
+                continue;
             }
         }
+        // The poll came back empty: what is in hand goes now.
+        if runs.flush().is_err() {
+            return;
+        }
+        head.fetch_max(next, Ordering::AcqRel);
     }
 }

@@ -4,7 +4,11 @@
 //! topic with one partition shared by a cluster of nodes). Every backend promises:
 //! - `append` resolves to `Ok(version)` only once the edit is durable;
 //! - `tail(after, sink)` delivers every durable edit with version > `after`, in order, each
-//!   exactly once, with contiguous versions, and keeps delivering new ones.
+//!   exactly once, with contiguous versions, and keeps delivering new ones. It delivers them in
+//!   runs ([`CommittedRun`], at most [`TAIL_RUN`] edits): the embedded log sends a group commit
+//!   as one message, so the applier wakes once per group, not once per edit (at a 5-edit group
+//!   that was 4 extra wakes of the applier and 4 preemptions of the writer, measured with
+//!   `/proc/PID/task/*/status`).
 //!
 //! The applier is the only tailer in a process; placements on every shard append.
 
@@ -43,6 +47,51 @@ pub struct Edit {
 pub struct Committed {
     pub version: u64,
     pub edit: Edit,
+}
+
+pub use crate::bounds::TAIL_RUN;
+
+/// What a tail sends: 1 to [`TAIL_RUN`] committed edits with contiguous versions, in order.
+pub type CommittedRun = Vec<Committed>;
+
+/// Cuts what a tail delivers into runs of at most [`TAIL_RUN`] and sends each when it is full
+/// or flushed. Dropping it without `flush` loses the open run, so every sender flushes at the
+/// end of what it has in hand (a group commit, a poll that came back empty).
+pub struct RunSender<'a> {
+    sink: &'a Sender<CommittedRun>,
+    run: CommittedRun,
+}
+
+/// The tail's receiver is gone (the process is stopping).
+#[derive(Debug)]
+pub struct SinkClosed;
+
+impl<'a> RunSender<'a> {
+    pub fn new(sink: &'a Sender<CommittedRun>) -> Self {
+        RunSender { sink, run: Vec::new() }
+    }
+
+    pub fn push(&mut self, c: Committed) -> Result<(), SinkClosed> {
+        debug_assert!(self.run.last().is_none_or(|l| l.version + 1 == c.version), "runs are contiguous");
+        self.run.push(c);
+        if self.run.len() >= TAIL_RUN {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Sends the open run, if any (blocks while the sink is full: back-pressure).
+    pub fn flush(&mut self) -> Result<(), SinkClosed> {
+        if self.run.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::replace(&mut self.run, Vec::with_capacity(TAIL_RUN.min(64)));
+        self.sink.send(run).map_err(|_| SinkClosed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.run.is_empty()
+    }
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -84,8 +133,8 @@ pub trait EditLog: Send + Sync + 'static {
     /// the display name of the edits' user, as in `append_named`. Not atomic across a crash: a
     /// failure can leave a first part logged (the caller is told it failed).
     fn append_many(&self, edits: Vec<Edit>, name: Option<Box<str>>) -> Result<AppendAck, LogError>;
-    /// Starts delivering committed edits with version > `after` to `sink`, in order.
-    fn tail(&self, after: u64, sink: Sender<Committed>) -> Result<(), LogError>;
+    /// Starts delivering committed edits with version > `after` to `sink`, in order, in runs.
+    fn tail(&self, after: u64, sink: Sender<CommittedRun>) -> Result<(), LogError>;
     /// The version of the last durable edit.
     fn head(&self) -> u64;
     /// One line for logs and /healthz.

@@ -62,7 +62,8 @@ pub struct LogReader {
 
 enum Source {
     File(BufReader<File>),
-    Channel(crossbeam_channel::Receiver<Committed>),
+    /// A Kafka tail's runs, and what is left of the run in hand.
+    Channel(crossbeam_channel::Receiver<crate::edit_log::CommittedRun>, std::vec::IntoIter<Committed>),
 }
 
 impl LogReader {
@@ -114,12 +115,12 @@ impl LogReader {
         // The last message is one fetch; the first comes with the tail itself (on tansu a fetch
         // from far back costs time proportional to what follows it).
         let last_ts_ms = if head > first { k.message_ts(head).map_err(|e| e.to_string())? } else { 0 };
-        let (tx, rx) = crossbeam_channel::bounded(crate::bounds::EDITS_QUEUE);
+        let (tx, rx) = crossbeam_channel::bounded(crate::bounds::EDIT_RUNS_QUEUE);
         k.tail(first, tx).map_err(|e| e.to_string())?;
         let mut reader =
             LogReader {
                 extent: Extent { first, head, first_ts_ms: 0, last_ts_ms },
-                source: Source::Channel(rx),
+                source: Source::Channel(rx, Vec::new().into_iter()),
                 next: first + 1,
                 geometry: config.geometry.clone(),
                 final_geometry: config.geometry.clone(),
@@ -149,7 +150,12 @@ impl LogReader {
                 let edit = decode(v, &rec).ok_or_else(|| format!("version {v} changed while reading"))?;
                 Ok(Committed { version: v, edit })
             }
-            Source::Channel(rx) => rx.recv().map_err(|_| "the Kafka tail stopped".to_string()),
+            Source::Channel(rx, run) => loop {
+                if let Some(c) = run.next() {
+                    return Ok(c);
+                }
+                *run = rx.recv().map_err(|_| "the Kafka tail stopped".to_string())?.into_iter();
+            },
         }
     }
 
