@@ -58,8 +58,9 @@ pub const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 /// The embedded log's commit window by default (`--commit-window-us`): a group stays open this
 /// long after its first append. At 1,000 placements/s one fdatasync then carries ~5 edits
-/// instead of 1; at 20,000/s groups fill from the queue anyway. 5 ms is librdkafka's default
-/// `linger.ms`, and so `--kafka-linger-ms`'s: a placement waits the same on either log. On top
+/// instead of 1; at 20,000/s groups fill from the queue anyway. 5 ms is librdkafka's own default
+/// `linger.ms`, the same trade of a few ms per answer for fewer writes (`--kafka-linger-ms`
+/// stays 1: on tansu a longer linger saved nothing, bench/RESULTS.md). On top
 /// of a placement's answer it is 5% of the 100 ms batch interval the placer waits for to see the
 /// pixel anyway. Measured against 2 ms (bench/RESULTS.md, "The commit window's default"): 0.87x
 /// the server CPU per delivered frame at 1,000 clients, answers 1.7 -> 3.8 ms at p50.
