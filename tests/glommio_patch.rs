@@ -8,6 +8,9 @@
 //! - Hunk 1: a chain of short sleeps on an otherwise idle executor ends. A kept timer whose
 //!   completion was consumed within the same reactor turn was once reused as the sleep's
 //!   timer, and the executor slept through every timer (seen as a server that did not stop).
+//! - Hunk 4: the sleep submits its ring link and waits in one `io_uring_enter`. An executor
+//!   asleep that way still wakes for a socket that became readable and for a wake from another
+//!   thread, each time (thousands of sleeps, with pauses so it does go to sleep in between).
 //!
 //! Bounded: every executor runs on its own thread under a 60 s watchdog that fails the test
 //! (the checks are on order and completion, not on how fast a loaded machine is).
@@ -152,4 +155,66 @@ fn a_chain_of_short_sleeps_on_an_idle_executor_ends() {
         })
     });
     assert_eq!(slept, 5000);
+}
+
+/// A pause of 0-300 us on the other side, so the executor has usually gone to sleep when the
+/// next event comes, and sometimes not yet.
+fn pause(rng: &mut u64) {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    std::thread::sleep(Duration::from_micros(*rng % 300));
+}
+
+#[test]
+fn an_executor_asleep_wakes_for_each_socket_read_and_each_foreign_wake() {
+    const ROUNDS: usize = 2000;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let addr = listener.local_addr().unwrap();
+    // The other side: a plain thread that writes a byte, waits for the echo, pauses; then wakes
+    // the executor through a oneshot per round, from outside it.
+    let (wakers_tx, wakers_rx) = std::sync::mpsc::channel::<futures_channel::oneshot::Sender<usize>>();
+    let peer = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        let mut s = std::net::TcpStream::connect(addr).expect("connecting to the executor");
+        for i in 0..ROUNDS {
+            pause(&mut rng);
+            s.write_all(&[i as u8]).unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8, "the echo of round {i}");
+        }
+        for i in 0..ROUNDS {
+            let tx = wakers_rx.recv().expect("the executor's next oneshot");
+            pause(&mut rng);
+            let _ = tx.send(i);
+        }
+    });
+    let (echoed, woken) = bounded("socket reads and foreign wakes on a sleeping executor", move || {
+        LocalExecutorBuilder::default().make().expect("an executor").run(async move {
+            use futures_lite::{AsyncReadExt, AsyncWriteExt};
+            use std::os::fd::{FromRawFd, IntoRawFd};
+            // SAFETY: the descriptor is a listening TCP socket whose ownership moves here.
+            let glommio_listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+            let mut conn = glommio_listener.accept().await.expect("the peer's connection");
+            let mut echoed = 0;
+            let mut b = [0u8; 1];
+            while echoed < ROUNDS {
+                conn.read_exact(&mut b).await.expect("a byte from the peer");
+                conn.write_all(&b).await.expect("the echo");
+                echoed += 1;
+            }
+            let mut woken = 0;
+            for i in 0..ROUNDS {
+                let (tx, rx) = futures_channel::oneshot::channel();
+                wakers_tx.send(tx).unwrap();
+                assert_eq!(rx.await.expect("the peer's wake"), i);
+                woken += 1;
+            }
+            (echoed, woken)
+        })
+    });
+    peer.join().expect("the peer thread");
+    assert_eq!((echoed, woken), (ROUNDS, ROUNDS));
 }

@@ -1072,14 +1072,19 @@ impl SleepableRing {
 
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
-
-            if self
-                .submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
+            //
+            // placecast patch: submitted and waited for in one `io_uring_enter` (upstream
+            // submitted, then entered the kernel again to wait: one call more per sleep). The
+            // kernel submits before it waits, and returns how many it submitted even when the
+            // wait is interrupted; an error (EBUSY, EAGAIN, EINTR) means nothing was submitted.
+            let submitted = match self.ring.submit_sqes_and_wait(1) {
+                Ok(n) => n as usize,
+                Err(e) => Reactor::busy_ok(e)
+                    .or_else(Reactor::again_ok)
+                    .or_else(Reactor::intr_ok)?,
+            };
+            self.in_kernel += submitted;
+            if submitted != 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
@@ -1087,14 +1092,8 @@ impl SleepableRing {
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings were linked, and we slept until a completion (or a signal).
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
