@@ -600,7 +600,7 @@ impl Writer {
         f.seek(SeekFrom::Start(after * RECORD as u64)).map_err(|e| LogError::Io(e.to_string()))?;
         let mut r = BufReader::with_capacity(1 << 20, f);
         let mut rec = [0u8; RECORD];
-        let mut runs = RunSender::new(sink);
+        let mut runs = RunSender::new(sink, (head - after) as usize);
         for v in after + 1..=head {
             r.read_exact(&mut rec).map_err(|e| LogError::Io(e.to_string()))?;
             let edit = decode(v, &rec).ok_or_else(|| LogError::Corrupt(format!("record {v} changed on disk")))?;
@@ -760,7 +760,7 @@ impl Writer {
         // its shard, which on a shared core preempts this thread; a run per edit would wake the
         // applier once per edit as well.
         if let Some(sink) = &self.sink {
-            let mut runs = RunSender::new(sink);
+            let mut runs = RunSender::new(sink, group.len());
             for (i, (edit, _)) in group.iter().enumerate() {
                 // A closed sink: the process is stopping; the answers below still go out.
                 let _ = runs.push(Committed { version: head + 1 + i as u64, edit: *edit });

@@ -444,7 +444,8 @@ fn tail_loop(
 ) {
     let mut next = after; // the next offset to deliver = the last delivered version
     let mut last_warn: Option<Instant> = None;
-    let mut runs = RunSender::new(&sink);
+    // A guess at what a poll has in hand: it only sizes each run's allocation.
+    let mut runs = RunSender::new(&sink, 64);
     loop {
         let wait = if runs.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
         match consumer.poll(wait) {
@@ -487,18 +488,23 @@ fn tail_loop(
                     last_warn = Some(Instant::now());
                     tracing::warn!(error = %e, at_version = next, "tailing Kafka failed; retrying");
                 }
-                if runs.flush().is_err() {
+                if deliver_in_hand(&mut runs, &head, next).is_err() {
                     return;
                 }
-                head.fetch_max(next, Ordering::AcqRel);
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         }
         // The poll came back empty: what is in hand goes now.
-        if runs.flush().is_err() {
+        if deliver_in_hand(&mut runs, &head, next).is_err() {
             return;
         }
-        head.fetch_max(next, Ordering::AcqRel);
     }
+}
+
+/// Sends the open run and moves the log's head to what was delivered.
+fn deliver_in_hand(runs: &mut RunSender, head: &AtomicU64, next: u64) -> Result<(), super::SinkClosed> {
+    runs.flush()?;
+    head.fetch_max(next, Ordering::AcqRel);
+    Ok(())
 }

@@ -60,6 +60,8 @@ pub type CommittedRun = Vec<Committed>;
 pub struct RunSender<'a> {
     sink: &'a Sender<CommittedRun>,
     run: CommittedRun,
+    /// Edits the caller still expects to push: sizes each run's one allocation.
+    expected: usize,
 }
 
 /// The tail's receiver is gone (the process is stopping).
@@ -67,12 +69,18 @@ pub struct RunSender<'a> {
 pub struct SinkClosed;
 
 impl<'a> RunSender<'a> {
-    pub fn new(sink: &'a Sender<CommittedRun>) -> Self {
-        RunSender { sink, run: Vec::new() }
+    /// `expected`: how many edits the caller will push, or a guess (it only sizes each run's
+    /// allocation: a run is allocated once, when its first edit comes, never when it goes).
+    pub fn new(sink: &'a Sender<CommittedRun>, expected: usize) -> Self {
+        RunSender { sink, run: Vec::new(), expected }
     }
 
     pub fn push(&mut self, c: Committed) -> Result<(), SinkClosed> {
         debug_assert!(self.run.last().is_none_or(|l| l.version + 1 == c.version), "runs are contiguous");
+        if self.run.capacity() == 0 {
+            self.run.reserve_exact(self.expected.clamp(1, TAIL_RUN));
+        }
+        self.expected = self.expected.saturating_sub(1);
         self.run.push(c);
         if self.run.len() >= TAIL_RUN {
             return self.flush();
@@ -85,8 +93,7 @@ impl<'a> RunSender<'a> {
         if self.run.is_empty() {
             return Ok(());
         }
-        let run = std::mem::replace(&mut self.run, Vec::with_capacity(TAIL_RUN.min(64)));
-        self.sink.send(run).map_err(|_| SinkClosed)
+        self.sink.send(std::mem::take(&mut self.run)).map_err(|_| SinkClosed)
     }
 
     pub fn is_empty(&self) -> bool {
