@@ -172,6 +172,9 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
+// placecast patch: unused since the sleep path takes a fence instead (uring.rs), kept so the
+// diff against upstream stays small.
+#[allow(dead_code)]
 mod membarrier;
 pub(crate) mod source;
 pub(crate) mod sysfs;
@@ -306,6 +309,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // placecast patch: pairs with the sleeper's SeqCst fence between its store of
+        // `should_notify` and its last sweep of the channels (`Reactor::wait`, uring.rs):
+        // the caller's store into a channel or queue must be ordered before this load.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

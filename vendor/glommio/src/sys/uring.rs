@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1860,10 +1860,15 @@ impl Reactor {
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // placecast patch: a SeqCst fence, paired with the one in `SleepNotifier::notify`,
+            // instead of upstream's `membarrier::heavy()` (a `sys_membarrier` call per sleep).
+            // Dekker's pattern: we store `should_notify` and then read the channels, a
+            // producer stores into a channel and then reads `should_notify`; with a SeqCst
+            // fence between each side's store and load, at least one sees the other's store,
+            // so either we find the item or the producer writes our eventfd. The heavy barrier
+            // let producers skip their fence; one fence per notify is cheaper than a syscall
+            // per sleep when sleeps happen once per request.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
