@@ -6,22 +6,67 @@
  *   gcc -O2 -pthread bench/membarrier-cost.c -o /tmp/membarrier-cost && /tmp/membarrier-cost; /tmp/membarrier-cost peer
  *
  * Needs CPUs 0 and 1; bounded: 200,000 calls of each kind, then it exits. Written in C because
- * it is forty lines of raw syscalls with nothing to parse or keep. */
+ * it is a page of raw syscalls with nothing to parse or keep. */
 #define _GNU_SOURCE
 #include <linux/membarrier.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#include <stdio.h>
-#include <time.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdlib.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { CALLS = 200000 };
 static volatile int stop;
-static void* spin(void*a){cpu_set_t s;CPU_ZERO(&s);CPU_SET(1,&s);sched_setaffinity(0,sizeof s,&s);while(!stop);return 0;}
-static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
-int main(int c,char**v){cpu_set_t s;CPU_ZERO(&s);CPU_SET(0,&s);sched_setaffinity(0,sizeof s,&s);
- syscall(SYS_membarrier,MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,0);
- pthread_t t; if(c>1) pthread_create(&t,0,spin,0), usleep(100000);
- int n=200000; double a=now(); for(int i=0;i<n;i++) syscall(SYS_membarrier,MEMBARRIER_CMD_PRIVATE_EXPEDITED,0); double b=now();
- for(int i=0;i<n;i++) syscall(SYS_getppid); double d=now();
- printf("%s membarrier %.2f us, getppid %.2f us\n", c>1?"peer-running":"peer-idle",(b-a)/n*1e6,(d-b)/n*1e6); stop=1; return 0;}
+
+static void pin(int cpu) {
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    CPU_SET(cpu, &s);
+    sched_setaffinity(0, sizeof s, &s);
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* The peer: a thread of this process kept running on CPU 1, which each barrier must interrupt. */
+static void *spin(void *unused) {
+    (void)unused;
+    pin(1);
+    while (!stop) {
+    }
+    return NULL;
+}
+
+/* Microseconds per call of `syscall(nr, a, 0)`, over CALLS calls. */
+static double per_call(long nr, int a) {
+    double t = now();
+    for (int i = 0; i < CALLS; i++)
+        syscall(nr, a, 0);
+    return (now() - t) / CALLS * 1e6;
+}
+
+int main(int argc, char **argv) {
+    (void)argv;
+    int with_peer = argc > 1;
+    pin(0);
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0) < 0) {
+        perror("membarrier register");
+        return 1;
+    }
+    pthread_t peer;
+    if (with_peer) {
+        pthread_create(&peer, NULL, spin, NULL);
+        usleep(100000); /* let it reach CPU 1 */
+    }
+    double barrier = per_call(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+    double bare = per_call(SYS_getppid, 0);
+    printf("%s membarrier %.2f us, getppid %.2f us\n", with_peer ? "peer-running" : "peer-idle", barrier, bare);
+    stop = 1;
+    if (with_peer)
+        pthread_join(peer, NULL);
+    return 0;
+}

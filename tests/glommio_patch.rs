@@ -163,8 +163,8 @@ fn a_chain_of_short_sleeps_on_an_idle_executor_ends() {
     assert_eq!(slept, 5000);
 }
 
-/// A pause of 0-300 us on the other side, so the executor has usually gone to sleep when the
-/// next event comes, and sometimes not yet.
+/// A pause of 0-300 us on one side, so the other has usually gone to sleep when the next event
+/// comes, and sometimes not yet.
 fn pause(rng: &mut u64) {
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;

@@ -172,10 +172,7 @@ pub(crate) fn sendmsg_syscall(
 }
 
 mod dma_buffer;
-// placecast patch: unused since the sleep path takes a fence instead (uring.rs), kept so the
-// diff against upstream stays small.
-#[allow(dead_code)]
-mod membarrier;
+// placecast patch: `mod membarrier` removed; the sleep path takes a fence instead (uring.rs).
 pub(crate) mod source;
 pub(crate) mod sysfs;
 mod uring;
