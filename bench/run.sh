@@ -10,6 +10,8 @@
 #
 #   SCENARIO   hold | fanout | reconnect | place                    [fanout]
 #   SERVERS    which servers to run (place: placecast only)          [placecast baseline]
+#              (add `uws` for the uWebSockets peer, built first with bench/peers/uws/build.sh)
+#   UWS_BIN    the uWebSockets peer's binary                        [target/uws/placecast-uws]
 #   CLIENTS    client counts, one run set each                      [1000 10000 19000]
 #   STRIDES    edit strides (4 = compact, 16 = padded edits)         [4 16]
 #   REPEATS    rounds per setting (medians are taken over them)      [3]
@@ -46,6 +48,11 @@ mkdir -p "$OUT/bin"
 for b in placecast placecast-baseline placecast-load; do
   cp "$root/target/release/$b" "$OUT/bin/$b"
 done
+if [[ " $SERVERS " == *" uws "* ]]; then
+  UWS_BIN=${UWS_BIN:-$root/target/uws/placecast-uws}
+  [ -x "$UWS_BIN" ] || { echo "no uWebSockets peer at $UWS_BIN: run bench/peers/uws/build.sh" >&2; exit 2; }
+  cp "$UWS_BIN" "$OUT/bin/placecast-uws"
+fi
 BIN=$OUT/bin
 {
   echo "date: $(date -u +%FT%TZ)"
@@ -56,7 +63,7 @@ BIN=$OUT/bin
   echo "nofile: $(ulimit -Sn)/$(ulimit -Hn)"
   echo "ip_local_port_range: $(cat /proc/sys/net/ipv4/ip_local_port_range)"
   echo "placecast source: commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null)$(GIT_OPTIONAL_LOCKS=0 git -C "$root" status --porcelain -- src Cargo.toml 2>/dev/null | grep -q . && echo ' plus uncommitted changes')"
-  echo "binaries: $(cd "$BIN" && sha256sum placecast placecast-baseline placecast-load | awk '{printf "%s=%s ", $2, substr($1,1,12)}')"
+  echo "binaries: $(cd "$BIN" && sha256sum placecast placecast-baseline placecast-load $(ls placecast-uws 2>/dev/null) | awk '{printf "%s=%s ", $2, substr($1,1,12)}')"
   echo "settings: SCENARIO=$SCENARIO SERVERS='$SERVERS' CLIENTS='$CLIENTS' STRIDES='$STRIDES' REPEATS=$REPEATS DURATION=$DURATION RATE=$RATE RAMP=$RAMP EXTRA='$EXTRA'"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
@@ -79,12 +86,21 @@ start_server() {
       PORT=8080
       local data=$OUT/data-placecast
       rm -rf "$data"
+      # The per-address limits off: every simulated client comes from a few loopback addresses
+      # (README.md, "Servers for load tests").
       taskset -c "$SERVER_CPU" "$BIN/placecast" serve --listen 127.0.0.1:$PORT --shards 1 --data-dir "$data" \
-        --cooldown 0 --batch-ms 100 --edit-stride "$stride" >"$log" 2>&1 &
+        --cooldown 0 --batch-ms 100 --edit-stride "$stride" \
+        --max-conns-per-addr 0 --sessions-per-min 0 --placements-per-addr-per-min 0 \
+        --catchups-per-addr-per-min 0 >"$log" 2>&1 &
       ;;
     baseline)
       PORT=8090
       taskset -c "$SERVER_CPU" "$BIN/placecast-baseline" --listen 127.0.0.1:$PORT --batch-ms 100 \
+        --edit-stride "$stride" >"$log" 2>&1 &
+      ;;
+    uws)
+      PORT=8091
+      taskset -c "$SERVER_CPU" "$BIN/placecast-uws" --listen 127.0.0.1:$PORT --batch-ms 100 \
         --edit-stride "$stride" >"$log" 2>&1 &
       ;;
     *) echo "unknown server $kind" >&2; exit 2 ;;
@@ -131,6 +147,15 @@ for stride in $STRIDES; do
         --baseline "$OUT"/$SCENARIO-s$stride-n$n-baseline-*.json \
         --json "$OUT/compare-$SCENARIO-s$stride-n$n.json" 2>"$OUT/compare-$SCENARIO-s$stride-n$n.txt" >/dev/null || true
       cat "$OUT/compare-$SCENARIO-s$stride-n$n.txt"
+    fi
+    if [[ "$SERVERS" == *placecast* && " $SERVERS " == *" uws "* ]]; then
+      # `compare` names its second column "baseline"; here it is the uWebSockets peer.
+      "$BIN/placecast-load" compare \
+        --placecast "$OUT"/$SCENARIO-s$stride-n$n-placecast-*.json \
+        --baseline "$OUT"/$SCENARIO-s$stride-n$n-uws-*.json \
+        --json "$OUT/compare-uws-$SCENARIO-s$stride-n$n.json" 2>"$OUT/compare-uws-$SCENARIO-s$stride-n$n.txt" >/dev/null || true
+      echo "   against the uWebSockets peer:"
+      cat "$OUT/compare-uws-$SCENARIO-s$stride-n$n.txt"
     fi
   done
 done
