@@ -149,7 +149,7 @@ for stride in $STRIDES; do
       cat "$OUT/compare-$SCENARIO-s$stride-n$n.txt"
     fi
     if [[ "$SERVERS" == *placecast* && " $SERVERS " == *" uws "* ]]; then
-      # `compare` names its second column "baseline"; here it is the uWebSockets peer.
+      # The second column is named after the runs' label, `uws`.
       "$BIN/placecast-load" compare \
         --placecast "$OUT"/$SCENARIO-s$stride-n$n-placecast-*.json \
         --baseline "$OUT"/$SCENARIO-s$stride-n$n-uws-*.json \

@@ -1,6 +1,8 @@
 //! `placecast-load compare`: reads result documents of placecast runs and baseline runs of the
 //! same scenario, takes the median of each figure over the runs, and prints (and writes as
-//! JSON) placecast's figure, the baseline's, and their ratio.
+//! JSON) placecast's figure, the baseline's, and their ratio. The printed table names the second
+//! column after the baseline files' `--label` when they share one (`bench/run.sh` labels the
+//! uWebSockets peer's runs `uws`); the JSON keeps the field names `baseline*`.
 
 use crate::cli::CompareArgs;
 use crate::error::LoadError;
@@ -77,6 +79,12 @@ fn load(paths: &[std::path::PathBuf]) -> Result<Vec<Value>, LoadError> {
         .collect()
 }
 
+/// The `label` every document in `docs` carries, if they all carry the same one.
+fn shared_label(docs: &[Value]) -> Option<&str> {
+    let first = docs.first()?.get("label")?.as_str()?;
+    docs.iter().all(|d| d.get("label").and_then(|l| l.as_str()) == Some(first)).then_some(first)
+}
+
 pub fn compare(a: &CompareArgs) -> Result<(Comparison, String), LoadError> {
     let pc = load(&a.placecast)?;
     let bl = load(&a.baseline)?;
@@ -119,7 +127,8 @@ pub fn compare(a: &CompareArgs) -> Result<(Comparison, String), LoadError> {
     };
     let mut t = String::new();
     let _ = writeln!(t, "{} {}", c.scenario, c.params);
-    let _ = writeln!(t, "{:<42} {:>14} {:>14} {:>10}  runs", "figure (median)", "placecast", "baseline", "ratio");
+    let other = shared_label(&bl).unwrap_or("baseline");
+    let _ = writeln!(t, "{:<42} {:>14} {:>14} {:>10}  runs", "figure (median)", "placecast", other, "ratio");
     let f = |v: Option<f64>| {
         v.map(|x| if x.abs() >= 100.0 { format!("{x:.0}") } else { format!("{x:.4}") }).unwrap_or_else(|| "-".into())
     };
@@ -147,5 +156,15 @@ mod tests {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn the_second_column_is_named_after_a_shared_label() {
+        let doc = |l: Option<&str>| serde_json::json!({ "scenario": "fanout", "label": l });
+        assert_eq!(shared_label(&[doc(Some("uws")), doc(Some("uws"))]), Some("uws"));
+        assert_eq!(shared_label(&[doc(Some("uws")), doc(Some("baseline"))]), None);
+        assert_eq!(shared_label(&[doc(Some("uws")), doc(None)]), None);
+        assert_eq!(shared_label(&[doc(None)]), None);
+        assert_eq!(shared_label(&[]), None);
     }
 }
