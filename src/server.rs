@@ -360,6 +360,10 @@ fn finish(shared: &Shared, done: &Sender<()>) {
     if shared.shutting_down.swap(true, Ordering::AcqRel) {
         return;
     }
+    // A quiet shard sleeps up to `shard::QUIET_TICK`: its tick closes the clients now instead.
+    for wake in shared.applier.shard_wake.iter() {
+        wake.wake();
+    }
     if let Some(tx) = &shared.control {
         let (reply_tx, reply_rx) = bounded(1);
         let answer = tx

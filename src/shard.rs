@@ -14,23 +14,29 @@ use crossbeam_channel::{Receiver, Sender};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a shard whose WebSockets sent something in the last `IDLE_AFTER` looks at their
-/// readiness again: bounds the wait of a WebSocket placement. New batches and catch-up answers
-/// do not wait for it: the applier wakes the tick task (`messages::ShardWake`).
+/// How soon a shard whose tick found socket work looks again: a socket with more to read than
+/// one turn takes (edge-triggered, so no new readiness), closes in progress. New socket input
+/// does not wait for it: it wakes the tick through the epoll descriptor's readiness.
 pub const TICK: Duration = Duration::from_millis(1);
-/// How often a shard whose WebSockets were quiet for `IDLE_AFTER` looks (pings, timers, the
-/// first message after a quiet second). Each wakeup of a glommio executor costs several
-/// io_uring_enter calls (tens of microseconds on a VM): 1 ms ticks at all times were most of an
-/// idle-client shard's CPU under a trickle of placements (bench/RESULTS.md).
-pub const IDLE_TICK: Duration = Duration::from_millis(10);
-pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How often a quiet shard ticks while a drain is under way: the drain closes its clients
+/// on an even schedule, one step per tick.
+pub const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// How often a quiet shard ticks anyway, for its timers: the ping sweep (`--ws-ping-secs`), the
+/// catch-up deadlines (`bounds::CATCH_UP_CHECK`, also 100 ms) and its heartbeat
+/// (`STALL_LIMIT_MS`, 5 s). Socket input, batches and catch-up answers wake it sooner. Each
+/// wakeup of a glommio executor costs several io_uring_enter calls (about 100 us of CPU on this
+/// VM): the 10 ms tick this replaced was 1.2% of a core with 1,000 idle clients
+/// (bench/RESULTS.md, "A quiet shard sleeps until something happens").
+pub const QUIET_TICK: Duration = Duration::from_millis(100);
 
 /// Binds `addr` with SO_REUSEPORT and a deep backlog (glommio's own bind uses 1024).
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -100,9 +106,11 @@ async fn run(
     };
     let _ = ready.send(listener.local_addr().map_err(|e| e.to_string()));
     glommio::spawn_local(tick_loop(hub.clone(), shared.clone())).detach();
+    // Polled, not woken: a stop may wait this long more, against 5 s of drain grace; every
+    // wakeup of a quiet shard costs CPU (see QUIET_TICK).
     let stopped = async {
         while !shared.shutting_down.load(Ordering::Acquire) {
-            glommio::timer::sleep(Duration::from_millis(20)).await;
+            glommio::timer::sleep(QUIET_TICK).await;
         }
     };
     futures_lite::future::race(accept_loop(id, listener, hub.clone(), shared.clone()), stopped).await;
@@ -134,8 +142,12 @@ async fn accept_loop(id: usize, listener: TcpListener, hub: Rc<RefCell<Hub>>, sh
 
 async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     let wake = &shared.applier.shard_wake[hub.borrow().shard()];
+    let epoll_fd = hub.borrow().epoll_fd();
+    // Kept across sleeps until it fires: dropping a pending poll would cancel it, and a
+    // cancellation's completion wakes the executor for nothing.
+    let mut readable: Option<Pin<Box<dyn Future<Output = std::io::Result<()>>>>> = None;
+    let mut readiness_failed = false;
     let mut closed = false;
-    let mut last_active = std::time::Instant::now();
     loop {
         let (tick, jobs) = {
             let mut h = hub.borrow_mut();
@@ -161,16 +173,32 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
         }
         // A short sleep rather than a bare yield when busy: it makes the executor poll its own
         // ring, so placements and handshakes waiting on I/O run between broadcast slices.
+        let serving = shared.lifecycle.phase(crate::now_ms()) == DrainPhase::Serving && !closed;
         let pause = match tick {
             Tick::Busy => Duration::from_micros(20),
-            Tick::Active => {
-                last_active = std::time::Instant::now();
-                TICK
-            }
-            Tick::Idle if last_active.elapsed() < IDLE_AFTER => TICK,
-            Tick::Idle => IDLE_TICK,
+            Tick::Active => TICK,
+            Tick::Idle if !serving || readiness_failed => DRAIN_TICK,
+            Tick::Idle => QUIET_TICK,
         };
-        // Until the pause is over or the applier sends something, whichever is first.
-        futures_lite::future::or(glommio::timer::sleep(pause), wake.woken()).await;
+        if pause < QUIET_TICK {
+            // Until the pause is over or the applier sends something, whichever is first.
+            futures_lite::future::or(glommio::timer::sleep(pause), wake.woken()).await;
+            continue;
+        }
+        // Quiet: until the timers are due, the applier sends something, or a socket is ready.
+        let ready = readable.get_or_insert_with(|| Box::pin(glommio::net::readable(epoll_fd)));
+        let timer_or_wake = async {
+            futures_lite::future::or(glommio::timer::sleep(pause), wake.woken()).await;
+            None
+        };
+        if let Some(result) = futures_lite::future::or(timer_or_wake, async { Some(ready.await) }).await {
+            readable = None;
+            if let Err(e) = result {
+                // Never expected of an epoll descriptor; ticking every DRAIN_TICK still reads
+                // every socket, only later.
+                tracing::error!(error = %e, "waiting for the shard's epoll readiness failed; ticking every 10 ms instead");
+                readiness_failed = true;
+            }
+        }
     }
 }

@@ -88,6 +88,12 @@ impl Epoll {
         cvt(unsafe { libc::epoll_ctl(self.fd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(|_| ())
     }
 
+    /// The descriptor, for a readiness wait on the executor's ring (`shard::tick_loop`); it
+    /// stays owned here.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// Ready events without waiting; how many of `out` were filled.
     pub fn poll(&self, out: &mut [libc::epoll_event]) -> usize {
         let max = out.len().min(i32::MAX as usize) as i32;

@@ -18,6 +18,10 @@
 //!   the store buffer's few nanoseconds, and with the sleeper's fence taken out it still
 //!   passed 3 of 3 runs. The argument for the fences is in the patch's comments.
 //!
+//! - Hunk 6: `glommio::net::readable` on an epoll descriptor wakes a sleeping executor for
+//!   every byte written to a pipe it watches, also after a wait that was dropped before it
+//!   fired (its poll cancelled), which is how a quiet shard sleeps.
+//!
 //! Bounded: every executor runs on its own thread under a 60 s watchdog that fails the test
 //! (the checks are on order and completion, not on how fast a loaded machine is).
 
@@ -266,4 +270,102 @@ fn two_executors_playing_ping_pong_over_shared_channels_never_lose_a_wake() {
         returned
     });
     assert_eq!(returned, ROUNDS);
+}
+
+/// A pipe watched through an edge-triggered epoll, as a shard watches its WebSockets.
+struct WatchedPipe {
+    epoll: i32,
+    read: i32,
+    write: i32,
+}
+
+impl WatchedPipe {
+    fn new() -> Self {
+        let mut fds = [0i32; 2];
+        // SAFETY: `fds` is a valid out-array of two descriptors.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0, "pipe2");
+        // SAFETY: no memory is passed.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(epoll >= 0, "epoll_create1");
+        let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 7 };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        assert_eq!(unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fds[0], &mut ev) }, 0, "epoll_ctl");
+        WatchedPipe { epoll, read: fds[0], write: fds[1] }
+    }
+
+    /// Takes the epoll's events and the pipe's bytes: how many bytes there were.
+    fn drain(&self) -> usize {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: `events` is valid and writable for 4 events.
+        unsafe { libc::epoll_wait(self.epoll, events.as_mut_ptr(), 4, 0) };
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: `buf` is valid and writable for its length.
+            let n = unsafe { libc::read(self.read, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return got;
+            }
+            got += n as usize;
+        }
+    }
+}
+
+impl Drop for WatchedPipe {
+    fn drop(&mut self) {
+        for fd in [self.epoll, self.read, self.write] {
+            // SAFETY: each descriptor is ours and closed once.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Hunk 6: `glommio::net::readable` on an epoll descriptor wakes a sleeping executor each time
+/// a watched descriptor gets data, and a wait dropped before it fired (as the shard's quiet
+/// sleep drops its timer) leaves the next one working.
+#[test]
+fn a_sleeping_executor_wakes_when_an_epoll_it_watches_becomes_readable() {
+    const ROUNDS: usize = 1000;
+    let pipe = std::sync::Arc::new(WatchedPipe::new());
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let pipe = pipe.clone();
+        std::thread::spawn(move || {
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+            for _ in 0..ROUNDS {
+                go_rx.recv().expect("the executor's go");
+                pause(&mut rng);
+                // SAFETY: a one-byte buffer, valid for the call.
+                assert_eq!(unsafe { libc::write(pipe.write, [1u8].as_ptr().cast(), 1) }, 1, "write");
+            }
+        })
+    };
+    let (woken, abandoned) = bounded("an epoll descriptor's readiness on a sleeping executor", move || {
+        LocalExecutorBuilder::default().make().expect("an executor").run(async move {
+            let (mut woken, mut abandoned) = (0, 0);
+            for i in 0..ROUNDS {
+                go_tx.send(()).unwrap();
+                if i % 2 == 0 {
+                    // Usually gives up before the byte comes: the pending poll is cancelled.
+                    let early = futures_lite::future::or(
+                        async { glommio::net::readable(pipe.epoll).await.map(|_| true) },
+                        async {
+                            glommio::timer::sleep(Duration::from_micros(20)).await;
+                            Ok(false)
+                        },
+                    );
+                    if !early.await.expect("readable") {
+                        abandoned += 1;
+                    }
+                }
+                glommio::net::readable(pipe.epoll).await.expect("readable");
+                assert_eq!(pipe.drain(), 1, "round {i}: one byte per wake");
+                woken += 1;
+            }
+            (woken, abandoned)
+        })
+    });
+    writer.join().expect("the writer thread");
+    assert_eq!(woken, ROUNDS);
+    assert!(abandoned > 0, "no wait was ever dropped before it fired, so the cancel path went untested");
 }

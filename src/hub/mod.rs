@@ -140,9 +140,10 @@ pub struct PlaceJob {
 pub enum Tick {
     /// A broadcast is unfinished: come back right after the other tasks had a turn.
     Busy,
-    /// Something happened: keep ticking fast.
+    /// Socket work happened, and some may be left (a socket with more to read than one turn
+    /// takes, closes in progress): tick again soon.
     Active,
-    /// Nothing to do.
+    /// Nothing to do until a socket is ready, the applier sends something, or a timer is due.
     Idle,
 }
 
@@ -263,6 +264,12 @@ impl Hub {
 
     pub fn shard(&self) -> usize {
         self.shard
+    }
+
+    /// The epoll descriptor every connection's readiness is reported on: readable when any
+    /// connection has something for the next tick.
+    pub fn epoll_fd(&self) -> std::os::fd::RawFd {
+        self.epoll.raw_fd()
     }
 
     pub fn has_room(&self) -> bool {

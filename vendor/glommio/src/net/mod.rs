@@ -106,6 +106,16 @@ fn yolo_sendmsg(
     }
 }
 
+/// placecast patch: waits until `fd` is readable (or has hung up or failed), through one
+/// `IORING_OP_POLL_ADD` on this executor's ring, so a descriptor glommio does not own (an epoll
+/// descriptor, say) can wake the executor instead of being polled on a timer. Upstream glommio
+/// keeps this inside its streams. The caller keeps `fd` open until the future completes or is
+/// dropped; dropping it early cancels the poll.
+pub async fn readable(fd: RawFd) -> io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}
+
 mod datagram;
 mod stream;
 mod tcp_socket;
