@@ -115,6 +115,19 @@ start_server() {
   exit 1
 }
 
+# compare_with KIND STRIDE N NAME: medians and ratios of placecast against KIND's runs of this
+# setting, in $OUT/NAME-<scenario>-s<stride>-n<n>.{json,txt}; nothing unless both ran. The
+# table's second column is named after KIND's runs' label.
+compare_with() {
+  local kind=$1 stride=$2 n=$3 out=$OUT/$4-$SCENARIO-s$2-n$3
+  [[ " $SERVERS " == *" placecast "* && " $SERVERS " == *" $kind "* ]] || return 0
+  "$BIN/placecast-load" compare \
+    --placecast "$OUT"/$SCENARIO-s$stride-n$n-placecast-*.json \
+    --baseline "$OUT"/$SCENARIO-s$stride-n$n-$kind-*.json \
+    --json "$out.json" 2>"$out.txt" >/dev/null || true
+  cat "$out.txt"
+}
+
 scenario_args() {
   local n=$1
   case $SCENARIO in
@@ -141,22 +154,8 @@ for stride in $STRIDES; do
         sleep 1
       done
     done
-    if [[ "$SERVERS" == *placecast* && "$SERVERS" == *baseline* ]]; then
-      "$BIN/placecast-load" compare \
-        --placecast "$OUT"/$SCENARIO-s$stride-n$n-placecast-*.json \
-        --baseline "$OUT"/$SCENARIO-s$stride-n$n-baseline-*.json \
-        --json "$OUT/compare-$SCENARIO-s$stride-n$n.json" 2>"$OUT/compare-$SCENARIO-s$stride-n$n.txt" >/dev/null || true
-      cat "$OUT/compare-$SCENARIO-s$stride-n$n.txt"
-    fi
-    if [[ "$SERVERS" == *placecast* && " $SERVERS " == *" uws "* ]]; then
-      # The second column is named after the runs' label, `uws`.
-      "$BIN/placecast-load" compare \
-        --placecast "$OUT"/$SCENARIO-s$stride-n$n-placecast-*.json \
-        --baseline "$OUT"/$SCENARIO-s$stride-n$n-uws-*.json \
-        --json "$OUT/compare-uws-$SCENARIO-s$stride-n$n.json" 2>"$OUT/compare-uws-$SCENARIO-s$stride-n$n.txt" >/dev/null || true
-      echo "   against the uWebSockets peer:"
-      cat "$OUT/compare-uws-$SCENARIO-s$stride-n$n.txt"
-    fi
+    compare_with baseline "$stride" "$n" compare
+    compare_with uws "$stride" "$n" compare-uws
   done
 done
 rm -rf "$OUT/data-placecast" "$OUT/bin"

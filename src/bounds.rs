@@ -50,8 +50,8 @@ const _: () = assert!(
     "the applier's queue of committed edits stays under 16 MiB"
 );
 /// A thread whose loop has not run for this long counts as stuck. Shards tick at least every
-/// 100 ms (`shard::QUIET_TICK`) and the applier at least every batch interval; a broadcast slice is bounded (`SLICE` sends), so
-/// 5 s of silence is a hang, not load.
+/// 100 ms (`shard::QUIET_TICK`) and the applier at least every batch interval; a broadcast
+/// slice is bounded (`SLICE` sends), so 5 s of silence is a hang, not load.
 pub const STALL_LIMIT_MS: u64 = 5_000;
 /// The supervisor's cadence (watchdog, status, end of a drain) when systemd asks for no faster.
 pub const SUPERVISE_EVERY: Duration = Duration::from_millis(250);

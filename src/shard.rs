@@ -149,11 +149,12 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
     let mut readiness_failed = false;
     let mut closed = false;
     loop {
-        let (tick, jobs) = {
+        let (tick, jobs, phase) = {
             let mut h = hub.borrow_mut();
             let now_ms = crate::now_ms();
             shared.lifecycle.beat(h.shard(), now_ms);
-            if let DrainPhase::Closing { elapsed_ms, spread_ms } = shared.lifecycle.phase(now_ms) {
+            let phase = shared.lifecycle.phase(now_ms);
+            if let DrainPhase::Closing { elapsed_ms, spread_ms } = phase {
                 h.drain_step(elapsed_ms, spread_ms);
             }
             if shared.shutting_down.load(Ordering::Acquire) && !closed {
@@ -161,7 +162,7 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
                 closed = true;
             }
             let tick = h.tick();
-            (tick, std::mem::take(&mut h.jobs))
+            (tick, std::mem::take(&mut h.jobs), phase)
         };
         for job in jobs {
             let hub = hub.clone();
@@ -171,26 +172,27 @@ async fn tick_loop(hub: Rc<RefCell<Hub>>, shared: Arc<Shared>) {
             })
             .detach();
         }
+        // Quiet: nothing to do, serving, and the epoll's readiness can wake us.
+        let quiet = tick == Tick::Idle && phase == DrainPhase::Serving && !closed && !readiness_failed;
         // A short sleep rather than a bare yield when busy: it makes the executor poll its own
         // ring, so placements and handshakes waiting on I/O run between broadcast slices.
-        let serving = shared.lifecycle.phase(crate::now_ms()) == DrainPhase::Serving && !closed;
         let pause = match tick {
+            _ if quiet => QUIET_TICK,
             Tick::Busy => Duration::from_micros(20),
             Tick::Active => TICK,
-            Tick::Idle if !serving || readiness_failed => DRAIN_TICK,
-            Tick::Idle => QUIET_TICK,
+            Tick::Idle => DRAIN_TICK,
         };
-        if pause < QUIET_TICK {
-            // Until the pause is over or the applier sends something, whichever is first.
-            futures_lite::future::or(glommio::timer::sleep(pause), wake.woken()).await;
-            continue;
-        }
-        // Quiet: until the timers are due, the applier sends something, or a socket is ready.
-        let ready = readable.get_or_insert_with(|| Box::pin(glommio::net::readable(epoll_fd)));
+        // Until the pause is over or the applier sends something, whichever is first.
         let timer_or_wake = async {
             futures_lite::future::or(glommio::timer::sleep(pause), wake.woken()).await;
             None
         };
+        if !quiet {
+            timer_or_wake.await;
+            continue;
+        }
+        // Or until a socket is ready.
+        let ready = readable.get_or_insert_with(|| Box::pin(glommio::net::readable(epoll_fd)));
         if let Some(result) = futures_lite::future::or(timer_or_wake, async { Some(ready.await) }).await {
             readable = None;
             if let Err(e) = result {

@@ -17,7 +17,6 @@
 //!   What it cannot show is the ordering itself: on x86 the window a missing fence opens is
 //!   the store buffer's few nanoseconds, and with the sleeper's fence taken out it still
 //!   passed 3 of 3 runs. The argument for the fences is in the patch's comments.
-//!
 //! - Hunk 6: `glommio::net::readable` on an epoll descriptor wakes a sleeping executor for
 //!   every byte written to a pipe it watches, also after a wait that was dropped before it
 //!   fired (its poll cancelled), which is how a quiet shard sleeps.

@@ -19,12 +19,10 @@
 
 #include "App.h"
 
-#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
@@ -272,7 +270,6 @@ int main(int argc, char **argv) {
                                   }
                                   ws->subscribe(kTopic);
                               },
-                          .close = [](auto *, int, std::string_view) {},
                       })
         .get("/api/v1/canvas/info",
              [](auto *res, auto *) {
