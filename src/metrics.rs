@@ -6,6 +6,7 @@
 use crate::place::PlaceError;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -77,6 +78,46 @@ pub struct ShardStats {
     pub batches: AtomicU64,
     /// Bulk sends that carried more than one batch to a connection behind (overload).
     pub merged_sends: AtomicU64,
+    /// How long each batch took to reach every connection of the shard.
+    pub fanout: FanoutHist,
+}
+
+/// Upper bounds, in ms, of the fan-out histogram's buckets (a last one, `+Inf`, counts the
+/// rest). Fixed so the table is 12 counters per shard whatever the load; they bracket the batch
+/// interval (100 ms by default), the figure that matters: a fan-out that outlasts it is a shard
+/// that falls behind.
+pub const FANOUT_BUCKETS_MS: [u64; 10] = [5, 10, 25, 50, 75, 100, 150, 250, 500, 1_000];
+
+/// How long a shard took to write each batch to all its connections: from the batch's arrival
+/// at the shard (its cut, give or take a wake) to the end of the pass that wrote it, so a batch
+/// queued behind an unfinished one counts its wait. Connections left blocked by a full socket
+/// are retried later and do not extend it. Written by its shard alone, once per batch.
+#[derive(Default)]
+pub struct FanoutHist {
+    /// Per bucket, not cumulative (the scrape sums them); the last is `+Inf`.
+    buckets: [AtomicU64; FANOUT_BUCKETS_MS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl FanoutHist {
+    pub fn record(&self, took: Duration) {
+        let us = took.as_micros();
+        let i = FANOUT_BUCKETS_MS.iter().position(|&le| us <= u128::from(le) * 1000).unwrap_or(FANOUT_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Prometheus histogram lines for shard `shard` (cumulative buckets, sum, count).
+    fn render(&self, out: &mut String, name: &str, shard: usize) {
+        let mut total = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            total += b.load(Ordering::Relaxed);
+            let le = FANOUT_BUCKETS_MS.get(i).map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {total}");
+        }
+        let sum_s = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum_s}\n{name}_count{{shard=\"{shard}\"}} {total}");
+    }
 }
 
 pub fn add(c: &AtomicU64, n: u64) {
@@ -170,8 +211,44 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", r(get(s)));
         }
     }
+    let name = "placecast_fanout_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from a batch's arrival at a shard to its last connection written.\n# TYPE {name} histogram"
+    );
+    for (i, s) in shards.iter().enumerate() {
+        s.fanout.render(&mut out, name, i);
+    }
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fanout_histogram_renders_cumulative_prometheus_buckets() {
+        let h = FanoutHist::default();
+        for ms in [3, 5, 100, 101, 2_000] {
+            h.record(Duration::from_millis(ms));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "f", 2);
+        let value = |key: &str| -> String {
+            let line = out.lines().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key} in {out}"));
+            line.rsplit(' ').next().unwrap().to_string()
+        };
+        // A bucket holds what is at most its bound: 5 ms is in le=0.005, 100 ms in le=0.1.
+        assert_eq!(value("f_bucket{shard=\"2\",le=\"0.005\"}"), "2");
+        assert_eq!(value("f_bucket{shard=\"2\",le=\"0.075\"}"), "2");
+        assert_eq!(value("f_bucket{shard=\"2\",le=\"0.1\"}"), "3");
+        assert_eq!(value("f_bucket{shard=\"2\",le=\"0.15\"}"), "4");
+        assert_eq!(value("f_bucket{shard=\"2\",le=\"1\"}"), "4");
+        assert_eq!(value("f_bucket{shard=\"2\",le=\"+Inf\"}"), "5");
+        assert_eq!(value("f_count{shard=\"2\"}"), "5");
+        assert_eq!(value("f_sum{shard=\"2\"}"), "2.209");
+    }
 }

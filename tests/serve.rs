@@ -41,6 +41,16 @@ fn placement_reaches_every_client(mode: &[&str]) {
             other => panic!("expected the batch, got {other:?}"),
         }
     }
+    // Each shard times the pass that wrote the batch to its clients (it books the pass after
+    // its last send, so a client can have the frame first).
+    let shards = wait_for(30, "both shards to time their fan-out", || {
+        let counts: Vec<u64> =
+            (0..2).map(|i| s.metric(&format!("placecast_fanout_seconds_count{{shard=\"{i}\"}}"))).collect();
+        counts.iter().all(|&c| c >= 1).then_some(counts)
+    });
+    let every = s.metric("placecast_fanout_seconds_bucket{shard=\"0\",le=\"+Inf\"}");
+    assert_eq!(every, shards[0], "the +Inf bucket holds every timed batch");
+    assert!(s.metric("placecast_fanout_seconds_bucket{shard=\"0\",le=\"0.005\"}") <= every);
     // The snapshot agrees, with its version and caching headers.
     let r = s.http("GET", "/api/v1/canvas", &[], b"");
     assert_eq!(r.header("X-Canvas-Version"), Some("1"));

@@ -147,6 +147,12 @@ pub enum Tick {
     Idle,
 }
 
+/// A batch in the ring, and when it reached the shard (the fan-out histogram's start).
+struct Queued {
+    frame: Bytes,
+    arrived: Instant,
+}
+
 /// Where the broadcast in progress stands: the batch, and the next slot to consider.
 #[derive(Debug, Clone, Copy)]
 struct Cursor {
@@ -164,7 +170,8 @@ pub struct Hub {
     free: Vec<u32>,
     live: usize,
     max_conns: usize,
-    ring: VecDeque<Bytes>,
+    /// The last `max_lag` batches, oldest first; the front is batch `first_seq`.
+    ring: VecDeque<Queued>,
     first_seq: u64,
     max_lag: usize,
     epoll: Epoll,
@@ -389,7 +396,7 @@ impl Hub {
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 ShardMsg::Batch { frame, .. } => {
-                    self.ring.push_back(frame);
+                    self.ring.push_back(Queued { frame, arrived: Instant::now() });
                     add(&self.stats().batches, 1);
                 }
                 ShardMsg::CatchUp { conn, reply } => self.on_catch_up(conn, reply),

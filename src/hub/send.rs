@@ -30,6 +30,8 @@ impl Hub {
             self.cursor = Some(Cursor { seq, slot: end });
             return;
         }
+        let arrived = self.ring[(seq - self.first_seq) as usize].arrived;
+        self.stats().fanout.record(arrived.elapsed());
         self.check_blocked();
         self.cursor = (seq + 1 < self.head_seq()).then_some(Cursor { seq: seq + 1, slot: 0 });
     }
@@ -78,7 +80,7 @@ impl Hub {
         let at = (seq - self.first_seq) as usize;
         let count = (self.ring.len() - at).min(MERGE_FRAMES);
         let frames: [Bytes; MERGE_FRAMES] =
-            std::array::from_fn(|i| if i < count { self.ring[at + i].clone() } else { Bytes::new() });
+            std::array::from_fn(|i| if i < count { self.ring[at + i].frame.clone() } else { Bytes::new() });
         let frames = &frames[..count];
         let frame = &frames[0];
         let iov: [libc::iovec; MERGE_FRAMES] = std::array::from_fn(|i| libc::iovec {
@@ -234,7 +236,7 @@ impl Hub {
                         self.lagged(slot);
                         return;
                     }
-                    c.out = Some(self.ring[(c.next_seq - first) as usize].clone());
+                    c.out = Some(self.ring[(c.next_seq - first) as usize].frame.clone());
                     c.out_off = 0;
                     c.next_seq += 1;
                 } else {
