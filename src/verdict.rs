@@ -78,6 +78,9 @@ impl Verdicts {
         }
         self.applied.fetch_max(applied, Ordering::AcqRel);
         let applied = self.applied.load(Ordering::Acquire);
+        // Each shard is woken once for all its answers, after the locks are let go (glommio's
+        // hunk 7, as the embedded log's writer does).
+        let _one_wake_per_shard = glommio::batch_foreign_wakes();
         for shard in self.shards.iter() {
             let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
             while s.order.front().is_some_and(|&v| v + KEEP < applied) {

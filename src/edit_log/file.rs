@@ -774,6 +774,10 @@ impl Writer {
             }
             let _ = runs.flush();
         }
+        // One wake per shard for the whole group (glommio's hunk 7, vendor/README.md): without
+        // the batch the first answer wakes its shard, which preempts this thread on their shared
+        // core and goes back to sleep before the next answer wakes it again.
+        let _one_wake_per_shard = glommio::batch_foreign_wakes();
         for (i, (_, tx)) in group.drain(..).enumerate() {
             let _ = tx.send(Ok(head + 1 + i as u64));
         }

@@ -455,6 +455,8 @@ pub use crate::{
     },
     shares::{Shares, SharesManager},
     sys::hardware_topology::CpuLocation,
+    // placecast patch (hunk 7)
+    sys::{batch_foreign_wakes, ForeignWakeBatch},
 };
 pub use enclose::enclose;
 pub use scopeguard::defer;

@@ -320,7 +320,7 @@ impl SleepNotifier {
         }
     }
 
-    pub(crate) fn queue_waker(&self, waker: Waker, force_notify: bool) {
+    pub(crate) fn queue_waker(self: &Arc<Self>, waker: Waker, force_notify: bool) {
         // Sender only errors out if the destination disconnected. That
         // most likely happened because the remote executor already died, in which
         // case they were no longer interested in this notification. But log.
@@ -331,7 +331,11 @@ impl SleepNotifier {
             );
         }
 
-        self.notify(force_notify);
+        // placecast patch (hunk 7): inside a `batch_foreign_wakes` scope the executor is
+        // notified once, when the scope ends, however many of its tasks were woken in it.
+        if force_notify || !defer_notify(self) {
+            self.notify(force_notify);
+        }
     }
 
     pub(crate) fn process_foreign_wakes(&self) -> usize {
@@ -352,6 +356,77 @@ impl SleepNotifier {
 
     pub(super) fn wake_up(&self) {
         self.should_notify.store(false, Ordering::Relaxed);
+    }
+}
+
+// placecast patch (hunk 7): batched foreign wakes.
+//
+// A thread that wakes many tasks of one executor in a row (placecast's log writer answering a
+// group of placements) would otherwise write the executor's eventfd for the first wake. The
+// executor, woken on a core it shares with the waker, preempts it, runs that one task and goes
+// back to sleep before the next wake, which writes the eventfd again: one sleep-wake round
+// trip per task instead of one per group.
+struct DeferredNotify {
+    depth: usize,
+    executors: Vec<Arc<SleepNotifier>>,
+}
+
+thread_local! {
+    static DEFERRED_NOTIFY: std::cell::RefCell<DeferredNotify> =
+        const { std::cell::RefCell::new(DeferredNotify { depth: 0, executors: Vec::new() }) };
+}
+
+/// Records `notifier` for the end of the current batch; false when no batch is open.
+fn defer_notify(notifier: &Arc<SleepNotifier>) -> bool {
+    DEFERRED_NOTIFY.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.depth == 0 {
+            return false;
+        }
+        if !d.executors.iter().any(|n| n.id == notifier.id) {
+            d.executors.push(notifier.clone());
+        }
+        true
+    })
+}
+
+/// Opens a batch of foreign wakes on this thread: until the returned guard is dropped, waking
+/// a task of another executor queues the task but does not wake the executor; dropping the
+/// guard (the outermost, if nested) wakes each executor concerned once. Tasks in
+/// latency-sensitive queues still wake their executor at once.
+pub fn batch_foreign_wakes() -> ForeignWakeBatch {
+    DEFERRED_NOTIFY.with(|d| d.borrow_mut().depth += 1);
+    ForeignWakeBatch { _not_send: std::marker::PhantomData }
+}
+
+/// See [`batch_foreign_wakes`]. Not `Send`: the batch belongs to the thread that opened it.
+#[derive(Debug)]
+pub struct ForeignWakeBatch {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ForeignWakeBatch {
+    fn drop(&mut self) {
+        let executors = DEFERRED_NOTIFY.with(|d| {
+            let mut d = d.borrow_mut();
+            d.depth -= 1;
+            match d.depth {
+                0 => std::mem::take(&mut d.executors),
+                _ => Vec::new(),
+            }
+        });
+        for n in &executors {
+            n.notify(false);
+        }
+        // Give the list's memory back, so a thread that batches every time allocates once.
+        let mut executors = executors;
+        executors.clear();
+        DEFERRED_NOTIFY.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.executors.capacity() == 0 {
+                d.executors = executors;
+            }
+        });
     }
 }
 

@@ -165,7 +165,7 @@ where
         self.notifier().id()
     }
 
-    unsafe fn notifier(&self) -> &sys::SleepNotifier {
+    unsafe fn notifier(&self) -> &std::sync::Arc<sys::SleepNotifier> {
         &(*self.header).notifier
     }
 
