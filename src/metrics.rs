@@ -104,7 +104,7 @@ impl FanoutHist {
         let us = took.as_micros();
         let i = FANOUT_BUCKETS_MS.iter().position(|&le| us <= u128::from(le) * 1000).unwrap_or(FANOUT_BUCKETS_MS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_us.fetch_add(u64::try_from(us).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Prometheus histogram lines for shard `shard` (cumulative buckets, sum, count).

@@ -376,18 +376,21 @@ thread_local! {
         const { std::cell::RefCell::new(DeferredNotify { depth: 0, executors: Vec::new() }) };
 }
 
-/// Records `notifier` for the end of the current batch; false when no batch is open.
+/// Records `notifier` for the end of the current batch; false when no batch is open (or the
+/// thread's locals are already gone: a waker dropped while the thread exits notifies at once).
 fn defer_notify(notifier: &Arc<SleepNotifier>) -> bool {
-    DEFERRED_NOTIFY.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.depth == 0 {
-            return false;
-        }
-        if !d.executors.iter().any(|n| n.id == notifier.id) {
-            d.executors.push(notifier.clone());
-        }
-        true
-    })
+    DEFERRED_NOTIFY
+        .try_with(|d| {
+            let mut d = d.borrow_mut();
+            if d.depth == 0 {
+                return false;
+            }
+            if !d.executors.iter().any(|n| n.id == notifier.id) {
+                d.executors.push(notifier.clone());
+            }
+            true
+        })
+        .unwrap_or(false)
 }
 
 /// Opens a batch of foreign wakes on this thread: until the returned guard is dropped, waking
@@ -407,21 +410,22 @@ pub struct ForeignWakeBatch {
 
 impl Drop for ForeignWakeBatch {
     fn drop(&mut self) {
-        let executors = DEFERRED_NOTIFY.with(|d| {
-            let mut d = d.borrow_mut();
-            d.depth -= 1;
-            match d.depth {
-                0 => std::mem::take(&mut d.executors),
-                _ => Vec::new(),
-            }
-        });
+        let mut executors = DEFERRED_NOTIFY
+            .try_with(|d| {
+                let mut d = d.borrow_mut();
+                d.depth -= 1;
+                match d.depth {
+                    0 => std::mem::take(&mut d.executors),
+                    _ => Vec::new(),
+                }
+            })
+            .unwrap_or_default();
         for n in &executors {
             n.notify(false);
         }
         // Give the list's memory back, so a thread that batches every time allocates once.
-        let mut executors = executors;
         executors.clear();
-        DEFERRED_NOTIFY.with(|d| {
+        let _ = DEFERRED_NOTIFY.try_with(|d| {
             let mut d = d.borrow_mut();
             if d.executors.capacity() == 0 {
                 d.executors = executors;
