@@ -112,7 +112,8 @@ impl FanoutHist {
         let mut total = 0;
         for (i, b) in self.buckets.iter().enumerate() {
             total += b.load(Ordering::Relaxed);
-            let le = FANOUT_BUCKETS_MS.get(i).map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            let le =
+                FANOUT_BUCKETS_MS.get(i).map_or_else(|| "+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
             let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {total}");
         }
         let sum_s = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;

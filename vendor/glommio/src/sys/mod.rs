@@ -410,27 +410,20 @@ pub struct ForeignWakeBatch {
 
 impl Drop for ForeignWakeBatch {
     fn drop(&mut self) {
-        let mut executors = DEFERRED_NOTIFY
-            .try_with(|d| {
-                let mut d = d.borrow_mut();
-                d.depth -= 1;
-                match d.depth {
-                    0 => std::mem::take(&mut d.executors),
-                    _ => Vec::new(),
-                }
-            })
-            .unwrap_or_default();
-        for n in &executors {
+        // The list leaves the cell before anyone is notified: dropping the last handle on an
+        // executor that is gone drops its queued wakers, which may come back here.
+        let Ok(Some(mut executors)) = DEFERRED_NOTIFY.try_with(|d| {
+            let mut d = d.borrow_mut();
+            d.depth -= 1;
+            (d.depth == 0).then(|| std::mem::take(&mut d.executors))
+        }) else {
+            return;
+        };
+        for n in executors.drain(..) {
             n.notify(false);
         }
-        // Give the list's memory back, so a thread that batches every time allocates once.
-        executors.clear();
-        let _ = DEFERRED_NOTIFY.try_with(|d| {
-            let mut d = d.borrow_mut();
-            if d.executors.capacity() == 0 {
-                d.executors = executors;
-            }
-        });
+        // The emptied list goes back, so a thread that batches every time allocates once.
+        let _ = DEFERRED_NOTIFY.try_with(|d| d.borrow_mut().executors = executors);
     }
 }
 
