@@ -43,6 +43,12 @@ pub const SHARD_QUEUE: usize = 2 * CATCH_UP_QUEUE;
 /// `TAIL_RUN`: 1,024 groups is 5 s at 1,000 placements/s in 5 ms groups, and the queue holds at
 /// most 262,144 edits (10 MiB): 13 s of the 20,000 placements/s we aim to accept.
 pub const EDIT_RUNS_QUEUE: usize = 1024;
+/// On the embedded log the applier takes its queue at each cut and, while edits keep coming,
+/// at most this often between cuts (`Applier::run`): 25 ms, a quarter of the default batch
+/// interval. Napkin math: filling the queue (`EDIT_RUNS_QUEUE` runs) within it takes 41,000 group
+/// commits a second; with the default 5 ms commit window the writer makes at most 200. When it
+/// is full anyway the writer waits, for at most this long.
+pub const APPLY_EVERY: Duration = Duration::from_millis(25);
 /// Most committed edits in one run: a group of `edit_log::file::GROUP` (8,192) goes as 32.
 pub const TAIL_RUN: usize = 256;
 const _: () = assert!(

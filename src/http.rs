@@ -398,6 +398,11 @@ fn metrics(shared: &Shared) -> Response {
             "Batch cuts delayed because a shard was still writing.",
             a.cuts_deferred.load(Ordering::Relaxed),
         ),
+        (
+            "placecast_applier_edit_takes",
+            "Times the applier took committed edits off its queue.",
+            a.edit_takes.load(Ordering::Relaxed),
+        ),
         ("placecast_cooldown_ms", "Current cooldown.", shared.limiter.cooldown_ms()),
         ("placecast_log_head", "Last durable version in the log.", shared.log.head()),
         (
