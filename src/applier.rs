@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bounds::{AHEAD_WAIT, APPLY_EVERY, DEFER_BACKLOG, DEFER_STEP, MAX_AHEAD_WAITING, MAX_DEFER};
+use crate::bounds::{AHEAD_WAIT, APPLIER_BEAT, APPLY_EVERY, DEFER_BACKLOG, DEFER_STEP, MAX_AHEAD_WAITING, MAX_DEFER};
 pub use crate::bounds::{CHUNK, MAX_SUBS, SUB};
 /// Marks a version that changed no pixel (an edit rejected in log order).
 const NO_OP: u32 = u32::MAX;
@@ -380,7 +380,8 @@ impl Applier {
                 listen_at = now + APPLY_EVERY;
             }
             let listening = !at_cuts || now >= listen_at;
-            let mut wake = recheck.unwrap_or(next_cut);
+            // Each turn is the heartbeat, so the loop never sleeps past APPLIER_BEAT.
+            let mut wake = recheck.unwrap_or(next_cut).min(now + APPLIER_BEAT);
             if !listening {
                 wake = wake.min(listen_at);
             }
@@ -1119,6 +1120,31 @@ mod tests {
         let ms = elapsed.as_millis() as u64;
         let most = ms / APPLY_EVERY.as_millis() as u64 + ms / 100 + 5;
         assert!(takes <= most, "{takes} takes of the queue for {RUNS} group commits in {elapsed:?}: at most {most}");
+        drop(edits_tx);
+        loop_thread.join().unwrap();
+    }
+
+    /// The loop's heartbeat (what `/readyz` and the watchdog judge it by) beats within the stall
+    /// limit even when the batch interval is longer than it (`--batch-ms` up to 10 s) and
+    /// nothing happens.
+    #[test]
+    fn an_idle_applier_with_a_long_batch_interval_still_beats_within_the_stall_limit() {
+        let (mut a, _rx) = applier(16);
+        a.batch = Duration::from_secs(10);
+        let stats = a.stats.clone();
+        let (edits_tx, edits_rx) = crossbeam_channel::bounded(1);
+        let (_requests_tx, requests_rx) = crossbeam_channel::bounded(1);
+        let loop_thread = std::thread::spawn(move || a.run(edits_rx, requests_rx));
+        let beat = || stats.heartbeat_ms.load(Ordering::Relaxed);
+        while beat() == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (first, started) = (beat(), Instant::now());
+        let limit = Duration::from_millis(crate::bounds::STALL_LIMIT_MS);
+        while beat() == first {
+            assert!(started.elapsed() < limit, "no heartbeat for {:?} with a 10 s batch interval", started.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
         drop(edits_tx);
         loop_thread.join().unwrap();
     }

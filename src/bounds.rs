@@ -56,9 +56,14 @@ const _: () = assert!(
     "the applier's queue of committed edits stays under 16 MiB"
 );
 /// A thread whose loop has not run for this long counts as stuck. Shards tick at least every
-/// 100 ms (`shard::QUIET_TICK`) and the applier at least every batch interval; a broadcast
+/// 100 ms (`shard::QUIET_TICK`) and the applier at least every `APPLIER_BEAT`; a broadcast
 /// slice is bounded (`SLICE` sends), so 5 s of silence is a hang, not load.
 pub const STALL_LIMIT_MS: u64 = 5_000;
+/// The longest the applier's loop sleeps, whatever the batch interval (`--batch-ms` goes up to
+/// 10 s): each turn is its heartbeat, and one only every batch would let an idle node with a
+/// long interval pass `STALL_LIMIT_MS` and be taken for hung (`/readyz` 503, no watchdog).
+pub const APPLIER_BEAT: Duration = Duration::from_secs(1);
+const _: () = assert!(APPLIER_BEAT.as_millis() * 4 <= STALL_LIMIT_MS as u128);
 /// The supervisor's cadence (watchdog, status, end of a drain) when systemd asks for no faster.
 pub const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 

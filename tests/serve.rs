@@ -533,3 +533,19 @@ fn snapshots_are_encoded_once_per_interval_however_many_ask() {
     let built = s.metric("placecast_snapshots_built") - before;
     assert!(built <= 1, "40 requests for one version built {built} snapshots");
 }
+
+/// The applier's heartbeat is one turn of its loop: a node that slept through each batch
+/// interval went unready (`applier_down`) and stopped feeding the watchdog once an idle interval
+/// passed the 5 s stall limit (`--batch-ms` goes up to 10 s).
+#[test]
+fn an_idle_node_with_a_ten_second_batch_interval_stays_ready() {
+    let s = Server::start(&["--batch-ms", "10000"]);
+    wait_for(30, "the node to be ready", || (s.http("GET", "/readyz", &[], b"").status == 200).then_some(()));
+    // Longer than the stall limit, from the first batch interval on.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        let r = s.http("GET", "/readyz", &[], b"");
+        assert_eq!(r.status, 200, "/readyz of an idle node: {}", String::from_utf8_lossy(&r.body));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
