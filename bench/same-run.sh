@@ -46,7 +46,7 @@ free_port() {
 
 # Each thread's CPU ticks, by thread name.
 threads() { for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ < "$t"/comm) $(cut -d' ' -f14,15 "$t"/stat)"; done; }
-thread_share() { # before after divisor(us of CPU per tick / unit count)
+thread_share() { # before after per (us of CPU in one 10 ms tick, divided by the run's frames or placements)
     python3 - "$1" "$2" "$3" <<'PY'
 import collections, sys
 def read(f):
@@ -61,7 +61,7 @@ PY
 }
 
 one_run() { # name bin tag
-    local name=$1 bin=$2 tag=$3 port dir spid lpid figure
+    local name=$1 bin=$2 tag=$3 port dir spid lpid figure per
     port=$(free_port)
     dir=$(mktemp -d "$dataroot/same-run.XXXX")
     if [[ $bin == *placecast-uws ]]; then

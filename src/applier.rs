@@ -368,18 +368,19 @@ impl Applier {
         let every = self.cluster.as_ref().map(|c| c.checkpoint_every);
         let mut next_checkpoint = every.map(|e| Instant::now() + e);
         let mut recheck: Option<Instant> = None;
-        let at_cuts = self.cluster.is_none();
+        // A shared log's placements wait for the verdicts: there every run is taken at once.
+        let apply_every = if self.cluster.is_some() { Duration::ZERO } else { APPLY_EVERY };
         let not_now: Receiver<CommittedRun> = never();
-        // When the applier next listens for edits (`at_cuts` only): APPLY_EVERY after it last
-        // found some; until then runs wait in the queue and wake nobody.
+        // When the applier next listens for edits: `apply_every` after it last found some;
+        // until then runs wait in the queue and wake nobody.
         let mut listen_at = Instant::now();
         loop {
             self.stats.heartbeat_ms.store(crate::now_ms(), Ordering::Relaxed);
             let now = Instant::now();
-            if at_cuts && now >= listen_at && self.take_queued(None, &edits) {
-                listen_at = now + APPLY_EVERY;
+            if now >= listen_at && self.take_queued(None, &edits) {
+                listen_at = now + apply_every;
             }
-            let listening = !at_cuts || now >= listen_at;
+            let listening = now >= listen_at;
             // Each turn is the heartbeat, so the loop never sleeps past APPLIER_BEAT.
             let mut wake = recheck.unwrap_or(next_cut).min(now + APPLIER_BEAT);
             if !listening {
@@ -390,7 +391,7 @@ impl Applier {
                 recv(if listening { &edits } else { &not_now }) -> run => match run {
                     Ok(run) => {
                         self.take_queued(Some(run), &edits);
-                        listen_at = Instant::now() + APPLY_EVERY;
+                        listen_at = Instant::now() + apply_every;
                     }
                     Err(_) => return,
                 },
@@ -412,7 +413,7 @@ impl Applier {
             // the batches a connection misses into one send (hub/send.rs); one further behind
             // (`defer_backlog`) makes the cut wait (at most MAX_DEFER), so every client gets
             // every edit and no shard's backlog grows past it.
-            if at_cuts && now >= next_cut {
+            if now >= next_cut {
                 // Everything committed before the cut goes in it, as if taken on arrival.
                 self.take_queued(None, &edits);
             }
