@@ -400,7 +400,15 @@ impl Applier {
                     Err(_) => return,
                 },
                 recv(requests) -> r => match r {
-                    Ok(r) => self.catch_up(r),
+                    Ok(r) => {
+                        // The writer queues a run before it answers its placements, so a `since`
+                        // a client was answered is in the queue, if not yet applied: taken
+                        // first, it is not refused as ahead of this node.
+                        if r.since > self.version {
+                            self.take_queued(None, &edits);
+                        }
+                        self.catch_up(r)
+                    }
                     Err(_) => return,
                 },
                 default(wait) => {}
@@ -1121,6 +1129,49 @@ mod tests {
         let ms = elapsed.as_millis() as u64;
         let most = ms / APPLY_EVERY.as_millis() as u64 + ms / 100 + 5;
         assert!(takes <= most, "{takes} takes of the queue for {RUNS} group commits in {elapsed:?}: at most {most}");
+        drop(edits_tx);
+        loop_thread.join().unwrap();
+    }
+
+    /// A client answered version V that reconnects with `since=V` at once is served from V, not
+    /// refused as ahead: on the embedded log the applier takes its queue only every
+    /// APPLY_EVERY, so V may still be queued when the catch-up comes (CI caught this in
+    /// `tests/serve.rs`, catch_up_with_since_has_no_gap_and_no_duplicate).
+    #[test]
+    fn a_catch_up_from_a_version_still_in_the_queue_is_served_not_refused_as_ahead() {
+        let (mut a, rx) = applier(1024);
+        // No cut during the test: only the catch-up can make the applier take the queue.
+        a.batch = Duration::from_secs(10);
+        let stats = a.stats.clone();
+        let (edits_tx, edits_rx) = crossbeam_channel::bounded(crate::bounds::EDIT_RUNS_QUEUE);
+        let (requests_tx, requests_rx) = crossbeam_channel::bounded(4);
+        let loop_thread = std::thread::spawn(move || a.run(edits_rx, requests_rx));
+        for round in 1..=5u64 {
+            // A take: for APPLY_EVERY after it the loop does not listen for edits.
+            edits_tx.send(vec![edit(2 * round - 1)]).unwrap();
+            let started = Instant::now();
+            while stats.edit_takes.load(Ordering::Relaxed) < round {
+                assert!(started.elapsed() < Duration::from_secs(10), "the applier never took edit {}", 2 * round - 1);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // The next group commit, then its client's catch-up, as the writer orders them.
+            edits_tx.send(vec![edit(2 * round)]).unwrap();
+            let conn = ConnId { slot: round as u32, gen: 1 };
+            requests_tx.send(CatchUpReq { shard: 0, conn, since: 2 * round }).unwrap();
+            let reply = loop {
+                match rx.recv_timeout(Duration::from_secs(10)).expect("an answer to the catch-up") {
+                    ShardMsg::CatchUp { reply, .. } => break reply,
+                    _ => continue,
+                }
+            };
+            match reply {
+                CatchUpReply::Frames(_) => {}
+                CatchUpReply::Ahead { version } => {
+                    panic!("round {round}: since={} refused as ahead of {version}", 2 * round)
+                }
+                CatchUpReply::Reload { .. } => panic!("round {round}: told to reload"),
+            }
+        }
         drop(edits_tx);
         loop_thread.join().unwrap();
     }

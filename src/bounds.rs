@@ -47,7 +47,8 @@ pub const EDIT_RUNS_QUEUE: usize = 1024;
 /// at most this often between cuts (`Applier::run`): 25 ms, a quarter of the default batch
 /// interval. Napkin math: filling the queue (`EDIT_RUNS_QUEUE` runs) within it takes 41,000 group
 /// commits a second; with the default 5 ms commit window the writer makes at most 200. When it
-/// is full anyway the writer waits, for at most this long.
+/// is full anyway the writer waits, for at most this long. A catch-up from a version still
+/// queued takes the queue at once, so the interval never refuses a `since` an answer gave.
 pub const APPLY_EVERY: Duration = Duration::from_millis(25);
 /// Most committed edits in one run: a group of `edit_log::file::GROUP` (8,192) goes as 32.
 pub const TAIL_RUN: usize = 256;
