@@ -10,6 +10,8 @@ answering (or `--max-seconds` pass), then prints the difference between the firs
 - the CPU's user / sys / softirq / idle shares;
 - each shard's fan-out histogram (`placecast_fanout_seconds`): passes, mean, share within each
   bucket;
+- each shard's placement acknowledgements (`placecast_placement_ack_seconds`): count, mean,
+  and the bucket bounds their 50th and 99th percentiles fall under;
 - merged sends and deferred cuts, and the cut-age percentiles the applier keeps since start.
 
 bench/RESULTS.md, "Where an overloaded core's time goes", was made with it. Reads only
@@ -86,6 +88,14 @@ def main():
         for le in sorted((k[len(prefix):-2] for k in m1 if k.startswith(prefix)), key=float):
             share = d(prefix + le + '"}') / max(n, 1)
             print(f"  within {le:>5} s: {share:.2f}")
+        ack_n = d(f'placecast_placement_ack_seconds_count{{shard="{sh}"}}')
+        if ack_n > 0:
+            ack_ms = 1000 * d(f'placecast_placement_ack_seconds_sum{{shard="{sh}"}}') / ack_n
+            prefix = 'placecast_placement_ack_seconds_bucket{shard="%s",le="' % sh
+            les = sorted((k[len(prefix):-2] for k in m1 if k.startswith(prefix)), key=float)
+            # The smallest bound the quantile's share of the window's acknowledgements is under.
+            under = lambda q: next((le for le in les if d(prefix + le + '"}') >= q * ack_n), "+Inf")
+            print(f"  placements acknowledged: {ack_n:.0f}, mean {ack_ms:.1f} ms, p50 <= {under(0.5)} s, p99 <= {under(0.99)} s")
     print(f"cuts deferred: {d('placecast_cuts_deferred'):.0f}")
     for g in ("placecast_log_to_batch_p50_ms", "placecast_log_to_batch_p99_ms"):
         print(f"{g} (since start): {m1.get(g, 0):.0f}")

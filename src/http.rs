@@ -309,7 +309,10 @@ pub async fn route(req: &Req, body: &[u8], shared: &Arc<Shared>, hub: &Rc<RefCel
         ("GET" | "HEAD", "/api/v1/edits") => history::edits(req, shared, ctx.client.key).await,
         ("POST", "/api/v1/session") => crate::session::create(shared, &ctx.client, body),
         ("GET", "/api/v1/session/challenge") => crate::session::challenge(shared),
-        ("POST", "/api/v1/place") => place_http(req, body, shared, ctx.client.key).await,
+        ("POST", "/api/v1/place") => {
+            let shard = hub.borrow().shard();
+            place_http(req, body, shared, shard, ctx.client.key).await
+        }
         ("POST", "/api/v1/admin/cooldown") => crate::control_routes::post(req, body, shared, "cooldown").await,
         ("POST", "/api/v1/admin/pause") => crate::control_routes::post(req, body, shared, "pause").await,
         ("POST", "/api/v1/admin/resume") => crate::control_routes::post(req, body, shared, "resume").await,
@@ -498,7 +501,7 @@ async fn canvas(req: &Req, shared: &Arc<Shared>, png: bool) -> Response {
     base(200, "image/png", bytes)
 }
 
-async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>, addr: AddrKey) -> Response {
+async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>, shard: usize, addr: AddrKey) -> Response {
     let token = bearer(req);
     if req.authorization.is_some() && token.is_none() {
         return place_error_response(&PlaceError::Token(crate::token::TokenError::Malformed));
@@ -517,7 +520,7 @@ async fn place_http(req: &Req, body: &[u8], shared: &Arc<Shared>, addr: AddrKey)
             return place_error_response(&e);
         }
     };
-    let pending = match place::begin(shared, user.map(|u| u.id), addr, &parsed) {
+    let pending = match place::begin(shared, shard, user.map(|u| u.id), addr, &parsed) {
         Ok(p) => p,
         Err(e) => return place_error_response(&e),
     };

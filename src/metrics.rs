@@ -65,7 +65,6 @@ impl Metrics {
 
 /// One shard's counters.
 #[repr(align(128))]
-#[derive(Default)]
 pub struct ShardStats {
     pub connections: AtomicU64,
     pub accepted: AtomicU64,
@@ -79,7 +78,27 @@ pub struct ShardStats {
     /// Bulk sends that carried more than one batch to a connection behind (overload).
     pub merged_sends: AtomicU64,
     /// How long each batch took to reach every connection of the shard.
-    pub fanout: FanoutHist,
+    pub fanout: Hist,
+    /// How long each accepted placement of the shard's clients took to be acknowledged.
+    pub placement_ack: Hist,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            connections: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            frames_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            send_syscalls: AtomicU64::new(0),
+            closed_slow: AtomicU64::new(0),
+            closed_protocol: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            merged_sends: AtomicU64::new(0),
+            fanout: Hist::new(&FANOUT_BUCKETS_MS),
+            placement_ack: Hist::new(&PLACEMENT_ACK_BUCKETS_MS),
+        }
+    }
 }
 
 /// Upper bounds, in ms, of the fan-out histogram's buckets (a last one, `+Inf`, counts the
@@ -88,21 +107,40 @@ pub struct ShardStats {
 /// that falls behind.
 pub const FANOUT_BUCKETS_MS: [u64; 10] = [5, 10, 25, 50, 75, 100, 150, 250, 500, 1_000];
 
-/// How long a shard took to write each batch to all its connections: from the batch's arrival
-/// at the shard (its cut, give or take a wake) to the end of the pass that wrote it, so a batch
-/// queued behind an unfinished one counts its wait. Connections left blocked by a full socket
-/// are retried later and do not extend it. Written by its shard alone, once per batch.
-#[derive(Default)]
-pub struct FanoutHist {
-    /// Per bucket, not cumulative (the scrape sums them); the last is `+Inf`.
-    buckets: [AtomicU64; FANOUT_BUCKETS_MS.len() + 1],
+/// Upper bounds, in ms, of the placement acknowledgement histogram's buckets. They bracket the
+/// embedded log's commit window (5 ms by default: an answer waits for its group's fdatasync), a
+/// Kafka round trip (tens of ms), and the seconds an overloaded shard or a stalled log can add.
+pub const PLACEMENT_ACK_BUCKETS_MS: [u64; 13] = [1, 2, 5, 7, 10, 15, 25, 50, 100, 250, 500, 1_000, 5_000];
+
+/// Counters per histogram, `+Inf` included: a fixed table, so a histogram never grows.
+const HIST_SLOTS: usize = 16;
+const _: () = assert!(FANOUT_BUCKETS_MS.len() < HIST_SLOTS && PLACEMENT_ACK_BUCKETS_MS.len() < HIST_SLOTS);
+
+/// A latency histogram of one shard, written by that shard alone.
+/// - `fanout`: from a batch's arrival at the shard (its cut, give or take a wake) to the end of
+///   the pass that wrote it, so a batch queued behind an unfinished one counts its wait.
+///   Connections left blocked by a full socket are retried later and do not extend it.
+/// - `placement_ack`: from an accepted placement's admission (its request read, its token and
+///   body checked) to its answer being ready, the edit durable: the commit window, the flush
+///   and the wait for the shard to run the answer (under overload, a broadcast slice). Not in
+///   it: the wait for the shard to read the request, and the answer's send.
+pub struct Hist {
+    /// Ascending; the bucket after the last is `+Inf`.
+    bounds_ms: &'static [u64],
+    /// Per bucket, not cumulative (the scrape sums them).
+    buckets: [AtomicU64; HIST_SLOTS],
     sum_us: AtomicU64,
 }
 
-impl FanoutHist {
+impl Hist {
+    pub const fn new(bounds_ms: &'static [u64]) -> Self {
+        assert!(bounds_ms.len() < HIST_SLOTS);
+        Hist { bounds_ms, buckets: [const { AtomicU64::new(0) }; HIST_SLOTS], sum_us: AtomicU64::new(0) }
+    }
+
     pub fn record(&self, took: Duration) {
         let us = took.as_micros();
-        let i = FANOUT_BUCKETS_MS.iter().position(|&le| us <= u128::from(le) * 1000).unwrap_or(FANOUT_BUCKETS_MS.len());
+        let i = self.bounds_ms.iter().position(|&le| us <= u128::from(le) * 1000).unwrap_or(self.bounds_ms.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(u64::try_from(us).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
@@ -110,10 +148,9 @@ impl FanoutHist {
     /// Prometheus histogram lines for shard `shard` (cumulative buckets, sum, count).
     fn render(&self, out: &mut String, name: &str, shard: usize) {
         let mut total = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
+        for (i, b) in self.buckets.iter().take(self.bounds_ms.len() + 1).enumerate() {
             total += b.load(Ordering::Relaxed);
-            let le =
-                FANOUT_BUCKETS_MS.get(i).map_or_else(|| "+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            let le = self.bounds_ms.get(i).map_or_else(|| "+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
             let _ = writeln!(out, "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {total}");
         }
         let sum_s = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
@@ -127,6 +164,8 @@ pub fn add(c: &AtomicU64, n: u64) {
 
 /// A per-shard series: name, Prometheus type, help, and which counter it reads.
 type PerShard = (&'static str, &'static str, &'static str, fn(&ShardStats) -> &AtomicU64);
+/// A per-shard histogram: name, help, and which histogram it reads.
+type PerShardHist = (&'static str, &'static str, fn(&ShardStats) -> &Hist);
 
 pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) -> String {
     let mut out = String::with_capacity(4096);
@@ -212,13 +251,21 @@ pub fn render(m: &Metrics, shards: &[ShardStats], gauges: &[(&str, &str, u64)]) 
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", r(get(s)));
         }
     }
-    let name = "placecast_fanout_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time from a batch's arrival at a shard to its last connection written.\n# TYPE {name} histogram"
-    );
-    for (i, s) in shards.iter().enumerate() {
-        s.fanout.render(&mut out, name, i);
+    let histograms: [PerShardHist; 2] = [
+        ("placecast_fanout_seconds", "Time from a batch's arrival at a shard to its last connection written.", |s| {
+            &s.fanout
+        }),
+        (
+            "placecast_placement_ack_seconds",
+            "Time from an accepted placement's admission to its answer, durable, being ready to send.",
+            |s| &s.placement_ack,
+        ),
+    ];
+    for (name, help, get) in histograms {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, s) in shards.iter().enumerate() {
+            get(s).render(&mut out, name, i);
+        }
     }
     for (name, help, v) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -232,7 +279,7 @@ mod tests {
 
     #[test]
     fn the_fanout_histogram_renders_cumulative_prometheus_buckets() {
-        let h = FanoutHist::default();
+        let h = Hist::new(&FANOUT_BUCKETS_MS);
         for ms in [3, 5, 100, 101, 2_000] {
             h.record(Duration::from_millis(ms));
         }
@@ -251,5 +298,23 @@ mod tests {
         assert_eq!(value("f_bucket{shard=\"2\",le=\"+Inf\"}"), "5");
         assert_eq!(value("f_count{shard=\"2\"}"), "5");
         assert_eq!(value("f_sum{shard=\"2\"}"), "2.209");
+    }
+
+    #[test]
+    fn the_placement_histogram_has_its_own_bounds_and_only_those() {
+        let h = Hist::new(&PLACEMENT_ACK_BUCKETS_MS);
+        for us in [900, 5_000, 5_001, 6_000_000] {
+            h.record(Duration::from_micros(us));
+        }
+        let mut out = String::new();
+        h.render(&mut out, "p", 0);
+        let buckets: Vec<&str> = out.lines().filter(|l| l.starts_with("p_bucket")).collect();
+        assert_eq!(buckets.len(), PLACEMENT_ACK_BUCKETS_MS.len() + 1, "{out}");
+        assert_eq!(buckets[0], "p_bucket{shard=\"0\",le=\"0.001\"} 1");
+        assert_eq!(buckets[2], "p_bucket{shard=\"0\",le=\"0.005\"} 2");
+        assert_eq!(buckets[3], "p_bucket{shard=\"0\",le=\"0.007\"} 3");
+        assert_eq!(buckets[12], "p_bucket{shard=\"0\",le=\"5\"} 3");
+        assert_eq!(buckets[13], "p_bucket{shard=\"0\",le=\"+Inf\"} 4");
+        assert!(out.contains("p_count{shard=\"0\"} 4"), "{out}");
     }
 }

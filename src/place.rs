@@ -20,6 +20,7 @@ use futures_channel::oneshot;
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 use thiserror::Error;
 
 /// How long clients are told to wait when the log cannot take edits.
@@ -132,13 +133,22 @@ pub struct Pending {
     permit: Permit,
     cooldown_ms: u64,
     shared: Arc<Shared>,
+    /// The shard whose client placed it: its `placement_ack` histogram times the answer.
+    shard: usize,
+    admitted: Instant,
 }
 
-/// Validates and queues a placement by `user` (its limiter key) from address `addr`.
-/// Synchronous: no awaiting here.
-pub fn begin(shared: &Arc<Shared>, user: Option<u64>, addr: AddrKey, body: &PlaceBody) -> Result<Pending, PlaceError> {
+/// Validates and queues a placement by `user` (its limiter key) from address `addr`, for a
+/// client of `shard`. Synchronous: no awaiting here.
+pub fn begin(
+    shared: &Arc<Shared>,
+    shard: usize,
+    user: Option<u64>,
+    addr: AddrKey,
+    body: &PlaceBody,
+) -> Result<Pending, PlaceError> {
     let m = &shared.metrics;
-    let result = begin_inner(shared, user, addr, body);
+    let result = begin_inner(shared, shard, user, addr, body);
     if let Err(e) = &result {
         m.place_rejected(e);
     }
@@ -147,6 +157,7 @@ pub fn begin(shared: &Arc<Shared>, user: Option<u64>, addr: AddrKey, body: &Plac
 
 fn begin_inner(
     shared: &Arc<Shared>,
+    shard: usize,
     user: Option<u64>,
     addr: AddrKey,
     body: &PlaceBody,
@@ -186,7 +197,7 @@ fn begin_inner(
         return Err(PlaceError::Admission(e));
     }
     match shared.log.append_named(edit, shared.names.for_append(user)) {
-        Ok(ack) => Ok(Pending { ack, permit, cooldown_ms, shared: shared.clone() }),
+        Ok(ack) => Ok(Pending { ack, permit, cooldown_ms, shared: shared.clone(), shard, admitted: Instant::now() }),
         Err(e) => {
             shared.limiter.release(permit);
             Err(PlaceError::LogUnavailable(e))
@@ -245,6 +256,9 @@ impl Pending {
         match &result {
             Ok(_) => {
                 self.shared.metrics.placements_ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(stats) = self.shared.shard_stats.get(self.shard) {
+                    stats.placement_ack.record(self.admitted.elapsed());
+                }
             }
             Err(e) => {
                 self.shared.limiter.release(self.permit);

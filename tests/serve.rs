@@ -89,6 +89,14 @@ fn websocket_place_answers_like_http() {
     anon.next_text("authed");
     anon.send_text(r#"{"type":"place","x":9,"y":9,"color":1,"id":1}"#);
     assert_eq!(anon.next_text("placed")["version"], 2);
+    // Each accepted placement is timed once, by its client's shard, before its answer goes out;
+    // the refusals are not timed.
+    assert_eq!(s.metric("placecast_placement_ack_seconds_count"), 2);
+    assert_eq!(
+        s.metric("placecast_placement_ack_seconds_bucket{shard=\"0\",le=\"+Inf\"}")
+            + s.metric("placecast_placement_ack_seconds_bucket{shard=\"1\",le=\"+Inf\"}"),
+        2
+    );
     // The cooldown is live-changeable by the operator.
     let s2 = Server::start(&["--cooldown", "300", "--admin-token", "admin-secret-1-0123456789abcdefghijklmnop"]);
     let t = s2.session();
@@ -105,6 +113,7 @@ fn websocket_place_answers_like_http() {
     assert_eq!(r.status, 200);
     assert_eq!(s2.place(&t, 0, 0, 1).status, 200);
     assert_eq!(s2.http("GET", "/api/v1/canvas/info", &[], b"").json()["cooldown_ms"], 0);
+    assert_eq!(s2.metric("placecast_placement_ack_seconds_count"), 2, "the two HTTP placements accepted");
 }
 
 #[test]

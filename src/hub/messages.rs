@@ -213,7 +213,7 @@ impl Hub {
             return self.reply_error(slot, id, &PlaceError::Token(crate::token::TokenError::Expired));
         }
         let user = Some(self.conns[slot].user).filter(|&u| u != 0);
-        match place::begin(&self.shared, user, meta.addr, &body) {
+        match place::begin(&self.shared, self.shard, user, meta.addr, &body) {
             Ok(pending) => {
                 self.conns[slot].in_flight += 1;
                 let conn = self.id(slot);
