@@ -96,6 +96,8 @@ pub struct ApplierStats {
     pub heartbeat_ms: AtomicU64,
     /// Wakes each shard's tick task after a message to it.
     pub shard_wake: Box<[crate::messages::ShardWake]>,
+    /// Shards ask the loop to take its queue now (history reads, `read_your_writes`).
+    pub take_now: crate::messages::TakeNow,
 }
 
 impl ApplierStats {
@@ -371,6 +373,8 @@ impl Applier {
         // A shared log's placements wait for the verdicts: there every run is taken at once.
         let apply_every = if self.cluster.is_some() { Duration::ZERO } else { APPLY_EVERY };
         let not_now: Receiver<CommittedRun> = never();
+        // Held by `self.stats` too, so it never disconnects.
+        let take_now = self.stats.take_now.asks();
         // When the applier next listens for edits: `apply_every` after it last found some;
         // until then runs wait in the queue and wake nobody.
         let mut listen_at = Instant::now();
@@ -399,6 +403,9 @@ impl Applier {
                     Ok(Control::Checkpoint(reply)) => { let _ = reply.send(self.checkpoint()); }
                     Err(_) => return,
                 },
+                recv(take_now) -> _ => {
+                    self.take_queued(None, &edits);
+                }
                 recv(requests) -> r => match r {
                     Ok(r) => {
                         // The writer queues a run before it answers its placements, so a `since`

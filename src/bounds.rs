@@ -247,6 +247,12 @@ pub const MAX_CHECKPOINT_BYTES: usize = 128 << 20;
 /// (768 x 512 KiB = 384 MiB at most, a few MB for a usual canvas).
 pub const PUBLISHED_READBACK: usize = 2 * MAX_CHECKPOINT_BYTES / CHECKPOINT_CHUNK_BYTES + 256;
 
+/// How long a history read waits for this node's history to hold what the log acknowledged
+/// (`read_your_writes`): asked to, the applier takes its queue within a wake; unasked it would
+/// within `APPLY_EVERY`. Four times that is a stalled applier, and the answer goes out with what
+/// the history has.
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(100);
+const _: () = assert!(READ_YOUR_WRITES_WAIT.as_millis() >= 4 * APPLY_EVERY.as_millis());
 /// How long an admin route waits for this node to apply its control entry before answering 202
 /// (the applier applies within a batch interval normally).
 pub const APPLY_WAIT: Duration = Duration::from_secs(5);

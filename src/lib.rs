@@ -31,6 +31,7 @@ pub mod pow;
 pub mod progress;
 pub mod protocol;
 pub mod proxy_header;
+pub mod read_your_writes;
 pub mod region;
 pub mod roles;
 pub mod secrets;

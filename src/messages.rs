@@ -51,6 +51,33 @@ impl Future for Woken<'_> {
     }
 }
 
+/// Asks the applier to take its queue of committed edits now, not at its next interval
+/// (`bounds::APPLY_EVERY`): a shard about to answer a read that must see what the log already
+/// acknowledged (`read_your_writes`). One ask can be pending; asking again meanwhile is a no-op.
+pub struct TakeNow {
+    tx: crossbeam_channel::Sender<()>,
+    rx: crossbeam_channel::Receiver<()>,
+}
+
+impl Default for TakeNow {
+    fn default() -> Self {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        TakeNow { tx, rx }
+    }
+}
+
+impl TakeNow {
+    pub fn ask(&self) {
+        // Full: an ask is already pending, and it covers this one.
+        let _ = self.tx.try_send(());
+    }
+
+    /// What the applier's loop listens on.
+    pub fn asks(&self) -> crossbeam_channel::Receiver<()> {
+        self.rx.clone()
+    }
+}
+
 /// A connection on a shard: slot index and generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId {

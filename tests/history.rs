@@ -119,6 +119,32 @@ fn who_placed_a_pixel_over_http_and_websocket_survives_a_kill_and_can_be_hashed_
 
 /// `placecast-load`, built beside the binary under test (the workspace build makes it; a test
 /// run of this package alone builds it once).
+/// A client told "placed, version V" that asks at once sees its own edit: who placed the pixel,
+/// and the canvas at V (not `version_not_yet`). The embedded log's applier takes committed
+/// edits only every 25 ms or at a cut, so without `read_your_writes` nearly every lookup here
+/// showed the previous owner.
+#[test]
+fn a_placement_is_in_the_history_as_soon_as_it_is_acknowledged() {
+    let s = Server::start(&canvas_flags());
+    let (alice, bob) = (token("alice"), token("bob"));
+    for i in 0..40u32 {
+        let (x, y) = (i % W, i / W);
+        let user = if i % 2 == 0 { &alice } else { &bob };
+        let r = s.place(user, x, y, (i % 15 + 1) as u8);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json()["version"].as_u64().unwrap();
+        let last = &pixel(&s, x, y, 1)["last"];
+        assert_eq!(last["version"].as_u64(), Some(v), "placement {i}: the lookup right after its answer shows {last}");
+        assert_eq!(last["user"], if i % 2 == 0 { "alice" } else { "bob" });
+        if i % 8 == 0 {
+            let r = s.http("GET", &format!("/api/v1/canvas?at={v}"), &[], b"");
+            assert_eq!(r.status, 200, "the canvas at {v}: {}", String::from_utf8_lossy(&r.body));
+            let at = parse_snapshot(&r.body).unwrap();
+            assert_eq!((at.version, at.pixels[(y * W + x) as usize]), (v, (i % 15 + 1) as u8));
+        }
+    }
+}
+
 fn load_bin() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_placecast")).parent().unwrap().to_path_buf();
     let bin = dir.join("placecast-load");

@@ -99,6 +99,8 @@ pub async fn pixel(req: &Req, shared: &Arc<Shared>) -> Response {
         return Response::error(400, "bad_request", &format!("history must be 1..={MAX_PIXEL_HISTORY}"));
     }
     let want = n.unwrap_or(1) as usize;
+    // Everything acknowledged so far, so a client sees the pixel it was just told it placed.
+    crate::read_your_writes::history_through(shared, u64::MAX).await;
     let reader = h.clone();
     let found = glommio::executor()
         // Outside the history's size: the canvas has just grown and the history not yet applied
@@ -171,6 +173,8 @@ pub async fn canvas_at(req: &Req, shared: &Arc<Shared>, addr: AddrKey, png: bool
         }
         _ => unreachable!("asks_for_past checked"),
     };
+    // A version acknowledged but not yet in the history is waited for, not `version_not_yet`.
+    crate::read_your_writes::history_through(shared, version).await;
     let answer = |body: Bytes, ts: Option<u64>| {
         let mut r = Response {
             status: 200,
@@ -276,6 +280,7 @@ pub async fn edits(req: &Req, shared: &Arc<Shared>, addr: AddrKey) -> Response {
             &format!("from must be a multiple of {CHUNK} (the chunk before it starts at {})", from / CHUNK * CHUNK),
         );
     }
+    crate::read_your_writes::history_through(shared, u64::MAX).await;
     let head = h.version();
     if from > head {
         return history_error(&HistoryError::NotYet { asked: from, head });
