@@ -147,21 +147,27 @@ pub fn begin(
     addr: AddrKey,
     body: &PlaceBody,
 ) -> Result<Pending, PlaceError> {
-    let m = &shared.metrics;
-    let result = begin_inner(shared, shard, user, addr, body);
-    if let Err(e) = &result {
-        m.place_rejected(e);
+    match begin_inner(shared, user, addr, body) {
+        Ok((ack, permit, cooldown_ms)) => {
+            Ok(Pending { ack, permit, cooldown_ms, shared: shared.clone(), shard, admitted: Instant::now() })
+        }
+        Err(e) => {
+            shared.metrics.place_rejected(&e);
+            Err(e)
+        }
     }
-    result
 }
+
+/// What an admitted placement holds until its answer: the log's acknowledgement to come, the
+/// cooldown permit, and the cooldown it was given.
+type Admitted = (AppendAck, Permit, u64);
 
 fn begin_inner(
     shared: &Arc<Shared>,
-    shard: usize,
     user: Option<u64>,
     addr: AddrKey,
     body: &PlaceBody,
-) -> Result<Pending, PlaceError> {
+) -> Result<Admitted, PlaceError> {
     let g = &shared.geometry;
     let user = user.ok_or(PlaceError::MissingToken)?;
     if g.index(body.x, body.y).is_none() {
@@ -197,7 +203,7 @@ fn begin_inner(
         return Err(PlaceError::Admission(e));
     }
     match shared.log.append_named(edit, shared.names.for_append(user)) {
-        Ok(ack) => Ok(Pending { ack, permit, cooldown_ms, shared: shared.clone(), shard, admitted: Instant::now() }),
+        Ok(ack) => Ok((ack, permit, cooldown_ms)),
         Err(e) => {
             shared.limiter.release(permit);
             Err(PlaceError::LogUnavailable(e))
