@@ -249,9 +249,10 @@ pub const PUBLISHED_READBACK: usize = 2 * MAX_CHECKPOINT_BYTES / CHECKPOINT_CHUN
 
 /// How long a history read waits for this node's history to hold what the log acknowledged
 /// (`read_your_writes`): asked to, the applier takes its queue within a wake; unasked it would
-/// within `APPLY_EVERY`. Four times that is a stalled applier, and the answer goes out with what
-/// the history has.
-pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_millis(100);
+/// within `APPLY_EVERY`. A second is a stalled or starved applier (the watchdog's limit is
+/// `STALL_LIMIT_MS`), and the answer goes out with what the history has; the wait is a parked
+/// task with a timer, so even then it costs a connection its time, not the core.
+pub const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(1);
 const _: () = assert!(READ_YOUR_WRITES_WAIT.as_millis() >= 4 * APPLY_EVERY.as_millis());
 /// How long an admin route waits for this node to apply its control entry before answering 202
 /// (the applier applies within a batch interval normally).
