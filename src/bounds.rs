@@ -126,7 +126,15 @@ pub const MAX_IN_FLIGHT: u8 = 16;
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Sends per broadcast slice: between slices the shard's other tasks run, so a batch to tens of
 /// thousands of sockets does not hold placements and handshakes back for its whole duration.
-pub const SLICE: usize = 1024;
+/// A slice is one `io_uring_enter`, and on a kernel without forced preemption (this machine's
+/// `PREEMPT_NONE`) nothing else runs on the core until it returns: not the placement answers,
+/// and not the log writer, whose window and each fdatasync I/O wake it up to a slice late.
+/// Napkin math: a saturated core here spends ~13 us of kernel time per loopback send, so 1,024
+/// sends hold the core ~13.5 ms and a placement's acknowledgement took 37-47 ms at 19,000
+/// clients (a few slice waits); 256 sends are ~3.4 ms and it took 17-18 ms, with the offered
+/// 1,000 placements/s held (bench/RESULTS.md, "Slices of 256 sends"). The cost of more slices,
+/// one syscall and one 20 us pause each, is under 0.5% of the core at 19,000 clients.
+pub const SLICE: usize = 256;
 /// Reads per readiness event before yielding to other connections.
 pub const READS_PER_EVENT: usize = 4;
 /// How often the catch-up deadlines (`--catch-up-drain-ms`) are looked at, only while any.
