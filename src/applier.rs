@@ -852,6 +852,36 @@ mod tests {
         (a, rx)
     }
 
+    /// The real loop on its own thread, fed through the channels the server gives it.
+    struct Looping {
+        edits: crossbeam_channel::Sender<CommittedRun>,
+        requests: crossbeam_channel::Sender<CatchUpReq>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl Looping {
+        fn start(a: Applier) -> Self {
+            let (edits, edits_rx) = crossbeam_channel::bounded(crate::bounds::EDIT_RUNS_QUEUE);
+            let (requests, requests_rx) = crossbeam_channel::bounded(4);
+            Looping { edits, requests, thread: std::thread::spawn(move || a.run(edits_rx, requests_rx)) }
+        }
+
+        /// Closes the edit channel, which ends the loop, and waits for it.
+        fn stop(self) {
+            drop(self.edits);
+            self.thread.join().unwrap();
+        }
+    }
+
+    /// Polls `done` every millisecond until it holds; fails the test naming `what` after `limit`.
+    fn within(limit: Duration, what: &str, done: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn edit(v: u64) -> Committed {
         Committed {
             version: v,
@@ -1108,14 +1138,12 @@ mod tests {
     fn on_the_embedded_log_the_applier_takes_edits_in_bunches_and_every_edit_reaches_a_batch() {
         let (a, rx) = applier(1024);
         let stats = a.stats.clone();
-        let (edits_tx, edits_rx) = crossbeam_channel::bounded(crate::bounds::EDIT_RUNS_QUEUE);
-        let (_requests_tx, requests_rx) = crossbeam_channel::bounded(1);
-        let loop_thread = std::thread::spawn(move || a.run(edits_rx, requests_rx));
+        let looping = Looping::start(a);
         // A group commit every millisecond, one edit each: the old loop woke for every one.
         const RUNS: u64 = 200;
         let started = Instant::now();
         for v in 1..=RUNS {
-            edits_tx.send(vec![edit(v)]).unwrap();
+            looping.edits.send(vec![edit(v)]).unwrap();
             std::thread::sleep(Duration::from_millis(1));
         }
         let elapsed = started.elapsed();
@@ -1136,8 +1164,7 @@ mod tests {
         let ms = elapsed.as_millis() as u64;
         let most = ms / APPLY_EVERY.as_millis() as u64 + ms / 100 + 5;
         assert!(takes <= most, "{takes} takes of the queue for {RUNS} group commits in {elapsed:?}: at most {most}");
-        drop(edits_tx);
-        loop_thread.join().unwrap();
+        looping.stop();
     }
 
     /// A client answered version V that reconnects with `since=V` at once is served from V, not
@@ -1150,21 +1177,16 @@ mod tests {
         // No cut during the test: only the catch-up can make the applier take the queue.
         a.batch = Duration::from_secs(10);
         let stats = a.stats.clone();
-        let (edits_tx, edits_rx) = crossbeam_channel::bounded(crate::bounds::EDIT_RUNS_QUEUE);
-        let (requests_tx, requests_rx) = crossbeam_channel::bounded(4);
-        let loop_thread = std::thread::spawn(move || a.run(edits_rx, requests_rx));
+        let looping = Looping::start(a);
         for round in 1..=5u64 {
             // A take: for APPLY_EVERY after it the loop does not listen for edits.
-            edits_tx.send(vec![edit(2 * round - 1)]).unwrap();
-            let started = Instant::now();
-            while stats.edit_takes.load(Ordering::Relaxed) < round {
-                assert!(started.elapsed() < Duration::from_secs(10), "the applier never took edit {}", 2 * round - 1);
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            looping.edits.send(vec![edit(2 * round - 1)]).unwrap();
+            let what = format!("the applier taking edit {}", 2 * round - 1);
+            within(Duration::from_secs(10), &what, || stats.edit_takes.load(Ordering::Relaxed) >= round);
             // The next group commit, then its client's catch-up, as the writer orders them.
-            edits_tx.send(vec![edit(2 * round)]).unwrap();
+            looping.edits.send(vec![edit(2 * round)]).unwrap();
             let conn = ConnId { slot: round as u32, gen: 1 };
-            requests_tx.send(CatchUpReq { shard: 0, conn, since: 2 * round }).unwrap();
+            looping.requests.send(CatchUpReq { shard: 0, conn, since: 2 * round }).unwrap();
             let reply = loop {
                 match rx.recv_timeout(Duration::from_secs(10)).expect("an answer to the catch-up") {
                     ShardMsg::CatchUp { reply, .. } => break reply,
@@ -1179,8 +1201,7 @@ mod tests {
                 CatchUpReply::Reload { .. } => panic!("round {round}: told to reload"),
             }
         }
-        drop(edits_tx);
-        loop_thread.join().unwrap();
+        looping.stop();
     }
 
     /// The loop's heartbeat (what `/readyz` and the watchdog judge it by) beats within the stall
@@ -1191,20 +1212,12 @@ mod tests {
         let (mut a, _rx) = applier(16);
         a.batch = Duration::from_secs(10);
         let stats = a.stats.clone();
-        let (edits_tx, edits_rx) = crossbeam_channel::bounded(1);
-        let (_requests_tx, requests_rx) = crossbeam_channel::bounded(1);
-        let loop_thread = std::thread::spawn(move || a.run(edits_rx, requests_rx));
+        let looping = Looping::start(a);
         let beat = || stats.heartbeat_ms.load(Ordering::Relaxed);
-        while beat() == 0 {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let (first, started) = (beat(), Instant::now());
         let limit = Duration::from_millis(crate::bounds::STALL_LIMIT_MS);
-        while beat() == first {
-            assert!(started.elapsed() < limit, "no heartbeat for {:?} with a 10 s batch interval", started.elapsed());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        drop(edits_tx);
-        loop_thread.join().unwrap();
+        within(limit, "the loop's first heartbeat", || beat() != 0);
+        let first = beat();
+        within(limit, "a heartbeat with a 10 s batch interval", || beat() != first);
+        looping.stop();
     }
 }
